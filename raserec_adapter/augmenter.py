@@ -1,0 +1,627 @@
+"""``RetrievalAugmenter``: RaSeRec's two stages around any sequence encoder.
+
+Example:
+    >>> import torch
+    >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAFTConfig, RAMConfig,
+    ...     RetrievalAugmenter, Sequences, leave_one_out)
+    >>> from examples.models import SASRec
+    >>> seqs = Sequences.from_lists([[1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 1], [3, 4, 5, 6, 1, 2]] * 5)
+    >>> split = leave_one_out(seqs, max_len=8)
+    >>> aug = RetrievalAugmenter(SASRec(num_items=6, hidden_size=16, max_len=8),
+    ...     AugmenterConfig(max_len=8, bank=BankConfig(kind="torch"), ram=RAMConfig(k=3)))
+    >>> aug.build_bank(split)
+    >>> _ = aug.fit_raft(split, RAFTConfig(epochs=1), show_progress=False)
+    >>> sorted(aug.evaluate(split, "test"))
+    ['plain', 'raserec']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raserec_adapter._progress import progress
+from raserec_adapter.bank import MemoryBank, TorchMemoryBank
+from raserec_adapter.config import AugmenterConfig, PretrainConfig, RAFTConfig
+from raserec_adapter.data import (
+    Batch,
+    LeaveOneOutSplit,
+    PrefixSet,
+    Sequences,
+    causal_windows,
+    iter_batches,
+    iter_windows,
+    window_pair_index,
+)
+from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
+from raserec_adapter.evaluation import evaluate_ranking
+from raserec_adapter.pretraining import RecLoss, TrainResult, pretrain, seed_everything
+from raserec_adapter.ram import RetrievalAugmentedModule
+
+__all__ = ["CheckpointError", "RetrievalAugmenter"]
+
+logger = logging.getLogger("raserec_adapter")
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A saved augmenter does not match the encoder or config it is loaded with."""
+
+
+class RetrievalAugmenter(nn.Module):
+    """Adds a memory bank and a RAM head to a sequence encoder (RaSeRec).
+
+    Args:
+        encoder: The user's encoder (see :class:`~raserec_adapter.SequenceEncoder`).
+        config: Settings saved with the checkpoint; SPEC defaults when omitted.
+        encode: Optional ``(item_seq, lengths) -> (B, d)`` for encoders that do not follow the
+            RecBole contract (see :func:`~raserec_adapter.wrap_encoder`).
+        item_weights: Optional ``() -> (N + 1, d)`` item table accessor.
+        encode_all: Optional causal ``(item_seq, lengths) -> (B, T, d)``.
+
+    Typical use: ``pretrain`` (or bring a trained encoder), ``build_bank``, ``fit_raft``,
+    ``evaluate`` / ``recommend``, ``save``.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        config: AugmenterConfig | None = None,
+        *,
+        encode: EncodeFn | None = None,
+        item_weights: ItemWeightsFn | None = None,
+        encode_all: EncodeFn | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = wrap_encoder(encoder, encode, item_weights, encode_all)
+        cfg = config or AugmenterConfig()
+        d = self.encoder.hidden_size
+        if cfg.hidden_size and cfg.hidden_size != d:
+            raise ValueError(
+                f"config.hidden_size = {cfg.hidden_size} but the encoder's item table has size "
+                f"{d}; leave hidden_size at 0 to take the encoder's"
+            )
+        self.config = cfg.replace(hidden_size=d)
+        self.ram = RetrievalAugmentedModule(d, self.config.ram)
+        self.bank: MemoryBank | None = None
+        self._bank_phase: str | None = None
+        self._bank_split: LeaveOneOutSplit | None = None
+        # cached frozen-encoder representations of the training pairs (bank keys = RAFT queries)
+        self._train_keys: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ stage 1
+    def pretrain(
+        self,
+        split: LeaveOneOutSplit,
+        config: PretrainConfig | None = None,
+        *,
+        rec_loss: RecLoss | None = None,
+        device: torch.device | str = "cpu",
+        checkpoint: str | Path | None = None,
+        show_progress: bool = True,
+    ) -> TrainResult:
+        """Collaborative pre-training of the encoder (see :func:`~raserec_adapter.pretrain`)."""
+        self._forget_bank()
+        return pretrain(
+            self.encoder, split, config, rec_loss=rec_loss, device=device,
+            checkpoint=checkpoint, show_progress=show_progress,
+        )
+
+    # ------------------------------------------------------------------ encoding
+    @torch.no_grad()
+    def encode(
+        self,
+        sequences: Sequences,
+        prefixes: PrefixSet,
+        batch_size: int = 1024,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
+        """Frozen-encoder representations ``(n, d)`` of prefixes (dropout off), in their order."""
+        self.encoder.eval()
+        out = torch.empty(len(prefixes), self.encoder.hidden_size)
+        for batch in iter_batches(sequences, prefixes, batch_size, self.config.max_len):
+            b = batch.to(device)
+            out[batch.index] = self.encoder(b.item_seq, b.lengths).float().cpu()
+        return out
+
+    @torch.no_grad()
+    def _encode_train_pairs(
+        self, split: LeaveOneOutSplit, device: torch.device | str, show_progress: bool
+    ) -> torch.Tensor:
+        """Representations of all training pairs; one pass per sequence for causal encoders."""
+        self.encoder.eval()
+        if not self.encoder.is_causal:
+            return self.encode(split.sequences, split.train, device=device)
+        windows = causal_windows(split)
+        out = torch.empty(len(split.train), self.encoder.hidden_size)
+        batches = iter_windows(split.sequences, windows, 8192, shuffle=False)
+        n = math.ceil(windows.num_pairs / 8192)
+        for batch in progress(batches, n, "encode bank", show_progress):
+            b = batch.to(device)
+            take = b.targets > 0
+            h = self.encoder.forward_all(b.item_seq, b.lengths)[take]
+            pos = take.nonzero().cpu().numpy()
+            rows = window_pair_index(split, windows, batch.index.numpy()[pos[:, 0]], pos[:, 1])
+            out[torch.from_numpy(rows)] = h.float().cpu()
+        return out
+
+    # ------------------------------------------------------------------ memory bank
+    def _new_bank(self, device: torch.device | str) -> MemoryBank:
+        bc, d = self.config.bank, self.config.hidden_size
+        if bc.kind == "torch":
+            return TorchMemoryBank(d, device=device)
+        from raserec_adapter.faiss_bank import FaissMemoryBank
+
+        return FaissMemoryBank(d, bc.index_factory, nprobe=bc.nprobe, overfetch=bc.overfetch)
+
+    def _forget_bank(self) -> None:
+        self.bank, self._bank_phase, self._bank_split, self._train_keys = None, None, None, None
+
+    def _item_table(self) -> torch.Tensor:
+        return self.encoder.item_weights().detach().float().cpu()
+
+    @torch.no_grad()
+    def build_bank(
+        self,
+        source: LeaveOneOutSplit | Iterable[Batch],
+        phase: str = "train",
+        *,
+        device: torch.device | str = "cpu",
+        show_progress: bool = True,
+    ) -> None:
+        """Encodes <prefix, next item> pairs with the frozen encoder into a new memory bank.
+
+        Args:
+            source: A split (its training pairs; plus validation pairs when ``phase="test"``,
+                as SPEC section 3 prescribes), or any iterable of prefix batches (e.g. from
+                :func:`~raserec_adapter.iter_batches`) that carry ``users`` and
+                ``prefix_lengths``.
+            phase: ``"train"`` (also used for validation) or ``"test"``.
+            device: Where the encoder runs (and where a ``torch`` bank lives).
+            show_progress: Show progress.
+        """
+        t0 = time.perf_counter()
+        self._forget_bank()
+        bank = self._new_bank(device)
+        table = self._item_table()
+        if isinstance(source, LeaveOneOutSplit):
+            split = source
+            if split.max_len != self.config.max_len:
+                raise ValueError(
+                    f"the split truncates to max_len = {split.max_len} but the augmenter uses "
+                    f"{self.config.max_len}"
+                )
+            keys = self._encode_train_pairs(split, device, show_progress)
+            bank.add(keys, table[split.train.targets], split.train.users, split.train.lengths)
+            self._train_keys, self._bank_split = keys, split
+            if phase == "test":
+                self._add_valid_pairs(bank, split, device)
+            elif phase != "train":
+                raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
+            self._bank_phase = phase
+        else:
+            self.encoder.eval()
+            for batch in progress(source, None, "encode bank", show_progress):
+                if batch.users is None or batch.prefix_lengths is None:
+                    raise ValueError(
+                        "bank batches need users and prefix_lengths (for the no-leakage rule); "
+                        "make them with raserec_adapter.iter_batches(...)"
+                    )
+                b = batch.to(device)
+                h = self.encoder(b.item_seq, b.lengths).float().cpu()
+                bank.add(h, table[batch.targets], batch.users, batch.prefix_lengths)
+            self._bank_phase = "custom"
+        self.bank = bank
+        logger.info("memory bank: %d memories in %.1f s", len(bank), time.perf_counter() - t0)
+
+    def _add_valid_pairs(
+        self, bank: MemoryBank, split: LeaveOneOutSplit, device: torch.device | str
+    ) -> None:
+        keys = self.encode(split.sequences, split.valid, device=device)
+        bank.add(keys, self._item_table()[split.valid.targets], split.valid.users, split.valid.lengths)
+
+    def _require_bank(self, what: str) -> MemoryBank:
+        if self.bank is None or len(self.bank) == 0:
+            raise RuntimeError(
+                f"{what} needs a memory bank: call augmenter.build_bank(split) first (after "
+                "pre-training the encoder, before fit_raft)"
+            )
+        return self.bank
+
+    def _use_phase(self, split: LeaveOneOutSplit, which: str, device: torch.device | str) -> None:
+        """Makes the bank hold what SPEC 3 prescribes for evaluating ``which``."""
+        bank = self._require_bank("evaluation")
+        if self._bank_phase == "custom" or self._bank_split is not split:
+            return
+        want = "test" if which == "test" else "train"
+        if want == self._bank_phase:
+            return
+        if want == "test":
+            self._add_valid_pairs(bank, split, device)
+        else:  # drop the validation pairs again: rebuild from the cached training keys
+            assert self._train_keys is not None
+            new = self._new_bank(device)
+            new.add(
+                self._train_keys, self._item_table()[split.train.targets],
+                split.train.users, split.train.lengths,
+            )
+            self.bank = new
+        self._bank_phase = want
+
+    # ------------------------------------------------------------------ retrieval + RAM
+    def _memories(
+        self, h: torch.Tensor, users: torch.Tensor | None, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        bank = self._require_bank("retrieval")
+        found = bank.search(h.detach().float().cpu(), self.config.ram.k, users, lengths)
+        return bank.fetch(found.ids)
+
+    def augment(
+        self, h: torch.Tensor, users: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``h~``: retrieves K memories for each ``h`` and mixes them in with the RAM.
+
+        ``users`` and ``lengths`` (full prefix lengths) of the queries switch on the no-leakage
+        rule; leave them out for users outside the bank.
+        """
+        keys, values = self._memories(h, users, lengths)
+        dev = h.device
+        return self.ram(h, keys.to(dev), values.to(dev))
+
+    # ------------------------------------------------------------------ stage 2
+    def fit_raft(
+        self,
+        split: LeaveOneOutSplit,
+        config: RAFTConfig | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        show_progress: bool = True,
+    ) -> TrainResult:
+        """Retrieval-augmented fine-tuning: trains only the RAM, the encoder frozen (dropout off).
+
+        Query representations and their K neighbours are computed once before the first epoch.
+        Early stopping on ``config.valid_metric`` over the validation users; the best epoch's
+        RAM weights are kept.
+        """
+        cfg = config or RAFTConfig()
+        self._require_bank("fit_raft")
+        if self._bank_split is not split or self._train_keys is None:
+            raise RuntimeError(
+                "fit_raft needs the bank built from the same split: call "
+                "augmenter.build_bank(split) with this split first"
+            )
+        self._use_phase(split, "valid", device)
+        bank = self._require_bank("fit_raft")
+        seed_everything(cfg.seed)
+        self.encoder.eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        t_start = time.perf_counter()
+        k = self.config.ram.k
+        queries = self._train_keys
+        train = split.train
+        neighbours = torch.empty(len(train), k, dtype=torch.long)
+        step = 16384
+        users_t, lengths_t = torch.from_numpy(train.users), torch.from_numpy(train.lengths)
+        for s in progress(range(0, len(train), step), math.ceil(len(train) / step),
+                          "retrieve", show_progress):
+            found = bank.search(queries[s : s + step], k, users_t[s : s + step], lengths_t[s : s + step])
+            neighbours[s : s + step] = found.ids
+        valid_h = self.encode(split.sequences, split.valid, device=device)
+        valid_nb = bank.search(
+            valid_h, k, torch.from_numpy(split.valid.users), torch.from_numpy(split.valid.lengths)
+        ).ids
+        table = self._item_table().to(device)
+        targets = torch.from_numpy(train.targets)
+        logger.info("RAFT: queries and neighbours ready in %.1f s", time.perf_counter() - t_start)
+
+        self.ram.to(device)
+        optimizer = torch.optim.Adam(self.ram.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        result = TrainResult()
+        best_state, best, bad = None, -math.inf, 0
+        n_steps = math.ceil(len(train) / cfg.batch_size)
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            self.ram.train()
+            order = torch.randperm(len(train), generator=gen)
+            total = 0.0
+            for s in progress(range(0, len(train), cfg.batch_size), n_steps,
+                              f"RAFT epoch {epoch}", show_progress):
+                rows = order[s : s + cfg.batch_size]
+                mk, mv = bank.fetch(neighbours[rows])
+                h_aug = self.ram(queries[rows].to(device), mk.to(device), mv.to(device))
+                loss = F.cross_entropy(h_aug @ table[1:].t(), targets[rows].to(device) - 1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+            seconds = time.perf_counter() - t0
+            valid = self._evaluate_cached(split, valid_h, valid_nb, table)
+            score = valid[cfg.valid_metric]
+            result.history.append(
+                {"epoch": epoch, "loss": total / n_steps, "train_seconds": seconds,
+                 **{f"valid_{m}": v for m, v in valid.items()}}
+            )
+            improved = score > best
+            if show_progress:
+                logger.info("RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s", epoch,
+                            total / n_steps, cfg.valid_metric, score, " *" if improved else "", seconds)
+            if improved:
+                best, bad = score, 0
+                result.best_epoch, result.best_valid = epoch, valid
+                best_state = {n: t.detach().clone() for n, t in self.ram.state_dict().items()}
+            else:
+                bad += 1
+            result.epochs_run = epoch
+            if bad >= cfg.patience:
+                break
+        if best_state is not None:
+            self.ram.load_state_dict(best_state)
+        self.ram.eval()
+        for p in self.encoder.parameters():
+            p.requires_grad_(True)
+        result.seconds = time.perf_counter() - t_start
+        return result
+
+    @torch.no_grad()
+    def _evaluate_cached(
+        self, split: LeaveOneOutSplit, h: torch.Tensor, nb: torch.Tensor, table: torch.Tensor
+    ) -> dict[str, float]:
+        bank = self._require_bank("evaluation")
+        was = self.ram.training
+        self.ram.eval()
+        dev = table.device
+
+        def represent(b: Batch) -> torch.Tensor:
+            rows = b.index.cpu()
+            mk, mv = bank.fetch(nb[rows])
+            return self.ram(h[rows].to(dev), mk.to(dev), mv.to(dev))
+
+        out = evaluate_ranking(represent, table, split.sequences, split.valid,
+                               max_len=split.max_len, device=dev)
+        self.ram.train(was)
+        return out
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def evaluate(
+        self,
+        split: LeaveOneOutSplit,
+        which: str = "test",
+        *,
+        protocol: str = "full",
+        augmented: Sequence[bool] = (False, True),
+        device: torch.device | str = "cpu",
+        batch_size: int = 1024,
+    ) -> dict[str, dict[str, float]]:
+        """Full-ranking HR/NDCG@5,10,20 with and/or without augmentation in one call.
+
+        For ``which="test"`` the bank holds training plus validation pairs (SPEC 3); for
+        ``"valid"`` only training pairs. Returns ``{"plain": {...}, "raserec": {...}}`` for the
+        variants asked for.
+        """
+        if which not in ("valid", "test"):
+            raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+        self.eval()
+        out: dict[str, dict[str, float]] = {}
+        table = self._item_table().to(device)
+        if True in augmented:
+            self._use_phase(split, which, device)
+        for aug in augmented:
+
+            def represent(b: Batch, aug: bool = aug) -> torch.Tensor:
+                h = self.encoder(b.item_seq, b.lengths)
+                if not aug:
+                    return h
+                return self.augment(h, b.users.cpu(), b.prefix_lengths.cpu())
+
+            out["raserec" if aug else "plain"] = evaluate_ranking(
+                represent, table, split.sequences, split.eval_set(which), split.max_len,
+                protocol, batch_size=batch_size, device=device,
+            )
+        return out
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        sequences: Sequence[Sequence[int]] | torch.Tensor,
+        k: int = 10,
+        *,
+        lengths: torch.Tensor | None = None,
+        augmented: bool = True,
+        exclude_seen: bool = False,
+        users: Sequence[int] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` next items for item sequences.
+
+        Args:
+            sequences: Lists of 1-based item ids (oldest first), or a left-aligned padded
+                ``(B, T)`` tensor with ``lengths``.
+            k: Items to return per sequence.
+            lengths: Lengths when ``sequences`` is a tensor.
+            augmented: Use retrieval augmentation (needs a bank).
+            exclude_seen: Never recommend an item already in the sequence.
+            users: Bank user ids of the sequences' owners, if they are in the bank: their own
+                memories from the same or later positions are then not retrieved.
+            device: Where to compute.
+
+        Returns:
+            ``(item_ids, scores)``, both ``(B, k)``, best first.
+
+        Example:
+            >>> # ids, scores = augmenter.recommend([[3, 17, 42]], k=5)
+        """
+        seq, lens = _to_padded(sequences, lengths, self.config.max_len)
+        n = self.encoder.num_items
+        if k < 1 or k > n:
+            raise ValueError(f"k must be in 1..{n}, got {k}")
+        self.eval()
+        seq, lens = seq.to(device), lens.to(device)
+        h = self.encoder(seq, lens)
+        if augmented:
+            u = None if users is None else torch.as_tensor(users, dtype=torch.long)
+            full = None if u is None else (lens.cpu() if lengths is None else lens.cpu())
+            h = self.augment(h, u, full)
+        scores = h @ self._item_table().to(device).t()
+        scores[:, 0] = -math.inf
+        if exclude_seen:
+            scores.scatter_(1, seq, -math.inf)
+        top = scores.topk(k, dim=1)
+        return top.indices, top.values
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str | Path) -> None:
+        """Writes the augmenter's own parts: ``config.json``, ``ram.pt`` and ``bank/``.
+
+        The encoder is not saved (it is the user's; save it your own way). The directory is
+        written to a temporary place and moved in at the end, so a failure never leaves a
+        half-written checkpoint or destroys an earlier one.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+        try:
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "config": self.config.to_dict(),
+                "num_items": self.encoder.num_items,
+                "encoder_class": type(self.encoder.module).__name__,
+                "bank_phase": self._bank_phase,
+            }
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            torch.save(self.ram.state_dict(), tmp / "ram.pt")
+            if self.bank is not None:
+                self.bank.save(tmp / "bank")
+            old = path.with_name(path.name + ".old")
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(
+        cls,
+        encoder: nn.Module,
+        path: str | Path,
+        config: AugmenterConfig | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        **wrap_kwargs: Any,
+    ) -> RetrievalAugmenter:
+        """Rebuilds an augmenter around ``encoder`` from :meth:`save`'s directory.
+
+        Raises:
+            CheckpointError: If the checkpoint is missing or malformed, was saved with another
+                config than ``config`` (when given), or does not fit the encoder.
+        """
+        path = Path(path)
+        meta_file = path / "config.json"
+        if not meta_file.is_file():
+            raise CheckpointError(f"{path} is not an augmenter checkpoint: no config.json")
+        try:
+            meta = json.loads(meta_file.read_text())
+            saved = AugmenterConfig.from_dict(meta["config"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{meta_file} is malformed: {e}") from e
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} has format version {meta.get('format_version')}, this library reads "
+                f"{FORMAT_VERSION}"
+            )
+        if config is not None and config.replace(hidden_size=saved.hidden_size) != saved:
+            diff = _config_diff(saved.to_dict(), config.replace(hidden_size=saved.hidden_size).to_dict())
+            raise CheckpointError(
+                f"{path} was saved with another config ({'; '.join(diff)}); load it without "
+                "`config` to use the saved one, or retrain with the new config"
+            )
+        aug = cls(encoder, saved.replace(hidden_size=0), **wrap_kwargs)
+        if aug.encoder.num_items != meta.get("num_items"):
+            raise CheckpointError(
+                f"{path} was trained for {meta.get('num_items')} items, the encoder has "
+                f"{aug.encoder.num_items}"
+            )
+        if aug.config.hidden_size != saved.hidden_size:
+            raise CheckpointError(
+                f"{path} was trained with hidden size {saved.hidden_size}, the encoder has "
+                f"{aug.config.hidden_size}"
+            )
+        state = torch.load(path / "ram.pt", map_location="cpu", weights_only=True)
+        try:
+            aug.ram.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path / 'ram.pt'} does not fit the RAM of this config: {e}") from e
+        if (path / "bank").exists():
+            aug.bank = _load_bank(path / "bank", saved, device)
+            aug._bank_phase = "custom"
+        aug.eval()
+        return aug
+
+    def trainable_parameters(self) -> str:
+        """A one-line summary of RAM vs encoder parameters (what RAFT trains)."""
+        ram = sum(p.numel() for p in self.ram.parameters())
+        enc = sum(p.numel() for p in self.encoder.parameters())
+        return f"RAM parameters: {ram:,} | encoder parameters (frozen in RAFT): {enc:,}"
+
+
+def _load_bank(path: Path, cfg: AugmenterConfig, device: torch.device | str) -> MemoryBank:
+    if cfg.bank.kind == "torch":
+        return TorchMemoryBank.load(path, device=device)
+    from raserec_adapter.faiss_bank import FaissMemoryBank
+
+    return FaissMemoryBank.load(path)
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: saved {va!r}, given {vb!r}")
+    return out
+
+
+def _to_padded(
+    sequences: Sequence[Sequence[int]] | torch.Tensor, lengths: torch.Tensor | None, max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-aligned ``(B, T)`` block of the last ``max_len`` items of each sequence."""
+    if isinstance(sequences, torch.Tensor):
+        if lengths is None:
+            raise ValueError("pass lengths with a padded tensor of sequences")
+        if sequences.dtype not in (torch.int64, torch.int32):
+            raise TypeError(
+                f"sequences must hold integer item ids, got {sequences.dtype}; use .long()"
+            )
+        if sequences.shape[1] > max_len:
+            raise ValueError(
+                f"sequences are {sequences.shape[1]} long, more than max_len = {max_len}; "
+                "pass lists instead (they are truncated to the last max_len items)"
+            )
+        return sequences.long(), lengths.long()
+    rows = [list(s)[-max_len:] for s in sequences]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every sequence needs at least one item (got an empty one)")
+    width = max(len(r) for r in rows)
+    block = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        block[i, : len(r)] = r
+    return torch.from_numpy(block), torch.tensor([len(r) for r in rows])

@@ -1,0 +1,844 @@
+"""Memory banks for retrieval-augmented fine-tuning (SPEC section 3).
+
+A memory bank holds one entry per training pair ``<prefix, next item>`` of a frozen encoder:
+
+* key ``h_k``: the encoder's representation of the prefix (raw, as stored),
+* value ``v_k``: the embedding of the target item (raw, as stored),
+* metadata: the pair's user id and prefix length, needed for the exclusion rule.
+
+Retrieval is cosine similarity: keys and queries are L2-normalised for the search only, while
+:meth:`MemoryBank.fetch` returns the raw stored tensors.
+
+Exclusion rule (no leakage, see :func:`admissible`): a query of user ``u`` with prefix length
+``n`` may return memory ``(user v, length m)`` iff ``v != u or m < n``. A training query thus
+never retrieves its own pair or its user's future, and a validation query of ``u`` sees ``u``'s
+past training pairs. Both banks enforce the rule inside ``search`` whenever the query users and
+lengths are given, and always return exactly ``k`` valid memories per query, or raise a
+``ValueError`` when fewer than ``k`` admissible memories exist.
+
+Ids are positions in the bank (``0 <= id < len(bank)``), in insertion order. ``remove``
+compacts the bank: the surviving memories keep their relative order and are renumbered, so ids
+from an earlier search must not be reused after a ``remove``.
+
+Banks are saved as a directory with ``bank.json`` (format version, class, dim, count, config) and
+``arrays.npz`` (keys, values, users, lengths); nothing is pickled. A save is written to a
+temporary directory and renamed into place, so a failed save never corrupts an existing bank.
+
+Example:
+    >>> import torch
+    >>> bank = TorchMemoryBank(dim=2)
+    >>> keys = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    >>> bank.add(keys, keys, users=torch.tensor([0, 0, 1]), lengths=torch.tensor([1, 2, 1]))
+    >>> q = torch.tensor([[1.0, 0.0]])
+    >>> bank.search(q, k=2).ids.tolist()
+    [[0, 1]]
+    >>> # user 0 at prefix length 2 may see its own past (length 1), not its pair of length 2
+    >>> bank.search(q, k=2, users=torch.tensor([0]), lengths=torch.tensor([2])).ids.tolist()
+    [[0, 2]]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "BANK_FORMAT",
+    "BANK_FORMAT_VERSION",
+    "MemoryBank",
+    "MemoryBankFormatError",
+    "SearchResult",
+    "TorchMemoryBank",
+    "admissible",
+]
+
+BANK_FORMAT = "raserec_adapter.memory_bank"
+BANK_FORMAT_VERSION = 1
+_JSON_NAME = "bank.json"
+_ARRAYS_NAME = "arrays.npz"
+_ARRAY_FIELDS = ("keys", "values", "users", "lengths")
+
+
+class MemoryBankFormatError(ValueError):
+    """A saved memory bank directory is missing, malformed or of another class/dim/version."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Top-k memories of each query.
+
+    Attributes:
+        ids: ``(q, k)`` long tensor of positions in the bank; always valid, never ``-1``.
+        scores: ``(q, k)`` float tensor of cosine similarities, descending along each row.
+
+    Example:
+        >>> r = SearchResult(ids=torch.tensor([[2, 0]]), scores=torch.tensor([[0.9, 0.1]]))
+        >>> r.ids.shape
+        torch.Size([1, 2])
+    """
+
+    ids: torch.Tensor
+    scores: torch.Tensor
+
+
+@runtime_checkable
+class MemoryBank(Protocol):
+    """What the retrieval-augmented head needs from a memory bank.
+
+    Implementations: :class:`TorchMemoryBank` (exact, CPU or GPU) and
+    :class:`raserec_adapter.faiss_bank.FaissMemoryBank` (Faiss, approximate or exact).
+
+    Example:
+        >>> isinstance(TorchMemoryBank(dim=8), MemoryBank)
+        True
+    """
+
+    dim: int
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the tensors returned by ``search`` and ``fetch``."""
+        ...
+
+    def add(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        users: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> None:
+        """Append ``n`` memories: keys/values ``(n, dim)``, users/lengths ``(n,)`` integers."""
+        ...
+
+    def search(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        users: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+    ) -> SearchResult:
+        """Top-``k`` memories by cosine similarity, obeying the exclusion rule if users/lengths."""
+        ...
+
+    def fetch(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw keys and values for an any-shaped id tensor (shape ``ids.shape + (dim,)``)."""
+        ...
+
+    def remove(self, users: torch.Tensor) -> int:
+        """Remove all memories of the given users; return how many were removed."""
+        ...
+
+    def __len__(self) -> int:
+        """Number of memories."""
+        ...
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save to a directory (written atomically)."""
+        ...
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Any:
+        """Load a bank saved by :meth:`save`."""
+        ...
+
+
+def admissible(
+    query_users: torch.Tensor,
+    query_lengths: torch.Tensor,
+    mem_users: torch.Tensor,
+    mem_lengths: torch.Tensor,
+) -> torch.Tensor:
+    """Exclusion rule: may a query ``(u, n)`` retrieve memory ``(v, m)``? Iff ``v != u or m < n``.
+
+    All arguments broadcast against each other (e.g. queries as ``(q, 1)`` and memories as
+    ``(1, n)`` give a ``(q, n)`` mask).
+
+    Args:
+        query_users: User ids of the queries.
+        query_lengths: Prefix lengths of the queries.
+        mem_users: User ids of the memories.
+        mem_lengths: Prefix lengths of the memories.
+
+    Returns:
+        Bool tensor of the broadcast shape; ``True`` where the memory may be returned.
+
+    Example:
+        >>> admissible(torch.tensor([[0]]), torch.tensor([[3]]),
+        ...            torch.tensor([[0, 0, 0, 1]]), torch.tensor([[2, 3, 4, 9]])).tolist()
+        [[True, False, False, True]]
+    """
+    return (mem_users != query_users) | (mem_lengths < query_lengths)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared validation and search helpers (used by TorchMemoryBank and FaissMemoryBank).
+# --------------------------------------------------------------------------------------------
+
+
+def _check_dim(dim: int) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    return int(dim)
+
+
+def _as_float_matrix(x: Any, name: str, dim: int, device: torch.device) -> torch.Tensor:
+    """Validate a ``(n, dim)`` finite float matrix and return it as float32 on ``device``."""
+    t = torch.as_tensor(x)
+    if t.dim() != 2 or t.shape[1] != dim:
+        got = tuple(t.shape)
+        raise ValueError(
+            f"{name} must have shape (n, {dim}): expected dim {dim}, got shape {got}"
+            if t.dim() == 2
+            else f"{name} must be a 2-D tensor of shape (n, {dim}), got shape {got}"
+        )
+    if not (t.is_floating_point() or t.dtype in _INT_DTYPES):
+        raise TypeError(f"{name} must be a float tensor, got dtype {t.dtype}")
+    t = t.detach().to(device=device, dtype=torch.float32)
+    if t.numel():
+        bad = int((~torch.isfinite(t)).any(dim=1).sum())
+        if bad:
+            raise ValueError(f"{name} contain NaN or inf in {bad} of {t.shape[0]} rows")
+    return t.contiguous()
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _as_int_vector(x: Any, name: str, device: torch.device) -> torch.Tensor:
+    """Validate a 1-D integer tensor and return it as int64 on ``device``."""
+    t = torch.as_tensor(x)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(t.shape)}")
+    if t.dtype not in _INT_DTYPES and not (t.numel() == 0 and t.is_floating_point()):
+        raise TypeError(f"{name} must be an integer tensor, got dtype {t.dtype}")
+    return t.detach().to(device=device, dtype=torch.int64).contiguous()
+
+
+def _validate_add(
+    keys: Any, values: Any, users: Any, lengths: Any, dim: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    k = _as_float_matrix(keys, "keys", dim, device)
+    v = _as_float_matrix(values, "values", dim, device)
+    u = _as_int_vector(users, "users", device)
+    n = _as_int_vector(lengths, "lengths", device)
+    rows = (k.shape[0], v.shape[0], u.shape[0], n.shape[0])
+    if len(set(rows)) != 1:
+        raise ValueError(
+            "keys, values, users and lengths must have the same number of rows, got "
+            f"{rows[0]}, {rows[1]}, {rows[2]} and {rows[3]}"
+        )
+    return k, v, u, n
+
+
+def _validate_search(
+    queries: Any,
+    k: int,
+    users: Any,
+    lengths: Any,
+    dim: int,
+    size: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an integer, got {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if size == 0:
+        raise ValueError("cannot search an empty memory bank; add memories first")
+    if k > size:
+        raise ValueError(f"k={k} exceeds the number of memories in the bank ({size})")
+    q = _as_float_matrix(queries, "queries", dim, device)
+    if (users is None) != (lengths is None):
+        raise ValueError(
+            "pass both users and lengths of the queries (for the exclusion rule) or neither"
+        )
+    if users is None:
+        return q, None, None
+    u = _as_int_vector(users, "users", device)
+    n = _as_int_vector(lengths, "lengths", device)
+    if u.shape[0] != q.shape[0] or n.shape[0] != q.shape[0]:
+        raise ValueError(
+            "queries, users and lengths must have the same number of rows, got "
+            f"{q.shape[0]}, {u.shape[0]} and {n.shape[0]}"
+        )
+    return q, u, n
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise rows (zero rows stay zero)."""
+    return F.normalize(x, p=2.0, dim=-1)
+
+
+def _own_user_pairs(
+    q_users: torch.Tensor, sorted_users: torch.Tensor, order: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (query row, memory id) pairs where the memory belongs to the query's user.
+
+    ``sorted_users``/``order`` are the memories' users sorted (stably) and the sorting
+    permutation. Only these pairs can be inadmissible, so the rule never needs a dense
+    ``queries x memories`` mask.
+    """
+    starts = torch.searchsorted(sorted_users, q_users)
+    counts = torch.searchsorted(sorted_users, q_users, right=True) - starts
+    rows = torch.repeat_interleave(torch.arange(q_users.shape[0], device=q_users.device), counts)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    offsets = torch.arange(rows.shape[0], device=q_users.device) - first
+    return rows, order[starts[rows] + offsets]
+
+
+def _exact_search(
+    q_normed: torch.Tensor,
+    keys_normed: torch.Tensor,
+    k: int,
+    q_users: torch.Tensor | None,
+    q_lengths: torch.Tensor | None,
+    mem_users: torch.Tensor,
+    mem_lengths: torch.Tensor,
+    chunk: int,
+    user_order: tuple[torch.Tensor, torch.Tensor] | None = None,
+    row_labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k cosine search, chunked over queries, inadmissible entries set to ``-inf``.
+
+    Args:
+        q_normed: ``(q, d)`` normalised queries.
+        keys_normed: ``(n, d)`` normalised keys.
+        k: Results per query.
+        q_users: Query users (``None``: no exclusion rule).
+        q_lengths: Query prefix lengths.
+        mem_users: ``(n,)`` memory users.
+        mem_lengths: ``(n,)`` memory prefix lengths.
+        chunk: Queries per similarity block.
+        user_order: ``torch.sort(mem_users, stable=True)`` (values, indices), if cached.
+        row_labels: Query numbers to name in error messages (default: row positions).
+
+    Raises:
+        ValueError: if some query has fewer than ``k`` admissible memories.
+    """
+    nq, n = q_normed.shape[0], keys_normed.shape[0]
+    ids = torch.empty((nq, k), dtype=torch.int64, device=q_normed.device)
+    scores = torch.empty((nq, k), dtype=q_normed.dtype, device=q_normed.device)
+    use_rule = q_users is not None and q_lengths is not None
+    if use_rule and user_order is None:
+        user_order = torch.sort(mem_users, stable=True)
+    for start in range(0, nq, chunk):
+        stop = min(start + chunk, nq)
+        sims = q_normed[start:stop] @ keys_normed.T
+        if use_rule:
+            qu, ql = q_users[start:stop], q_lengths[start:stop]
+            rows, mems = _own_user_pairs(qu, user_order[0], user_order[1])
+            bad = ~admissible(qu[rows], ql[rows], mem_users[mems], mem_lengths[mems])
+            rows, mems = rows[bad], mems[bad]
+            counts = n - torch.bincount(rows, minlength=stop - start)
+            short = counts < k
+            if bool(short.any()):
+                row = int(torch.nonzero(short)[0, 0])
+                label = start + row if row_labels is None else int(row_labels[start + row])
+                raise ValueError(
+                    f"query {label} (user {int(qu[row])}, prefix length {int(ql[row])}) has "
+                    f"only {int(counts[row])} admissible memories in the bank of {n}, fewer "
+                    f"than k={k}; lower k or add memories"
+                )
+            sims[rows, mems] = float("-inf")
+        top = torch.topk(sims, k, dim=1, largest=True, sorted=True)
+        scores[start:stop] = top.values
+        ids[start:stop] = top.indices
+    return scores, ids
+
+
+def _check_ids(ids: Any, size: int, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(ids)
+    if t.dtype not in _INT_DTYPES:
+        raise TypeError(f"ids must be an integer tensor, got dtype {t.dtype}")
+    t = t.to(device=device, dtype=torch.int64)
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= size):
+        raise IndexError(
+            f"ids must lie in [0, {size}) (positions in the bank), got values from "
+            f"{int(t.min())} to {int(t.max())}"
+        )
+    return t
+
+
+def _users_to_remove(users: Any, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(users)
+    if t.dim() == 0:
+        t = t.reshape(1)
+    return _as_int_vector(t.reshape(-1), "users", device)
+
+
+# --------------------------------------------------------------------------------------------
+# Saving and loading (shared).
+# --------------------------------------------------------------------------------------------
+
+
+def _write_bank_dir(
+    path: str | os.PathLike[str],
+    meta: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    extra: Any = None,
+) -> None:
+    """Write ``bank.json`` + ``arrays.npz`` (+ ``extra(tmpdir)``) to a temp dir, then rename.
+
+    An existing bank at ``path`` is replaced only after the new one is completely written.
+    """
+    target = Path(path)
+    if target.exists():
+        if not target.is_dir():
+            raise FileExistsError(f"cannot save a memory bank to {target}: it is a file")
+        if any(target.iterdir()) and not (target / _JSON_NAME).is_file():
+            raise FileExistsError(
+                f"refusing to overwrite {target}: it is a non-empty directory that does not "
+                f"hold a saved memory bank (no {_JSON_NAME}); choose another path"
+            )
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    backup: Path | None = None
+    try:
+        with open(tmp / _ARRAYS_NAME, "wb") as fh:
+            np.savez(fh, **arrays)
+        if extra is not None:
+            extra(tmp)
+        with open(tmp / _JSON_NAME, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        if target.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
+            backup.rmdir()
+            os.replace(target, backup)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if backup is not None:
+                os.replace(backup, target)
+                backup = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _read_bank_dir(
+    path: str | os.PathLike[str], cls_name: str, dim: int | None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and validate ``bank.json`` and ``arrays.npz`` of a saved bank."""
+    root = Path(path)
+    meta_path = root / _JSON_NAME
+    if not meta_path.is_file():
+        raise MemoryBankFormatError(f"{root} is not a saved memory bank: {_JSON_NAME} not found")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MemoryBankFormatError(f"{meta_path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != BANK_FORMAT:
+        raise MemoryBankFormatError(f"{meta_path} is not a {BANK_FORMAT} file")
+    version = meta.get("format_version")
+    if version != BANK_FORMAT_VERSION:
+        raise MemoryBankFormatError(
+            f"{meta_path} has format version {version!r}; this library reads version "
+            f"{BANK_FORMAT_VERSION}"
+        )
+    if meta.get("class") != cls_name:
+        raise MemoryBankFormatError(
+            f"{root} holds a {meta.get('class')!r}, not a {cls_name!r}; load it with "
+            f"{meta.get('class')}.load(...)"
+        )
+    saved_dim = meta.get("dim")
+    if isinstance(saved_dim, bool) or not isinstance(saved_dim, int) or saved_dim < 1:
+        raise MemoryBankFormatError(
+            f"{meta_path}: dim must be a positive integer, got {saved_dim!r}"
+        )
+    if dim is not None and saved_dim != dim:
+        raise MemoryBankFormatError(f"{root} holds a bank of dim {saved_dim}, expected dim {dim}")
+    count = meta.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise MemoryBankFormatError(f"{meta_path}: count must be an integer >= 0, got {count!r}")
+    if not isinstance(meta.get("config", {}), dict):
+        raise MemoryBankFormatError(f"{meta_path}: config must be a JSON object")
+    arrays_path = root / _ARRAYS_NAME
+    if not arrays_path.is_file():
+        raise MemoryBankFormatError(f"{root} is missing {_ARRAYS_NAME}")
+    try:
+        with np.load(arrays_path, allow_pickle=False) as npz:
+            missing = [f for f in _ARRAY_FIELDS if f not in npz.files]
+            if missing:
+                raise MemoryBankFormatError(f"{arrays_path} lacks arrays {missing}")
+            arrays = {f: npz[f] for f in _ARRAY_FIELDS}
+    except (OSError, ValueError) as err:
+        if isinstance(err, MemoryBankFormatError):
+            raise
+        raise MemoryBankFormatError(f"cannot read {arrays_path}: {err}") from err
+    expected = {
+        "keys": (count, saved_dim),
+        "values": (count, saved_dim),
+        "users": (count,),
+        "lengths": (count,),
+    }
+    for name, shape in expected.items():
+        if arrays[name].shape != shape:
+            raise MemoryBankFormatError(
+                f"{arrays_path}: {name} has shape {arrays[name].shape}, expected {shape} "
+                f"(count {count}, dim {saved_dim} in {_JSON_NAME})"
+            )
+    for name in ("keys", "values"):
+        if arrays[name].dtype.kind != "f":
+            raise MemoryBankFormatError(
+                f"{arrays_path}: {name} must be float, got {arrays[name].dtype}"
+            )
+    for name in ("users", "lengths"):
+        if arrays[name].dtype.kind not in "iu":
+            raise MemoryBankFormatError(
+                f"{arrays_path}: {name} must be integer, got {arrays[name].dtype}"
+            )
+    return meta, arrays
+
+
+def _bank_meta(cls_name: str, dim: int, count: int, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": BANK_FORMAT,
+        "format_version": BANK_FORMAT_VERSION,
+        "class": cls_name,
+        "dim": dim,
+        "count": count,
+        "config": config,
+    }
+
+
+def _bank_arrays(
+    keys: torch.Tensor, values: torch.Tensor, users: torch.Tensor, lengths: torch.Tensor
+) -> dict[str, np.ndarray]:
+    return {
+        "keys": keys.detach().cpu().numpy(),
+        "values": values.detach().cpu().numpy(),
+        "users": users.detach().cpu().numpy(),
+        "lengths": lengths.detach().cpu().numpy(),
+    }
+
+
+class _TensorStore:
+    """Raw keys/values/users/lengths with cheap appends (chunks are concatenated lazily)."""
+
+    def __init__(self, dim: int, device: torch.device) -> None:
+        self.dim = dim
+        self.device = device
+        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._size = 0
+        self._set(
+            torch.empty((0, dim), dtype=torch.float32, device=device),
+            torch.empty((0, dim), dtype=torch.float32, device=device),
+            torch.empty((0,), dtype=torch.int64, device=device),
+            torch.empty((0,), dtype=torch.int64, device=device),
+        )
+
+    def _set(self, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, n: torch.Tensor) -> None:
+        self._keys, self._values, self._users, self._lengths = k, v, u, n
+        self._size = k.shape[0]
+        self._parts = []
+        self._user_order: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, n: torch.Tensor) -> None:
+        if k.shape[0]:
+            self._parts.append((k, v, u, n))
+            self._size += k.shape[0]
+            self._user_order = None
+
+    def _consolidate(self) -> None:
+        if self._parts:
+            parts = [(self._keys, self._values, self._users, self._lengths), *self._parts]
+            self._set(*(torch.cat(cols) for cols in zip(*parts, strict=True)))
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def keys(self) -> torch.Tensor:
+        self._consolidate()
+        return self._keys
+
+    @property
+    def values(self) -> torch.Tensor:
+        self._consolidate()
+        return self._values
+
+    @property
+    def users(self) -> torch.Tensor:
+        self._consolidate()
+        return self._users
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        self._consolidate()
+        return self._lengths
+
+    @property
+    def user_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memories' users sorted stably, and the permutation (cached until the next change)."""
+        self._consolidate()
+        if self._user_order is None:
+            res = torch.sort(self._users, stable=True)
+            self._user_order = (res.values, res.indices)
+        return self._user_order
+
+    def keep(self, mask: torch.Tensor) -> None:
+        self._consolidate()
+        self._set(self._keys[mask], self._values[mask], self._users[mask], self._lengths[mask])
+
+
+# --------------------------------------------------------------------------------------------
+# Exact PyTorch bank.
+# --------------------------------------------------------------------------------------------
+
+
+class TorchMemoryBank:
+    """Exact cosine-similarity memory bank in PyTorch (CPU or GPU).
+
+    Search computes ``normalised queries @ normalised keys^T`` in chunks of queries (at most
+    ``query_chunk`` queries and ``max_chunk_elements`` similarity entries per chunk, so memory
+    stays bounded), sets inadmissible entries to ``-inf`` and takes the top-k.
+
+    Args:
+        dim: Dimension of keys, values and queries.
+        device: Where memories are stored and searched (``"cuda"`` searches on the GPU).
+        query_chunk: Largest number of queries scored at once.
+        max_chunk_elements: Largest ``queries x memories`` similarity block computed at once
+            (default 2**27 float32 entries = 512 MiB); lowers the chunk for very large banks.
+
+    Example:
+        >>> bank = TorchMemoryBank(dim=4)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> keys = torch.randn(10, 4, generator=g)
+        >>> users, lengths = torch.arange(10), torch.ones(10, dtype=torch.long)
+        >>> bank.add(keys, torch.randn(10, 4, generator=g), users, lengths)
+        >>> res = bank.search(keys[:2], k=3, users=torch.tensor([0, 1]),
+        ...                   lengths=torch.tensor([1, 1]))
+        >>> res.ids.shape, bool((res.ids[:, 0] != torch.tensor([0, 1])).all())
+        (torch.Size([2, 3]), True)
+        >>> k_raw, v_raw = bank.fetch(res.ids)
+        >>> tuple(k_raw.shape)
+        (2, 3, 4)
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        device: str | torch.device = "cpu",
+        query_chunk: int = 4096,
+        max_chunk_elements: int = 2**27,
+    ) -> None:
+        self.dim = _check_dim(dim)
+        if isinstance(query_chunk, bool) or not isinstance(query_chunk, int) or query_chunk < 1:
+            raise ValueError(f"query_chunk must be a positive integer, got {query_chunk!r}")
+        if (
+            isinstance(max_chunk_elements, bool)
+            or not isinstance(max_chunk_elements, int)
+            or max_chunk_elements < 1
+        ):
+            raise ValueError(
+                f"max_chunk_elements must be a positive integer, got {max_chunk_elements!r}"
+            )
+        self.query_chunk = query_chunk
+        self.max_chunk_elements = max_chunk_elements
+        self._device = torch.device(device)
+        self._store = _TensorStore(self.dim, self._device)
+        self._normed: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the stored memories and of all returned tensors."""
+        return self._device
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __repr__(self) -> str:
+        return f"TorchMemoryBank(dim={self.dim}, size={len(self)}, device='{self._device}')"
+
+    def add(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        users: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> None:
+        """Append memories.
+
+        Args:
+            keys: ``(n, dim)`` raw sequence representations ``h_k``.
+            values: ``(n, dim)`` raw target item embeddings ``v_k``.
+            users: ``(n,)`` integer user ids.
+            lengths: ``(n,)`` integer prefix lengths of the pairs.
+
+        Raises:
+            ValueError: on wrong shapes, NaN/inf rows or mismatched row counts.
+
+        Example:
+            >>> bank = TorchMemoryBank(dim=2)
+            >>> ones = torch.ones(3, 2)
+            >>> bank.add(ones, ones, torch.arange(3), torch.ones(3, dtype=torch.long))
+            >>> len(bank)
+            3
+        """
+        k, v, u, n = _validate_add(keys, values, users, lengths, self.dim, self._device)
+        self._store.append(k, v, u, n)
+        if k.shape[0]:
+            self._normed = None
+
+    def _keys_normed(self) -> torch.Tensor:
+        if self._normed is None:
+            self._normed = _normalize(self._store.keys)
+        return self._normed
+
+    def search(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        users: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+    ) -> SearchResult:
+        """Exact top-``k`` memories by cosine similarity.
+
+        Args:
+            queries: ``(q, dim)`` raw query representations (normalised internally).
+            k: Memories per query.
+            users: ``(q,)`` user ids of the queries; with ``lengths`` enables the exclusion rule.
+            lengths: ``(q,)`` prefix lengths of the queries.
+
+        Returns:
+            :class:`SearchResult` with ``(q, k)`` ids and scores on :attr:`device`.
+
+        Raises:
+            ValueError: on bad input, ``k < 1``, ``k > len(bank)``, an empty bank, or when a
+                query has fewer than ``k`` admissible memories.
+
+        Example:
+            >>> bank = TorchMemoryBank(dim=2)
+            >>> bank.add(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))
+            >>> bank.search(torch.tensor([[0.0, 2.0]]), k=1).ids.tolist()
+            [[1]]
+        """
+        q, qu, ql = _validate_search(queries, k, users, lengths, self.dim, len(self), self._device)
+        keys_normed = self._keys_normed()
+        chunk = max(1, min(self.query_chunk, self.max_chunk_elements // max(1, len(self))))
+        scores, ids = _exact_search(
+            _normalize(q),
+            keys_normed,
+            int(k),
+            qu,
+            ql,
+            self._store.users,
+            self._store.lengths,
+            chunk,
+            user_order=self._store.user_order if qu is not None else None,
+        )
+        return SearchResult(ids=ids, scores=scores)
+
+    def fetch(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw stored keys and values of the given ids.
+
+        Args:
+            ids: Integer tensor of any shape with positions in ``[0, len(bank))``.
+
+        Returns:
+            ``(keys, values)``, each of shape ``ids.shape + (dim,)`` on :attr:`device`.
+
+        Example:
+            >>> bank = TorchMemoryBank(dim=2)
+            >>> bank.add(2 * torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))
+            >>> bank.fetch(torch.tensor([[1]]))[0].tolist()  # raw, not normalised
+            [[[0.0, 2.0]]]
+        """
+        t = _check_ids(ids, len(self), self._device)
+        return self._store.keys[t], self._store.values[t]
+
+    def remove(self, users: torch.Tensor) -> int:
+        """Remove all memories of the given users.
+
+        Surviving memories keep their order and are renumbered ``0..len-1``.
+
+        Args:
+            users: Integer user ids (any shape, or a single int).
+
+        Returns:
+            Number of memories removed.
+
+        Example:
+            >>> bank = TorchMemoryBank(dim=2)
+            >>> ones = torch.ones(3, 2)
+            >>> bank.add(ones, ones, torch.tensor([0, 1, 0]), torch.tensor([1, 1, 2]))
+            >>> bank.remove(torch.tensor([0])), len(bank)
+            (2, 1)
+        """
+        u = _users_to_remove(users, self._device)
+        if len(self) == 0 or u.numel() == 0:
+            return 0
+        drop = torch.isin(self._store.users, u)
+        removed = int(drop.sum())
+        if removed:
+            self._store.keep(~drop)
+            self._normed = None
+        return removed
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save to directory ``path`` (``bank.json`` + ``arrays.npz``), atomically.
+
+        Example:
+            >>> import tempfile, os
+            >>> bank = TorchMemoryBank(dim=2)
+            >>> bank.add(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     bank.save(os.path.join(d, "bank"))
+            ...     len(TorchMemoryBank.load(os.path.join(d, "bank")))
+            2
+        """
+        s = self._store
+        meta = _bank_meta(
+            type(self).__name__,
+            self.dim,
+            len(s),
+            {"query_chunk": self.query_chunk, "max_chunk_elements": self.max_chunk_elements},
+        )
+        _write_bank_dir(path, meta, _bank_arrays(s.keys, s.values, s.users, s.lengths))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        dim: int | None = None,
+    ) -> TorchMemoryBank:
+        """Load a bank saved by :meth:`save`.
+
+        Args:
+            path: The saved directory.
+            device: Where to put the memories.
+            dim: If given, the expected dimension; another saved dim raises.
+
+        Raises:
+            MemoryBankFormatError: missing files, another class/version/dim, bad shapes.
+        """
+        meta, arrays = _read_bank_dir(path, cls.__name__, dim)
+        config = meta.get("config", {})
+        bank = cls(
+            meta["dim"],
+            device=device,
+            query_chunk=int(config.get("query_chunk", 4096)),
+            max_chunk_elements=int(config.get("max_chunk_elements", 2**27)),
+        )
+        bank.add(
+            torch.from_numpy(arrays["keys"]),
+            torch.from_numpy(arrays["values"]),
+            torch.from_numpy(arrays["users"]),
+            torch.from_numpy(arrays["lengths"]),
+        )
+        return bank

@@ -1,0 +1,218 @@
+"""Frozen, validated configuration dataclasses, one per component, saved as JSON.
+
+Defaults follow SPEC sections 2-4 (the authors' released settings for Beauty). Runtime choices
+(device, threads, progress bars) are function arguments, never saved config.
+
+Example:
+    >>> cfg = AugmenterConfig(ram=RAMConfig(alpha=0.3))
+    >>> AugmenterConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> RAMConfig(alpha=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: RAMConfig.alpha must be in [0, 1], got 1.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+__all__ = ["AugmenterConfig", "BankConfig", "PretrainConfig", "RAFTConfig", "RAMConfig"]
+
+C = TypeVar("C", bound="_Config")
+
+
+def _check(cond: bool, cls: object, name: str, msg: str, value: object) -> None:
+    if not cond:
+        raise ValueError(f"{type(cls).__name__}.{name} must be {msg}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class _Config:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}"
+            )
+        kwargs = {}
+        for name, value in data.items():
+            sub = known[name].type
+            target = _NESTED.get(sub if isinstance(sub, str) else getattr(sub, "__name__", ""))
+            kwargs[name] = target.from_dict(value) if target and isinstance(value, dict) else value
+        return cls(**kwargs)
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+def _valid_metric(obj: object, name: str, value: str) -> None:
+    ok = isinstance(value, str) and value.split("@")[0] in ("HR", "NDCG") and "@" in value
+    _check(ok, obj, name, "like 'HR@10' or 'NDCG@10'", value)
+
+
+@dataclass(frozen=True)
+class PretrainConfig(_Config):
+    """Stage 1: next-item cross-entropy plus the contrastive retrieval objective (SPEC 2).
+
+    Attributes:
+        epochs: Maximum epochs.
+        batch_size: Training pairs per step.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        patience: Stop after this many epochs without a better validation score.
+        valid_metric: Validation metric for early stopping and the best checkpoint.
+        retrieval_weight: lambda in L_rec + lambda * L_ret; 0 trains plain cross-entropy.
+        temperature: tau of the InfoNCE loss.
+        mask_false_negatives: Drop in-batch "negatives" that share the anchor's target.
+        max_len: Inputs are the last ``max_len`` items.
+        seed: Seed of initialisation-independent randomness (batch order, dropout, positives).
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    valid_metric: str = "HR@10"
+    retrieval_weight: float = 0.1
+    temperature: float = 1.0
+    mask_false_negatives: bool = False
+    max_len: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, self, "epochs", ">= 1", self.epochs)
+        _check(self.batch_size >= 2, self, "batch_size", ">= 2", self.batch_size)
+        _check(self.lr > 0, self, "lr", "> 0", self.lr)
+        _check(self.weight_decay >= 0, self, "weight_decay", ">= 0", self.weight_decay)
+        _check(self.patience >= 1, self, "patience", ">= 1", self.patience)
+        _check(self.retrieval_weight >= 0, self, "retrieval_weight", ">= 0", self.retrieval_weight)
+        _check(self.temperature > 0, self, "temperature", "> 0", self.temperature)
+        _check(self.max_len >= 1, self, "max_len", ">= 1", self.max_len)
+        _valid_metric(self, "valid_metric", self.valid_metric)
+
+
+@dataclass(frozen=True)
+class BankConfig(_Config):
+    """The memory bank (SPEC 3).
+
+    Attributes:
+        kind: ``"faiss"`` (any Faiss index factory string) or ``"torch"`` (exact, GPU-capable).
+        index_factory: Faiss factory string; ``"IVF128,Flat"`` is the paper's, ``"Flat"`` exact.
+        nprobe: IVF lists probed per query.
+        overfetch: Candidates fetched per wanted memory before the exclusion rule filters them.
+    """
+
+    kind: str = "faiss"
+    index_factory: str = "IVF128,Flat"
+    nprobe: int = 1
+    overfetch: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("faiss", "torch"), self, "kind", "'faiss' or 'torch'", self.kind)
+        _check(self.nprobe >= 1, self, "nprobe", ">= 1", self.nprobe)
+        _check(self.overfetch >= 1, self, "overfetch", ">= 1", self.overfetch)
+
+
+@dataclass(frozen=True)
+class RAMConfig(_Config):
+    """The Retrieval-Augmented Module: dual-channel cross-attention (SPEC 3, Eq. 9-11).
+
+    Attributes:
+        alpha: Weight of the encoder's own representation in the final mix.
+        beta: Weight of channel 1 (keys h_k, values v_k) vs channel 2 (keys v_k, values h_k).
+        k: Memories retrieved per query.
+        num_heads: Attention heads.
+        inner_size: Feed-forward inner size.
+        dropout: Dropout throughout the RAM.
+        attn_temperature: Attention scores are divided by this before the softmax.
+        layers: Cross-attention blocks per channel (each after the first preceded by a
+            feed-forward block): 2 gives the released cross-attention -> FFN -> cross-attention.
+    """
+
+    alpha: float = 0.5
+    beta: float = 1.0
+    k: int = 20
+    num_heads: int = 2
+    inner_size: int = 256
+    dropout: float = 0.5
+    attn_temperature: float = 1.0
+    layers: int = 2
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, self, "alpha", "in [0, 1]", self.alpha)
+        _check(0 <= self.beta <= 1, self, "beta", "in [0, 1]", self.beta)
+        _check(self.k >= 1, self, "k", ">= 1", self.k)
+        _check(self.num_heads >= 1, self, "num_heads", ">= 1", self.num_heads)
+        _check(self.inner_size >= 1, self, "inner_size", ">= 1", self.inner_size)
+        _check(0 <= self.dropout < 1, self, "dropout", "in [0, 1)", self.dropout)
+        _check(self.attn_temperature > 0, self, "attn_temperature", "> 0", self.attn_temperature)
+        _check(self.layers >= 1, self, "layers", ">= 1", self.layers)
+
+
+@dataclass(frozen=True)
+class RAFTConfig(_Config):
+    """Stage 2: retrieval-augmented fine-tuning of the RAM with the encoder frozen.
+
+    Attributes:
+        epochs: Maximum epochs.
+        batch_size: Queries per step.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        patience: Early-stopping patience in epochs.
+        valid_metric: Validation metric for early stopping.
+        seed: Seed of batch order and dropout.
+    """
+
+    epochs: int = 100
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    valid_metric: str = "HR@10"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, self, "epochs", ">= 1", self.epochs)
+        _check(self.batch_size >= 1, self, "batch_size", ">= 1", self.batch_size)
+        _check(self.lr > 0, self, "lr", "> 0", self.lr)
+        _check(self.weight_decay >= 0, self, "weight_decay", ">= 0", self.weight_decay)
+        _check(self.patience >= 1, self, "patience", ">= 1", self.patience)
+        _valid_metric(self, "valid_metric", self.valid_metric)
+
+
+@dataclass(frozen=True)
+class AugmenterConfig(_Config):
+    """Everything a :class:`~raserec_adapter.RetrievalAugmenter` saves with its checkpoint.
+
+    Attributes:
+        hidden_size: Representation size d (checked against the encoder; 0 = take the encoder's).
+        max_len: Inputs are the last ``max_len`` items.
+        bank: Memory-bank settings.
+        ram: RAM head settings.
+    """
+
+    hidden_size: int = 0
+    max_len: int = 50
+    bank: BankConfig = field(default_factory=BankConfig)
+    ram: RAMConfig = field(default_factory=RAMConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.hidden_size >= 0, self, "hidden_size", ">= 0", self.hidden_size)
+        _check(self.max_len >= 1, self, "max_len", ">= 1", self.max_len)
+
+
+_NESTED: dict[str, type[_Config]] = {
+    "BankConfig": BankConfig,
+    "RAMConfig": RAMConfig,
+    "PretrainConfig": PretrainConfig,
+    "RAFTConfig": RAFTConfig,
+}

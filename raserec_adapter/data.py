@@ -1,0 +1,469 @@
+"""Compact user sequences, the leave-one-out split and padding-free batching.
+
+All sequences of a dataset live in one flat ``items`` array plus ``offsets`` (CSR layout), so
+tens of millions of interactions cost a few hundred MB and load in seconds. Item ids are
+1-based; 0 is padding. Batches are left-aligned (items first, zeros after, as RecBole does)
+and trimmed to the longest sequence in the batch; sequences are bucketed by length so that
+almost no compute is spent on padding.
+
+Example:
+    >>> seqs = Sequences.from_lists([[1, 2, 3, 4], [2, 3, 1, 4, 5]])
+    >>> split = leave_one_out(seqs)
+    >>> split.train.targets.tolist()  # every prefix of the training part -> next item
+    [2, 3, 1, 4]
+    >>> split.test.targets.tolist()
+    [4, 5]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Batch",
+    "LeaveOneOutSplit",
+    "PrefixSet",
+    "Sequences",
+    "iter_batches",
+    "leave_one_out",
+]
+
+
+class DataFormatError(ValueError):
+    """A data file or array does not have the expected shape or content."""
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Chronological item sequences of all users in CSR layout.
+
+    Attributes:
+        items: Flat ``int64`` array of 1-based item ids, user after user.
+        offsets: ``int64`` array of length ``num_users + 1``; user ``u`` owns
+            ``items[offsets[u]:offsets[u + 1]]``.
+        num_items: Largest item id ``N``; valid items are ``1..N``.
+        user_labels: Original user ids (``user_labels[u]`` for internal user ``u``), or ``None``.
+        item_labels: Original item ids (``item_labels[i - 1]`` for internal item ``i``), or ``None``.
+    """
+
+    items: np.ndarray
+    offsets: np.ndarray
+    num_items: int
+    user_labels: np.ndarray | None = None
+    item_labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        items, offsets = self.items, self.offsets
+        if items.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1:
+            raise DataFormatError("items and offsets must be 1-D arrays (offsets non-empty)")
+        if offsets[0] != 0 or offsets[-1] != len(items) or np.any(np.diff(offsets) < 0):
+            raise DataFormatError(
+                "offsets must start at 0, end at len(items) and never decrease; "
+                "build Sequences with Sequences.from_lists(...) if unsure"
+            )
+        if len(items) and (items.min() < 1 or items.max() > self.num_items):
+            raise DataFormatError(
+                f"item ids must lie in 1..{self.num_items} (0 is reserved for padding); "
+                f"found ids from {items.min()} to {items.max()}. Remap 0-based ids by adding 1."
+            )
+        if self.user_labels is not None and len(self.user_labels) != self.num_users:
+            raise DataFormatError("user_labels must have one entry per user")
+        if self.item_labels is not None and len(self.item_labels) != self.num_items:
+            raise DataFormatError("item_labels must have one entry per item")
+
+    @classmethod
+    def from_lists(
+        cls,
+        sequences: Sequence[Sequence[int]],
+        num_items: int | None = None,
+        user_labels: Sequence[str] | None = None,
+        item_labels: Sequence[str] | None = None,
+    ) -> Sequences:
+        """Builds from Python lists of 1-based item ids (convenient for small data and tests)."""
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        items = np.fromiter(
+            (int(i) for s in sequences for i in s), dtype=np.int64, count=int(offsets[-1])
+        )
+        n = int(num_items if num_items is not None else (items.max() if len(items) else 0))
+        return cls(
+            items,
+            offsets,
+            n,
+            None if user_labels is None else np.asarray(user_labels, dtype=str),
+            None if item_labels is None else np.asarray(item_labels, dtype=str),
+        )
+
+    @property
+    def num_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def num_interactions(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, user: int) -> np.ndarray:
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def save(self, path: str | Path) -> None:
+        """Writes an ``.npz`` file (no pickles) holding the sequences and the id maps."""
+        arrays: dict[str, np.ndarray] = {
+            "items": self.items,
+            "offsets": self.offsets,
+            "num_items": np.asarray(self.num_items),
+        }
+        if self.user_labels is not None:
+            arrays["user_labels"] = self.user_labels.astype(str)
+        if self.item_labels is not None:
+            arrays["item_labels"] = self.item_labels.astype(str)
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Sequences:
+        """Reads a file written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as f:
+            missing = {"items", "offsets", "num_items"} - set(f.files)
+            if missing:
+                raise DataFormatError(f"{path} is not a Sequences file: missing {sorted(missing)}")
+            return cls(
+                f["items"].astype(np.int64),
+                f["offsets"].astype(np.int64),
+                int(f["num_items"]),
+                f["user_labels"] if "user_labels" in f.files else None,
+                f["item_labels"] if "item_labels" in f.files else None,
+            )
+
+    def describe(self) -> dict[str, float]:
+        """Counts as in the paper's dataset table."""
+        n = self.num_users
+        return {
+            "users": n,
+            "items": self.num_items,
+            "interactions": self.num_interactions,
+            "avg_length": self.num_interactions / max(n, 1),
+            "sparsity": 1 - self.num_interactions / max(n * self.num_items, 1),
+        }
+
+
+@dataclass(frozen=True)
+class PrefixSet:
+    """Queries of the form "user ``u``'s first ``length`` items -> ``target``".
+
+    A prefix refers into a :class:`Sequences` object, so no item is copied. The model input is
+    the last ``max_len`` items of the prefix. ``target`` is 0 where unknown (inference).
+    """
+
+    users: np.ndarray
+    lengths: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def subset(self, index: np.ndarray) -> PrefixSet:
+        return PrefixSet(self.users[index], self.lengths[index], self.targets[index])
+
+    @staticmethod
+    def concat(*sets: PrefixSet) -> PrefixSet:
+        return PrefixSet(
+            np.concatenate([s.users for s in sets]),
+            np.concatenate([s.lengths for s in sets]),
+            np.concatenate([s.targets for s in sets]),
+        )
+
+
+@dataclass(frozen=True)
+class LeaveOneOutSplit:
+    """The DuoRec/RaSeRec protocol (SPEC section 1).
+
+    ``train`` holds every prefix of each user's training part with its next item, ``valid`` the
+    whole training part -> second-to-last item, ``test`` training part + validation item -> last
+    item. ``valid`` and ``test`` have one row per user, in user order.
+    """
+
+    sequences: Sequences
+    train: PrefixSet
+    valid: PrefixSet
+    test: PrefixSet
+    max_len: int
+
+    def bank_pairs(self, phase: str) -> PrefixSet:
+        """Pairs that form the memory bank: training pairs, plus validation pairs for ``test``."""
+        if phase == "test":
+            return PrefixSet.concat(self.train, self.valid)
+        if phase in ("train", "valid"):
+            return self.train
+        raise ValueError(f"phase must be 'train', 'valid' or 'test', got {phase!r}")
+
+    def eval_set(self, split: str) -> PrefixSet:
+        if split not in ("valid", "test"):
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        return self.valid if split == "valid" else self.test
+
+
+def leave_one_out(sequences: Sequences, max_len: int = 50, min_length: int = 3) -> LeaveOneOutSplit:
+    """Splits each user's sequence: last item test, second-to-last validation, rest training.
+
+    Args:
+        sequences: Chronological sequences.
+        max_len: Model inputs are truncated to their last ``max_len`` items.
+        min_length: Users with fewer items are rejected (3 = one training item, one validation
+            item, one test item).
+
+    Raises:
+        DataFormatError: If a user has fewer than ``min_length`` items.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if min_length < 3:
+        raise ValueError("min_length must be >= 3 for a leave-one-out split")
+    lengths = sequences.lengths
+    short = np.flatnonzero(lengths < min_length)
+    if len(short):
+        raise DataFormatError(
+            f"{len(short)} users have fewer than {min_length} items (e.g. user index {short[0]} "
+            f"with {lengths[short[0]]}); filter them first, e.g. with k-core filtering"
+        )
+    users = np.arange(sequences.num_users, dtype=np.int64)
+    # training part of user u has m = L - 2 items; prefixes n = 1..m-1 predict item n (0-based).
+    n_pairs = lengths - 3
+    pair_users = np.repeat(users, n_pairs)
+    first = np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
+    pair_lengths = np.arange(len(pair_users), dtype=np.int64) - first + 1
+    starts = sequences.offsets[:-1]
+    train = PrefixSet(
+        pair_users, pair_lengths, sequences.items[sequences.offsets[pair_users] + pair_lengths]
+    )
+    valid = PrefixSet(users, lengths - 2, sequences.items[starts + lengths - 2])
+    test = PrefixSet(users.copy(), lengths - 1, sequences.items[starts + lengths - 1])
+    return LeaveOneOutSplit(sequences, train, valid, test, max_len)
+
+
+@dataclass
+class Batch:
+    """A padded batch of model inputs.
+
+    Attributes:
+        item_seq: ``(B, T)`` long tensor, left-aligned items, zeros after the last item.
+        lengths: ``(B,)`` number of real items per row (``1..T``).
+        targets: ``(B,)`` next items (0 where unknown); for :func:`iter_windows`, ``(B, T)``
+            next item at every position, 0 where no loss is taken.
+        index: ``(B,)`` row numbers into the prefix set (or window list) the batch came from.
+        users: ``(B,)`` user of each row (prefix batches), for the no-leakage rule.
+        prefix_lengths: ``(B,)`` full prefix length of each row before truncation to
+            ``max_len`` (prefix batches), for the no-leakage rule.
+    """
+
+    item_seq: torch.Tensor
+    lengths: torch.Tensor
+    targets: torch.Tensor
+    index: torch.Tensor
+    users: torch.Tensor | None = None
+    prefix_lengths: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.item_seq.to(device),
+            self.lengths.to(device),
+            self.targets.to(device),
+            self.index.to(device),
+            None if self.users is None else self.users.to(device),
+            None if self.prefix_lengths is None else self.prefix_lengths.to(device),
+        )
+
+
+def _length_buckets(
+    lengths: np.ndarray, batch_size: int, shuffle: bool, rng: np.random.Generator | None
+) -> list[np.ndarray]:
+    """Groups row numbers into batches of similar length.
+
+    Without shuffling, rows are sorted by length. With shuffling, rows are permuted, cut into
+    chunks of 50 batches, sorted by length inside each chunk, and the batches are shuffled:
+    random batches with little padding.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    if not shuffle:
+        order = np.argsort(lengths, kind="stable")
+    else:
+        assert rng is not None
+        perm = rng.permutation(n)
+        chunk = batch_size * 50
+        parts = []
+        for s in range(0, n, chunk):
+            part = perm[s : s + chunk]
+            parts.append(part[np.argsort(lengths[part], kind="stable")])
+        order = np.concatenate(parts)
+    batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+    if shuffle:
+        assert rng is not None
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def gather_windows(
+    sequences: Sequences, ends: np.ndarray, lengths: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-aligned ``(B, max(lengths))`` block of the items ``ends-lengths .. ends-1``."""
+    width = int(lengths.max())
+    pos = np.arange(width, dtype=np.int64)
+    idx = (ends - lengths)[:, None] + pos[None, :]
+    valid = pos[None, :] < lengths[:, None]
+    block = np.where(valid, sequences.items[np.where(valid, idx, 0)], 0)
+    return torch.from_numpy(block), torch.from_numpy(lengths.copy())
+
+
+def iter_batches(
+    sequences: Sequences,
+    prefixes: PrefixSet,
+    batch_size: int,
+    max_len: int = 50,
+    shuffle: bool = False,
+    seed: int | None = None,
+) -> Iterator[Batch]:
+    """Yields padded batches of prefix inputs, bucketed by length and trimmed.
+
+    Args:
+        sequences: The sequences the prefixes refer to.
+        prefixes: Which prefixes to batch.
+        batch_size: Rows per batch.
+        max_len: Inputs are the last ``max_len`` items of each prefix.
+        shuffle: Random batches (for training); otherwise sorted by length.
+        seed: Seed of the shuffling.
+
+    Example:
+        >>> seqs = Sequences.from_lists([[1, 2, 3, 4], [2, 3, 1, 4, 5]])
+        >>> b = next(iter_batches(seqs, leave_one_out(seqs).test, batch_size=8))
+        >>> b.item_seq.tolist(), b.lengths.tolist()
+        ([[1, 2, 3, 0], [2, 3, 1, 4]], [3, 4])
+    """
+    if len(prefixes) and prefixes.lengths.min() < 1:
+        raise DataFormatError("every prefix needs at least one item (empty sequence found)")
+    in_lengths = np.minimum(prefixes.lengths, max_len)
+    rng = np.random.default_rng(seed) if shuffle else None
+    ends = sequences.offsets[prefixes.users] + prefixes.lengths
+    for rows in _length_buckets(in_lengths, batch_size, shuffle, rng):
+        item_seq, lengths = gather_windows(sequences, ends[rows], in_lengths[rows])
+        yield Batch(
+            item_seq,
+            lengths,
+            torch.from_numpy(prefixes.targets[rows]),
+            torch.from_numpy(rows),
+            torch.from_numpy(prefixes.users[rows]),
+            torch.from_numpy(prefixes.lengths[rows]),
+        )
+
+
+@dataclass(frozen=True)
+class CausalWindows:
+    """Windows that let a causal encoder see every training prefix in one pass.
+
+    Window ``w`` is the items ``ends[w] - lengths[w] .. ends[w] - 1`` of the flat array; a loss is
+    taken at its last ``loss_from_end[w]`` positions, where the output (causal, positions counted
+    from the window start) equals the encoding of exactly one training prefix. Prefixes longer
+    than ``max_len`` each get a window of their own (sliding window), so results are exact.
+    """
+
+    users: np.ndarray
+    ends: np.ndarray
+    lengths: np.ndarray
+    loss_from_end: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.loss_from_end.sum())
+
+
+def causal_windows(split: LeaveOneOutSplit) -> CausalWindows:
+    """Builds the one-pass windows covering exactly ``split.train`` (see :class:`CausalWindows`)."""
+    seqs, t = split.sequences, split.max_len
+    m = seqs.lengths - 2  # training part length; inputs are its first m-1 items
+    n_in = m - 1
+    starts = seqs.offsets[:-1]
+    keep = n_in >= 1
+    first_len = np.minimum(n_in, t)[keep]
+    win_users = [np.flatnonzero(keep)]
+    ends = [starts[keep] + first_len]
+    lengths = [first_len]
+    loss = [first_len]
+    # prefixes of length > t: one window each
+    extra = np.maximum(n_in - t, 0)
+    users = np.repeat(np.arange(seqs.num_users), extra)
+    if len(users):
+        win_users.append(users)
+        first = np.repeat(np.cumsum(extra) - extra, extra)
+        n = t + 1 + np.arange(len(users)) - first
+        ends.append(starts[users] + n)
+        lengths.append(np.full(len(users), t, dtype=np.int64))
+        loss.append(np.ones(len(users), dtype=np.int64))
+    return CausalWindows(
+        np.concatenate(win_users).astype(np.int64),
+        np.concatenate(ends),
+        np.concatenate(lengths),
+        np.concatenate(loss),
+    )
+
+
+def window_pair_index(
+    split: LeaveOneOutSplit, windows: CausalWindows, rows: np.ndarray, positions: np.ndarray
+) -> np.ndarray:
+    """Row in ``split.train`` of the prefix encoded at ``positions`` (0-based) of windows ``rows``."""
+    seqs = split.sequences
+    users = windows.users[rows]
+    n = windows.ends[rows] - windows.lengths[rows] - seqs.offsets[users] + positions + 1
+    pair_start = np.concatenate([[0], np.cumsum(seqs.lengths - 3)])[users]
+    return pair_start + n - 1
+
+
+def iter_windows(
+    sequences: Sequences,
+    windows: CausalWindows,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int | None = None,
+) -> Iterator[Batch]:
+    """Yields batches of causal windows; ``targets`` is ``(B, T)`` with 0 where no loss is taken.
+
+    ``batch_size`` counts training pairs (loss positions), not windows, so one step sees about as
+    many pairs as a per-prefix batch of the same size.
+    """
+    rng = np.random.default_rng(seed) if shuffle else None
+    avg = max(windows.num_pairs / max(len(windows), 1), 1.0)
+    per_batch = max(1, math.ceil(batch_size / avg))
+    for rows in _length_buckets(windows.lengths, per_batch, shuffle, rng):
+        lengths = windows.lengths[rows]
+        item_seq, lens = gather_windows(sequences, windows.ends[rows], lengths)
+        width = item_seq.shape[1]
+        nxt_idx = (windows.ends[rows] - lengths)[:, None] + 1 + np.arange(width)[None, :]
+        pos = np.arange(width)[None, :]
+        lo = (lengths - windows.loss_from_end[rows])[:, None]
+        take = (pos >= lo) & (pos < lengths[:, None])
+        targets = np.where(take, sequences.items[np.where(take, nxt_idx, 0)], 0)
+        yield Batch(item_seq, lens, torch.from_numpy(targets), torch.from_numpy(rows))
+
+
+def save_json(path: str | Path, obj: object) -> None:
+    """Writes JSON atomically (a crash never leaves a half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

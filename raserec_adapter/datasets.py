@@ -1,0 +1,358 @@
+"""Registry of the paper's benchmark datasets, with lookup, download and checksum checks.
+
+The three Amazon datasets of the RaSeRec paper (Beauty, Sports and Outdoors, Clothing Shoes
+and Jewelry) in the preprocessed 5-core ``user item item ...`` form of S3-Rec / ICLRec / DuoRec.
+:func:`load_dataset` finds a dataset file, in order, in
+
+1. the ``data_dir`` argument,
+2. the folder named by the environment variable ``RASEREC_DATA_DIR``,
+3. ``../shared/data`` relative to the current working directory,
+4. the cache folder (``cache_dir`` argument, else ``RASEREC_CACHE_DIR``, else
+   ``~/.cache/raserec-adapter``),
+
+and otherwise downloads it from its public URL into the cache. Every file's SHA-256 checksum
+is verified, and the loaded counts are checked against the paper's table.
+
+Example:
+    >>> seqs = load_dataset("beauty")  # doctest: +SKIP
+    >>> seqs.num_users, seqs.num_items, seqs.num_interactions  # doctest: +SKIP
+    (22363, 12101, 198502)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import DataFormatError, Sequences
+from .readers import read_interactions, read_sequences_txt
+
+__all__ = [
+    "DATASETS",
+    "ChecksumError",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "dataset_path",
+    "default_cache_dir",
+    "load_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "RASEREC_DATA_DIR"
+CACHE_DIR_ENV = "RASEREC_CACHE_DIR"
+_TABLE_SUFFIXES = (".csv", ".tsv", ".inter")
+_CHUNK = 1 << 16
+
+
+class ChecksumError(DataFormatError):
+    """A dataset file does not have the expected SHA-256 checksum."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset file is neither on disk nor downloadable."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registered dataset: where to get it, how to verify it, and its size.
+
+    Attributes:
+        name: Registry key (lower case), e.g. ``"beauty"``.
+        filename: File name looked for in the data folders and the cache.
+        url: Public URL of the file.
+        sha256: Expected SHA-256 hex digest of the file.
+        users: Number of users (lines).
+        items: Number of distinct items.
+        interactions: Number of interactions.
+    """
+
+    name: str
+    filename: str
+    url: str
+    sha256: str
+    users: int
+    items: int
+    interactions: int
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            name="beauty",
+            filename="Beauty.txt",
+            url="https://raw.githubusercontent.com/salesforce/ICLRec/master/data/Beauty.txt",
+            sha256="226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
+            users=22_363,
+            items=12_101,
+            interactions=198_502,
+        ),
+        DatasetInfo(
+            name="sports",
+            filename="Sports_and_Outdoors.txt",
+            url=(
+                "https://raw.githubusercontent.com/salesforce/ICLRec/master/data/"
+                "Sports_and_Outdoors.txt"
+            ),
+            sha256="2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2",
+            users=35_598,
+            items=18_357,
+            interactions=296_337,
+        ),
+        DatasetInfo(
+            name="clothing",
+            filename="Clothing_Shoes_and_Jewelry.txt",
+            url="https://raw.githubusercontent.com/recocrea/IDEADLRec/main/data/Clothing.txt",
+            sha256="9f5051aa601de52a922e6ff51fe879960ff3bf48559d81110478f0f5cc63561e",
+            users=39_387,
+            items=23_033,
+            interactions=278_677,
+        ),
+    )
+}
+
+
+def default_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The download cache: ``cache_dir``, else ``$RASEREC_CACHE_DIR``, else the user cache.
+
+    Args:
+        cache_dir: Explicit folder, returned as is when given.
+
+    Returns:
+        The cache folder (not created).
+
+    Example:
+        >>> default_cache_dir("/tmp/my-cache").as_posix()
+        '/tmp/my-cache'
+    """
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "raserec-adapter"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path: Path, info: DatasetInfo, origin: str) -> None:
+    """Raises :class:`ChecksumError` if ``path`` does not hash to ``info.sha256``."""
+    found = _sha256(path)
+    if found != info.sha256:
+        raise ChecksumError(
+            f"{path} ({origin}) is not the expected {info.name!r} file: SHA-256 is {found}, "
+            f"expected {info.sha256}. The file is corrupt or a different version; delete or "
+            f"replace it with the file from {info.url}"
+        )
+
+
+def _lookup(name: str | DatasetInfo) -> DatasetInfo:
+    if isinstance(name, DatasetInfo):
+        return name
+    info = DATASETS.get(name.lower())
+    if info is None:
+        raise ValueError(
+            f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}, or pass "
+            "the path of a .txt/.csv/.tsv/.inter file"
+        )
+    return info
+
+
+def _as_file(name: str | os.PathLike[str] | DatasetInfo) -> Path | None:
+    """The path when ``name`` refers to a file rather than a registered dataset, else ``None``."""
+    if isinstance(name, DatasetInfo):
+        return None
+    if isinstance(name, os.PathLike):
+        return Path(name)
+    if name.lower() in DATASETS:
+        return None
+    path = Path(name)
+    if path.is_file() or path.suffix.lower() in (".txt", *_TABLE_SUFFIXES) or len(path.parts) > 1:
+        return path
+    return None
+
+
+def dataset_path(
+    name: str | os.PathLike[str] | DatasetInfo,
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+) -> Path:
+    """Finds (or downloads) the file of a dataset and verifies its checksum.
+
+    Looks in ``data_dir``, then ``$RASEREC_DATA_DIR``, then ``../shared/data`` relative to the
+    current working directory, then the cache folder (see :func:`default_cache_dir`); if the
+    file is in none of them and ``download`` is true, downloads it into the cache (to a
+    temporary file that is renamed once complete and verified).
+
+    Args:
+        name: A registered name (see :data:`DATASETS`, case-insensitive), a
+            :class:`DatasetInfo`, or the path of a data file (returned as is).
+        data_dir: Folder searched first.
+        cache_dir: Download cache; default ``$RASEREC_CACHE_DIR`` or
+            ``~/.cache/raserec-adapter``.
+        download: Whether to download a missing file.
+
+    Returns:
+        Path of the verified file.
+
+    Raises:
+        ValueError: If ``name`` is not a registered dataset (the message lists them).
+        ChecksumError: If the first file found, or the download, has the wrong checksum.
+        DatasetNotFoundError: If the file is nowhere and cannot be downloaded; the message
+            lists the places looked at and the URL.
+
+    Example:
+        >>> dataset_path("beauty").name  # doctest: +SKIP
+        'Beauty.txt'
+    """
+    path = _as_file(name)
+    if path is not None:
+        if not path.is_file():
+            raise DatasetNotFoundError(
+                f"no such data file: {path}; known dataset names: {', '.join(sorted(DATASETS))}"
+            )
+        return path
+    assert not isinstance(name, os.PathLike)  # handled by _as_file
+    info = _lookup(name)
+
+    places: list[tuple[Path, str]] = []
+    if data_dir is not None:
+        places.append((Path(data_dir), "data_dir argument"))
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        places.append((Path(env), f"${DATA_DIR_ENV}"))
+    places.append((Path.cwd() / ".." / "shared" / "data", "../shared/data"))
+    cache = default_cache_dir(cache_dir)
+    places.append((cache, "cache"))
+
+    for folder, origin in places:
+        candidate = folder / info.filename
+        if candidate.is_file():
+            _verify(candidate, info, origin)
+            logger.debug("dataset %r found at %s (%s)", info.name, candidate, origin)
+            return candidate.resolve()
+
+    looked = "\n".join(f"  - {(f / info.filename).resolve()} ({o})" for f, o in places)
+    fix = (
+        f"Download {info.url} into one of these folders, set {DATA_DIR_ENV} to the folder "
+        "holding it, or pass data_dir=..."
+    )
+    if not download:
+        raise DatasetNotFoundError(
+            f"dataset {info.name!r} ({info.filename}) not found and download=False. Looked at:\n"
+            f"{looked}\n{fix}"
+        )
+    try:
+        return _download(info, cache)
+    except (urllib.error.URLError, OSError) as e:
+        raise DatasetNotFoundError(
+            f"dataset {info.name!r} ({info.filename}) not found and downloading {info.url} "
+            f"failed ({e}). Looked at:\n{looked}\n{fix}"
+        ) from e
+
+
+def _download(info: DatasetInfo, cache: Path) -> Path:
+    """Downloads ``info.url`` into ``cache`` atomically, verifying the checksum."""
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / info.filename
+    logger.info("downloading dataset %r from %s to %s", info.name, info.url, target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{info.filename}.", suffix=".part", dir=cache)
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        done = 0
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(info.url, timeout=60) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) if resp.headers else 0
+            next_report = 0.1
+            while chunk := resp.read(_CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+                done += len(chunk)
+                if total and done / total >= next_report:
+                    pct = 100 * done / total
+                    logger.info("%s: %.0f%% (%d of %d bytes)", info.filename, pct, done, total)
+                    next_report = done / total + 0.1
+        found = h.hexdigest()
+        if found != info.sha256:
+            raise ChecksumError(
+                f"downloaded {info.url} ({done} bytes) but its SHA-256 is {found}, expected "
+                f"{info.sha256}; the file at the URL changed or the download was corrupted. "
+                f"Try again, or get the right file and set {DATA_DIR_ENV} to its folder"
+            )
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("downloaded %s (%d bytes)", target, done)
+    return target.resolve()
+
+
+def load_dataset(
+    name: str | os.PathLike[str] | DatasetInfo,
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+) -> Sequences:
+    """Loads a registered dataset (verified) or a data file.
+
+    Args:
+        name: A registered name (``"beauty"``, ``"sports"``, ``"clothing"``), a
+            :class:`DatasetInfo`, or a path: ``.txt`` files are read with
+            :func:`~raserec_adapter.readers.read_sequences_txt`, ``.csv``/``.tsv``/``.inter``
+            files with :func:`~raserec_adapter.readers.read_interactions` (default columns).
+        data_dir: Folder searched first (see :func:`dataset_path` for the search order).
+        cache_dir: Download cache.
+        download: Whether to download a missing registered dataset.
+
+    Returns:
+        The sequences, with the original ids as labels.
+
+    Raises:
+        ValueError: Unknown dataset name or unsupported file extension.
+        ChecksumError: The file found or downloaded has the wrong checksum.
+        DatasetNotFoundError: The file is nowhere and cannot be downloaded.
+        DataFormatError: The file is malformed, or a registered dataset's users, items or
+            interactions differ from the registry.
+
+    Example:
+        >>> seqs = load_dataset("beauty")  # doctest: +SKIP
+        >>> seqs.describe()["users"]  # doctest: +SKIP
+        22363
+    """
+    path = dataset_path(name, data_dir=data_dir, cache_dir=cache_dir, download=download)
+    if isinstance(name, os.PathLike) or _as_file(name) is not None:
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            return read_sequences_txt(path)
+        if suffix in _TABLE_SUFFIXES:
+            return read_interactions(path)
+        raise ValueError(
+            f"{path}: unsupported extension {path.suffix!r}; use .txt ('user item item ...' "
+            "lines) or .csv/.tsv/.inter (user/item/timestamp tables), or call "
+            "read_sequences_txt / read_interactions directly"
+        )
+    info = _lookup(name)
+    seqs = read_sequences_txt(path)
+    expected = (info.users, info.items, info.interactions)
+    found = (seqs.num_users, seqs.num_items, seqs.num_interactions)
+    if found != expected:
+        raise DataFormatError(
+            f"{path}: dataset {info.name!r} should have {expected[0]} users, {expected[1]} "
+            f"items and {expected[2]} interactions, found {found[0]}, {found[1]} and "
+            f"{found[2]}; the file is not the registered version, replace it with {info.url}"
+        )
+    return seqs

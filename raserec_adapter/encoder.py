@@ -1,0 +1,236 @@
+"""What a sequence encoder must offer, and adapters for encoders that offer it differently.
+
+The contract follows RecBole: ``forward(item_seq, item_seq_len) -> (B, d)`` with left-aligned,
+zero-padded ``item_seq`` of 1-based item ids, plus an ``item_embedding`` (``nn.Embedding`` with
+``N + 1`` rows, row 0 = padding) whose rows score items by dot product. A RecBole-style model
+wraps with no glue; anything else passes two small functions to :func:`wrap_encoder`.
+
+Optionally, a *causal* encoder (SASRec, GRU4Rec) may offer
+``forward_all(item_seq, item_seq_len) -> (B, T, d)``, the representation at every position
+where position ``t`` sees only items ``<= t``, and set ``is_causal = True``; training and bank
+building then encode all prefixes of a sequence in one pass (about 7x less work on Beauty).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> class LastItem(nn.Module):  # a toy encoder: the embedding of the last item
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.item_embedding = nn.Embedding(11, 8, padding_idx=0)
+    ...     def forward(self, item_seq, item_seq_len):
+    ...         last = item_seq.gather(1, (item_seq_len - 1).unsqueeze(1)).squeeze(1)
+    ...         return self.item_embedding(last)
+    >>> enc = wrap_encoder(LastItem())
+    >>> enc.hidden_size, enc.num_items
+    (8, 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+__all__ = ["EncoderError", "SequenceEncoder", "WrappedEncoder", "wrap_encoder"]
+
+
+class EncoderError(TypeError):
+    """A user's model does not fit the :class:`SequenceEncoder` contract."""
+
+
+@runtime_checkable
+class SequenceEncoder(Protocol):
+    """The RecBole-style encoder contract.
+
+    Attributes:
+        item_embedding: ``nn.Embedding(N + 1, d)``; ``item_embedding.weight @ h`` scores items.
+    """
+
+    item_embedding: nn.Embedding
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """Maps ``(B, T)`` item ids and ``(B,)`` lengths to ``(B, d)`` representations."""
+        ...
+
+
+EncodeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ItemWeightsFn = Callable[[], torch.Tensor]
+
+_HOW_TO_ADAPT = (
+    "Pass accessors instead: wrap_encoder(model, encode=lambda seq, lens: ..., "
+    "item_weights=lambda: model.<your item table>.weight). See docs/custom-encoder.md."
+)
+
+
+class WrappedEncoder(nn.Module):
+    """A user's encoder seen through the contract, with checks.
+
+    Use :func:`wrap_encoder` to build one. ``module`` stays the user's own object, so its
+    ``state_dict`` and training code are unchanged.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        encode: EncodeFn,
+        item_weights: ItemWeightsFn,
+        encode_all: EncodeFn | None = None,
+    ) -> None:
+        super().__init__()
+        self.module = module
+        self._encode = encode
+        self._item_weights = item_weights
+        self._encode_all = encode_all
+        weights = self.item_weights()
+        if weights.dim() != 2 or weights.shape[0] < 2:
+            raise EncoderError(
+                f"the item table must be a (N + 1, d) matrix with row 0 for padding, got shape "
+                f"{tuple(weights.shape)}"
+            )
+
+    @property
+    def num_items(self) -> int:
+        """``N``: item ids are ``1..N``."""
+        return int(self.item_weights().shape[0]) - 1
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.item_weights().shape[1])
+
+    @property
+    def is_causal(self) -> bool:
+        """Whether all prefixes of a sequence can be encoded in one pass."""
+        return self._encode_all is not None
+
+    def item_weights(self) -> torch.Tensor:
+        """``(N + 1, d)`` item table the scores use (row 0 = padding)."""
+        return self._item_weights()
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """``(B, d)`` representation of each sequence, with input and output checks."""
+        self._check_input(item_seq, item_seq_len)
+        h = self._encode(item_seq, item_seq_len)
+        return self._check_output(h, item_seq.shape[0], "encode")
+
+    def forward_all(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """``(B, T, d)`` causal representation at every position (causal encoders only)."""
+        if self._encode_all is None:
+            raise EncoderError("this encoder is not causal: it has no forward_all")
+        self._check_input(item_seq, item_seq_len)
+        h = self._encode_all(item_seq, item_seq_len)
+        if h.dim() != 3 or h.shape[:2] != item_seq.shape or h.shape[2] != self.hidden_size:
+            raise EncoderError(
+                f"forward_all must return (B, T, d) = {(*item_seq.shape, self.hidden_size)}, "
+                f"got {tuple(h.shape)}"
+            )
+        return h
+
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        """``(B, N + 1)`` dot-product scores of representations against all items."""
+        return h @ self.item_weights().t()
+
+    def _check_input(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> None:
+        if item_seq.dtype not in (torch.int64, torch.int32):
+            raise TypeError(
+                f"item_seq must hold integer item ids (torch.long), got {item_seq.dtype}; "
+                "convert with item_seq.long()"
+            )
+        if item_seq.dim() != 2 or lengths.shape != item_seq.shape[:1]:
+            raise ValueError(
+                f"expected item_seq (B, T) and lengths (B,), got {tuple(item_seq.shape)} and "
+                f"{tuple(lengths.shape)}"
+            )
+        if item_seq.numel() and (item_seq.min() < 0 or item_seq.max() > self.num_items):
+            raise ValueError(
+                f"item ids must lie in 1..{self.num_items} (0 = padding), got values from "
+                f"{int(item_seq.min())} to {int(item_seq.max())}; unknown items must be mapped "
+                "to known ids or dropped, and 0-based ids need + 1"
+            )
+        if lengths.numel() and (lengths.min() < 1 or lengths.max() > item_seq.shape[1]):
+            raise ValueError(
+                "every sequence needs 1..T items (empty sequences cannot be encoded); got "
+                f"lengths from {int(lengths.min())} to {int(lengths.max())} with T = "
+                f"{item_seq.shape[1]}"
+            )
+
+    def _check_output(self, h: object, batch: int, what: str) -> torch.Tensor:
+        if not isinstance(h, torch.Tensor):
+            raise EncoderError(
+                f"the encoder's {what} returned {type(h).__name__}, expected a (B, d) tensor. "
+                + _HOW_TO_ADAPT
+            )
+        if h.dim() == 3 and h.shape[0] == batch:
+            raise EncoderError(
+                f"the encoder returned {tuple(h.shape)}: one vector per position. The adapter "
+                "needs one (B, d) vector per sequence, e.g. the last real position: "
+                "wrap_encoder(model, encode=lambda s, n: model(s, n)[torch.arange(len(n)), n - 1], "
+                "...)"
+            )
+        if h.dim() != 2 or h.shape[0] != batch:
+            raise EncoderError(f"the encoder's {what} must return (B, d), got {tuple(h.shape)}")
+        if h.shape[1] != self.hidden_size:
+            raise EncoderError(
+                f"the encoder returns vectors of size {h.shape[1]} but the item table has size "
+                f"{self.hidden_size}; scores need both equal (add a projection to the encoder)"
+            )
+        return h
+
+
+def wrap_encoder(
+    model: nn.Module,
+    encode: EncodeFn | None = None,
+    item_weights: ItemWeightsFn | None = None,
+    encode_all: EncodeFn | None = None,
+) -> WrappedEncoder:
+    """Checks a model against :class:`SequenceEncoder` and wraps it.
+
+    Args:
+        model: The user's encoder. A RecBole-style model needs no other argument.
+        encode: ``(item_seq, lengths) -> (B, d)``; default ``model(item_seq, lengths)``.
+        item_weights: ``() -> (N + 1, d)`` item table; default ``model.item_embedding.weight``.
+        encode_all: ``(item_seq, lengths) -> (B, T, d)`` for causal encoders; default
+            ``model.forward_all`` if the model has it and sets ``is_causal = True``.
+
+    Raises:
+        EncoderError: Naming what is missing and how to adapt the model.
+
+    Example:
+        >>> from torch import nn
+        >>> wrap_encoder(nn.Linear(2, 2))
+        Traceback (most recent call last):
+        ...
+        raserec_adapter.encoder.EncoderError: Linear has no `item_embedding` ...
+    """
+    if isinstance(model, WrappedEncoder):
+        return model
+    if not isinstance(model, nn.Module):
+        raise EncoderError(f"the encoder must be a torch.nn.Module, got {type(model).__name__}")
+    name = type(model).__name__
+    if item_weights is None:
+        table = getattr(model, "item_embedding", None)
+        if table is None:
+            candidates = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+            hint = f" It has embeddings named {candidates}." if candidates else ""
+            raise EncoderError(
+                f"{name} has no `item_embedding` (the (N + 1, d) item table scores use).{hint} "
+                + _HOW_TO_ADAPT
+            )
+        if isinstance(table, nn.Embedding):
+            item_weights = lambda: table.weight  # noqa: E731
+        elif isinstance(table, torch.Tensor):
+            item_weights = lambda: table  # noqa: E731
+        else:
+            raise EncoderError(
+                f"{name}.item_embedding is a {type(table).__name__}, expected nn.Embedding. "
+                + _HOW_TO_ADAPT
+            )
+    if encode is None:
+        encode = model
+    if encode_all is None and getattr(model, "is_causal", False):
+        fa = getattr(model, "forward_all", None)
+        if fa is None:
+            raise EncoderError(f"{name} sets is_causal = True but has no forward_all method")
+        encode_all = fa
+    return WrappedEncoder(model, encode, item_weights, encode_all)

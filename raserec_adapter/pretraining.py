@@ -1,0 +1,338 @@
+"""Stage 1: collaborative pre-training (SPEC section 2).
+
+``L = L_rec + lambda * L_ret``: softmax cross-entropy of ``h . v_i`` over all items, plus an
+InfoNCE loss that pulls together two sequences with the same next item. As in the authors'
+released code, the two views of an anchor are a second, dropout-perturbed encoding of the anchor
+and the encoding of a randomly drawn other training prefix with the same target (the anchor
+itself when it has no such partner); the other 2B - 2 encodings of the batch are negatives.
+``mask_false_negatives`` removes negatives that share the anchor's target.
+
+Causal encoders (``forward_all``) see all prefixes of a sequence in one pass; other encoders are
+trained on the prefix pairs one by one. A backbone-specific recommendation loss (e.g. BERT4Rec's
+cloze task) can replace the cross-entropy without editing this module: pass ``rec_loss``.
+
+Example:
+    >>> import torch
+    >>> from raserec_adapter import PretrainConfig, Sequences, leave_one_out, wrap_encoder
+    >>> from examples.models import SASRec
+    >>> seqs = Sequences.from_lists([[1, 2, 3, 4, 5], [2, 3, 4, 5, 1], [3, 4, 5, 1, 2]] * 4)
+    >>> enc = wrap_encoder(SASRec(num_items=5, hidden_size=16, max_len=5))
+    >>> result = pretrain(enc, leave_one_out(seqs, max_len=5), PretrainConfig(epochs=2),
+    ...                   show_progress=False)
+    >>> result.epochs_run
+    2
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raserec_adapter._progress import progress
+from raserec_adapter.config import PretrainConfig
+from raserec_adapter.data import (
+    Batch,
+    CausalWindows,
+    LeaveOneOutSplit,
+    gather_windows,
+    causal_windows,
+    iter_batches,
+    iter_windows,
+    window_pair_index,
+)
+from raserec_adapter.encoder import WrappedEncoder, wrap_encoder
+from raserec_adapter.evaluation import evaluate_ranking
+
+__all__ = ["RecLoss", "TrainResult", "info_nce", "next_item_loss", "pretrain", "seed_everything"]
+
+logger = logging.getLogger("raserec_adapter")
+
+RecLoss = Callable[[WrappedEncoder, Batch], torch.Tensor]
+"""A backbone's own recommendation loss: ``(encoder, batch of training prefixes) -> scalar``."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds torch (CPU and CUDA) and numpy's legacy global generator."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def next_item_loss(h: torch.Tensor, item_weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of ``h . v_i`` over items 1..N (never the padding row 0)."""
+    return F.cross_entropy(h @ item_weights[1:].t(), targets - 1)
+
+
+def info_nce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 1.0,
+    targets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """InfoNCE over ``2B`` views, dot-product similarity; ``z1[i]`` and ``z2[i]`` are positives.
+
+    Args:
+        z1: ``(B, d)`` first views.
+        z2: ``(B, d)`` second views.
+        temperature: Similarities are divided by it.
+        targets: If given, ``(B,)`` targets of the anchors: negatives with the same target as the
+            anchor (false negatives) are masked out.
+
+    Example:
+        >>> z = torch.eye(3)
+        >>> float(info_nce(z * 10, z * 10)) < 1e-3
+        True
+    """
+    b = z1.shape[0]
+    z = torch.cat([z1, z2], dim=0)
+    sim = (z @ z.t()) / temperature
+    eye = torch.eye(2 * b, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(eye, float("-inf"))
+    pos = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    if targets is not None:
+        t = torch.cat([targets, targets])
+        same = (t[:, None] == t[None, :]) & ~eye
+        same[torch.arange(2 * b, device=z.device), pos] = False
+        sim = sim.masked_fill(same, float("-inf"))
+    return F.cross_entropy(sim, pos)
+
+
+@dataclass
+class TrainResult:
+    """What a training run did.
+
+    Attributes:
+        best_epoch: Epoch (1-based) of the best validation score; its weights are loaded.
+        best_valid: Validation metrics of that epoch.
+        history: One dict per epoch: loss parts, validation metrics, seconds.
+        epochs_run: Epochs trained before stopping.
+        seconds: Wall time of the run.
+    """
+
+    best_epoch: int = 0
+    best_valid: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    epochs_run: int = 0
+    seconds: float = 0.0
+
+
+class _PositiveSampler:
+    """Draws, for a training pair, another training pair with the same target."""
+
+    def __init__(self, targets: np.ndarray, seed: int) -> None:
+        self.order = np.argsort(targets, kind="stable")
+        sorted_t = targets[self.order]
+        self.rank = np.empty(len(targets), dtype=np.int64)
+        self.rank[self.order] = np.arange(len(targets))
+        self.start = np.searchsorted(sorted_t, targets, side="left")
+        self.size = np.searchsorted(sorted_t, targets, side="right") - self.start
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, pairs: np.ndarray) -> np.ndarray:
+        size = self.size[pairs]
+        start = self.start[pairs]
+        own = self.rank[pairs] - start
+        r = (self.rng.random(len(pairs)) * np.maximum(size - 1, 1)).astype(np.int64)
+        r = np.where(size > 1, r + (r >= own), own)  # skip the anchor itself
+        return self.order[start + r]
+
+
+def _encode_pairs(
+    encoder: WrappedEncoder, split: LeaveOneOutSplit, pairs: np.ndarray, device: torch.device
+) -> torch.Tensor:
+    """Encodes training pairs one prefix each, in length-sorted chunks (little padding)."""
+    seqs, train = split.sequences, split.train
+    lengths = np.minimum(train.lengths[pairs], split.max_len)
+    ends = seqs.offsets[train.users[pairs]] + train.lengths[pairs]
+    order = np.argsort(lengths, kind="stable")
+    out = torch.empty(len(pairs), encoder.hidden_size, device=device)
+    chunk = max(16, math.ceil(len(pairs) / 4))
+    for s in range(0, len(pairs), chunk):
+        rows = order[s : s + chunk]
+        seq, lens = gather_windows(seqs, ends[rows], lengths[rows])
+        out[torch.from_numpy(rows).to(device)] = encoder(seq.to(device), lens.to(device))
+    return out
+
+
+def _anchors(
+    encoder: WrappedEncoder,
+    split: LeaveOneOutSplit,
+    batch: Batch,
+    windows: CausalWindows | None,
+    causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, Callable[[], torch.Tensor]]:
+    """Encodes a batch: anchor representations, targets, pair rows, and a second-view encoder."""
+    if causal:
+        assert windows is not None
+        take = batch.targets > 0
+        h = encoder.forward_all(batch.item_seq, batch.lengths)[take]
+        rows_pos = take.nonzero().cpu().numpy()
+        pair_rows = window_pair_index(
+            split, windows, batch.index.cpu().numpy()[rows_pos[:, 0]], rows_pos[:, 1]
+        )
+
+        def second_view() -> torch.Tensor:
+            return encoder.forward_all(batch.item_seq, batch.lengths)[take]
+
+        return h, batch.targets[take], pair_rows, second_view
+
+    h = encoder(batch.item_seq, batch.lengths)
+    return h, batch.targets, batch.index.cpu().numpy(), lambda: encoder(batch.item_seq, batch.lengths)
+
+
+def pretrain(
+    encoder: torch.nn.Module,
+    split: LeaveOneOutSplit,
+    config: PretrainConfig | None = None,
+    *,
+    rec_loss: RecLoss | None = None,
+    device: torch.device | str = "cpu",
+    checkpoint: str | Path | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Trains an encoder with ``L_rec + lambda * L_ret`` and early stopping on validation.
+
+    Args:
+        encoder: A :class:`~raserec_adapter.SequenceEncoder` or a wrapped one.
+        split: Leave-one-out split; trains on ``split.train``, validates on ``split.valid``.
+        config: Settings (SPEC defaults when omitted).
+        rec_loss: A backbone-specific recommendation loss used instead of the cross-entropy;
+            it receives per-prefix training batches.
+        device: Where to train.
+        checkpoint: If given, the best epoch's ``state_dict`` of the user's model is written
+            there (``torch.save``, load with ``weights_only=True``).
+        show_progress: Show per-batch progress and log per-epoch results.
+
+    Returns:
+        A :class:`TrainResult`; the model holds the best epoch's weights afterwards.
+    """
+    cfg = config or PretrainConfig()
+    enc = wrap_encoder(encoder)
+    if enc.num_items < split.sequences.num_items:
+        raise ValueError(
+            f"the encoder's item table covers items 1..{enc.num_items} but the data has items up "
+            f"to {split.sequences.num_items}; build the model with num_items="
+            f"{split.sequences.num_items}"
+        )
+    device = torch.device(device)
+    enc.to(device)
+    seed_everything(cfg.seed)
+    causal = enc.is_causal and rec_loss is None
+    windows = causal_windows(split) if causal else None
+    sampler = _PositiveSampler(split.train.targets, cfg.seed) if cfg.retrieval_weight > 0 else None
+    optimizer = torch.optim.Adam(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    result = TrainResult()
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score, bad_epochs = -math.inf, 0
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        enc.train()
+        t0 = time.perf_counter()
+        if windows is not None:
+            batches = iter_windows(split.sequences, windows, cfg.batch_size, True, cfg.seed + epoch)
+            n_batches = math.ceil(windows.num_pairs / cfg.batch_size)
+        else:
+            batches = iter_batches(
+                split.sequences, split.train, cfg.batch_size, split.max_len, True, cfg.seed + epoch
+            )
+            n_batches = math.ceil(len(split.train) / cfg.batch_size)
+        sums = {"rec": 0.0, "ret": 0.0}
+        steps = 0
+        for batch in progress(batches, n_batches, f"pretrain epoch {epoch}", show_progress):
+            batch = batch.to(device)
+            h, targets, pair_rows, second_view = _anchors(enc, split, batch, windows, causal)
+            if rec_loss is None:
+                loss_rec = next_item_loss(h, enc.item_weights(), targets)
+            else:
+                loss_rec = rec_loss(enc, batch)
+            loss = loss_rec
+            if sampler is not None:
+                z1 = second_view()
+                z2 = _encode_pairs(enc, split, sampler.sample(pair_rows), device)
+                mask_t = targets if cfg.mask_false_negatives else None
+                loss_ret = info_nce(z1, z2, cfg.temperature, mask_t)
+                loss = loss + cfg.retrieval_weight * loss_ret
+                sums["ret"] += float(loss_ret.detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums["rec"] += float(loss_rec.detach())
+            steps += 1
+        train_seconds = time.perf_counter() - t0
+        valid = evaluate_encoder(enc, split, "valid", device=device)
+        record = {
+            "epoch": epoch,
+            "loss_rec": sums["rec"] / max(steps, 1),
+            "loss_ret": sums["ret"] / max(steps, 1),
+            "train_seconds": train_seconds,
+            **{f"valid_{k}": v for k, v in valid.items()},
+        }
+        result.history.append(record)
+        score = valid[cfg.valid_metric]
+        improved = score > best_score
+        if show_progress:
+            logger.info(
+                "pretrain epoch %d: loss_rec %.4f loss_ret %.4f | valid %s %.4f%s | %.1f s",
+                epoch, record["loss_rec"], record["loss_ret"], cfg.valid_metric, score,
+                " *" if improved else "", train_seconds,
+            )
+        if improved:
+            best_score, bad_epochs = score, 0
+            result.best_epoch, result.best_valid = epoch, valid
+            best_state = {k: v.detach().clone() for k, v in enc.module.state_dict().items()}
+            if checkpoint is not None:
+                _atomic_save(best_state, Path(checkpoint))
+        else:
+            bad_epochs += 1
+        result.epochs_run = epoch
+        if bad_epochs >= cfg.patience:
+            break
+    if best_state is not None:
+        enc.module.load_state_dict(best_state)
+    enc.eval()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def evaluate_encoder(
+    encoder: torch.nn.Module,
+    split: LeaveOneOutSplit,
+    which: str = "test",
+    protocol: str = "full",
+    device: torch.device | str = "cpu",
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Full-ranking HR/NDCG@5,10,20 of a plain (not augmented) encoder on ``valid`` or ``test``.
+
+    The encoder is put in eval mode (dropout off) for the evaluation and restored afterwards.
+    """
+    enc = wrap_encoder(encoder)
+    was_training = enc.training
+    enc.eval()
+    try:
+        return evaluate_ranking(
+            lambda b: enc(b.item_seq, b.lengths),
+            enc.item_weights().detach(),
+            split.sequences,
+            split.eval_set(which),
+            max_len=split.max_len,
+            protocol=protocol,
+            batch_size=batch_size,
+            device=device,
+        )
+    finally:
+        enc.train(was_training)

@@ -1,0 +1,448 @@
+"""Readers that turn interaction files into :class:`~raserec_adapter.data.Sequences`.
+
+Two formats are supported:
+
+* :func:`read_sequences_txt` reads the ``user_id item_id item_id ...`` files of S3-Rec, CoSeRec,
+  ICLRec, DuoRec and RaSeRec (one user per line, items in chronological order).
+* :func:`read_interactions` reads user / item / timestamp tables: CSV, TSV and RecBole atomic
+  ``.inter`` files. Interactions are sorted by time per user, optionally k-core filtered
+  (:func:`k_core_filter`) and remapped to contiguous ids.
+
+Both keep the original ids as ``user_labels`` / ``item_labels`` so that recommendations can be
+mapped back, and raise :class:`~raserec_adapter.data.DataFormatError` naming the file, the line
+and what to fix when the input is malformed.
+
+Example:
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "toy.csv"
+    >>> _ = path.write_text("user_id,item_id,timestamp\\nu1,a,3\\nu1,b,1\\nu2,a,5\\n")
+    >>> seqs = read_interactions(path)
+    >>> [seqs[u].tolist() for u in range(seqs.num_users)]
+    [[1, 2], [2]]
+    >>> seqs.item_labels.tolist()
+    ['b', 'a']
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import os
+import re
+from itertools import chain
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+import numpy as np
+
+from .data import DataFormatError, Sequences
+
+__all__ = ["k_core_filter", "read_interactions", "read_sequences_txt"]
+
+_INT64_MAX = np.iinfo(np.int64).max
+_NOT_INT_BYTE = re.compile(rb"[^0-9 \t\r\n]")
+_SUFFIX_SEP = {".csv": ",", ".tsv": "\t", ".inter": "\t"}
+_RECBOLE_TYPES = frozenset({"token", "token_seq", "float", "float_seq"})
+_DEFAULT_USER_COLS = ("user_id", "user")
+_DEFAULT_ITEM_COLS = ("item_id", "item")
+_DEFAULT_TIME_COLS = ("timestamp", "time")
+
+
+# --------------------------------------------------------------------------------------------
+# user item item ... text files
+# --------------------------------------------------------------------------------------------
+
+
+def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
+    """Reads a ``user_id item_id item_id ...`` file (one user per line, chronological items).
+
+    Ids must be non-negative integers separated by spaces or tabs; blank lines are skipped.
+    Users keep the file order (internal user ``u`` is the ``u``-th non-blank line). If the item
+    ids are exactly ``1..N`` they are kept unchanged (so results match the published files);
+    otherwise items are renumbered ``1..N`` in order of first appearance. ``user_labels`` and
+    ``item_labels`` hold the original ids as strings.
+
+    Args:
+        path: The text file.
+
+    Returns:
+        The sequences, with ``user_labels`` and ``item_labels`` set.
+
+    Raises:
+        DataFormatError: If the file is empty, holds a token that is not a non-negative
+            integer, a user line without items, or the same user on two lines. The message
+            names the file and the line.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "toy.txt"
+        >>> _ = path.write_text("1 1 2 3\\n2 2 3\\n")
+        >>> seqs = read_sequences_txt(path)
+        >>> seqs.num_users, seqs.num_items, seqs[1].tolist()
+        (2, 3, [2, 3])
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    data = data.removeprefix(codecs.BOM_UTF8)
+    bad = _NOT_INT_BYTE.search(data)
+    if bad is not None:
+        _raise_bad_token(path, data, bad.start())
+
+    parts = [line.split() for line in data.decode("ascii").splitlines()]
+    all_counts = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    line_numbers = np.flatnonzero(all_counts) + 1  # 1-based numbers of the non-blank lines
+    if not len(line_numbers):
+        raise DataFormatError(
+            f"{path} is empty: expected one line per user, 'user_id item_id item_id ...'"
+        )
+    parts = [p for p in parts if p]
+    counts = all_counts[all_counts > 0]
+    tokens = list(chain.from_iterable(parts))
+    try:
+        values = np.fromiter(map(int, tokens), dtype=np.int64, count=len(tokens))
+    except OverflowError:
+        k = next(k for k, t in enumerate(tokens) if int(t) > _INT64_MAX)
+        line = int(line_numbers[np.searchsorted(np.cumsum(counts), k, side="right")])
+        raise DataFormatError(
+            f"{path}, line {line}: id {tokens[k]} is too large (ids must fit in 64 bits); "
+            "renumber the ids"
+        ) from None
+
+    empty = np.flatnonzero(counts == 1)
+    if len(empty):
+        raise DataFormatError(
+            f"{path}, line {line_numbers[empty[0]]}: user {parts[empty[0]][0]} has no "
+            f"items ({len(empty)} such line(s)); each line must be 'user_id item_id item_id "
+            "...': remove the line or add the user's items"
+        )
+
+    starts = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    users = values[starts]
+    is_item = np.ones(len(values), dtype=bool)
+    is_item[starts] = False
+    items = values[is_item]
+    _check_unique_users(path, users, line_numbers)
+
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts - 1, out=offsets[1:])
+    items, item_labels = _renumber_items(items)
+    return Sequences(items, offsets, len(item_labels), users.astype(str), item_labels)
+
+
+def _raise_bad_token(path: Path, data: bytes, pos: int) -> NoReturn:
+    """Raises the error for a byte that cannot belong to a non-negative integer."""
+    line = data.count(b"\n", 0, pos) + 1
+    start = max(data.rfind(b" ", 0, pos), data.rfind(b"\t", 0, pos), data.rfind(b"\n", 0, pos))
+    end = len(data)
+    for ws in (b" ", b"\t", b"\n", b"\r"):
+        k = data.find(ws, pos)
+        if k != -1:
+            end = min(end, k)
+    token = data[start + 1 : end].decode("utf-8", errors="replace")
+    raise DataFormatError(
+        f"{path}, line {line}: {token!r} is not a non-negative integer id; this format needs "
+        "'user_id item_id item_id ...' with integer ids separated by spaces. For string ids or "
+        "timestamped tables use read_interactions on a CSV/TSV file instead"
+    )
+
+
+def _check_unique_users(path: Path, users: np.ndarray, line_numbers: np.ndarray) -> None:
+    """Raises if a user id occurs on two lines."""
+    order = np.argsort(users, kind="stable")
+    dup = np.flatnonzero(users[order][1:] == users[order][:-1])
+    if len(dup):
+        # the duplicate that occurs first in the file
+        second = order[dup + 1]
+        k = int(np.argmin(second))
+        first_line = line_numbers[order[dup[k]]]
+        raise DataFormatError(
+            f"{path}, line {line_numbers[second[k]]}: user {users[second[k]]} already appeared "
+            f"on line {first_line}; each user must have exactly one line (merge the lines in "
+            "chronological order)"
+        )
+
+
+def _renumber_items(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keeps ids that are exactly ``1..N``, else renumbers by first appearance.
+
+    Returns:
+        The 1-based item ids and the original ids as strings (``labels[i - 1]`` for item ``i``).
+    """
+    if len(items) and items.min() == 1:
+        n = int(items.max())
+        if n <= len(items) and np.all(np.bincount(items, minlength=n + 1)[1:] > 0):
+            return items, np.arange(1, n + 1).astype(str)
+    uniq, first, inverse = np.unique(items, return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), dtype=np.int64)
+    order = np.argsort(first, kind="stable")
+    rank[order] = np.arange(1, len(uniq) + 1)
+    return rank[inverse.reshape(-1)], uniq[order].astype(str)
+
+
+# --------------------------------------------------------------------------------------------
+# user / item / timestamp tables
+# --------------------------------------------------------------------------------------------
+
+
+def k_core_filter(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Iteratively drops users and items with fewer than ``k`` interactions.
+
+    Removing a user can push an item below ``k`` and vice versa, so counting repeats until
+    nothing changes; afterwards every kept user and every kept item has at least ``k`` kept
+    interactions (repeated user-item pairs count once per interaction).
+
+    Args:
+        users: User id of every interaction (any integer or string array).
+        items: Item id of every interaction, same length as ``users``.
+        k: Minimum number of interactions per user and per item (``k <= 1`` keeps everything).
+
+    Returns:
+        Boolean mask over the interactions: ``True`` for the ones that are kept.
+
+    Example:
+        >>> import numpy as np
+        >>> users = np.array([0, 0, 1, 1, 2])
+        >>> items = np.array([5, 6, 5, 6, 5])
+        >>> k_core_filter(users, items, 2).tolist()
+        [True, True, True, True, False]
+    """
+    users = np.asarray(users)
+    items = np.asarray(items)
+    if users.shape != items.shape or users.ndim != 1:
+        raise ValueError("users and items must be 1-D arrays of the same length")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    keep = np.ones(len(users), dtype=bool)
+    if k <= 1 or not len(users):
+        return keep
+    _, u = np.unique(users, return_inverse=True)
+    _, i = np.unique(items, return_inverse=True)
+    u, i = u.reshape(-1), i.reshape(-1)
+    n_u, n_i = int(u.max()) + 1, int(i.max()) + 1
+    while True:
+        u_count = np.bincount(u[keep], minlength=n_u)
+        i_count = np.bincount(i[keep], minlength=n_i)
+        new = keep & (u_count[u] >= k) & (i_count[i] >= k)
+        if np.array_equal(new, keep):
+            return keep
+        keep = new
+
+
+def read_interactions(
+    path: str | os.PathLike[str],
+    *,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    time_col: str | None = None,
+    sep: str | None = None,
+    k_core: int | None = None,
+) -> Sequences:
+    """Reads a user / item / timestamp table (CSV, TSV or RecBole ``.inter``) into sequences.
+
+    The first line must be a header. RecBole type suffixes (``user_id:token``) are ignored
+    when matching column names. Each user's interactions are sorted by time with a stable sort,
+    so ties keep the file order; without a time column the file order is used. Users are
+    numbered ``0..U-1`` in order of first appearance in the file, items ``1..N`` (0 is padding)
+    in order of first appearance in the resulting sequences (user by user, chronologically),
+    so writing the result as ``user item item ...`` lines and reading it back with
+    :func:`read_sequences_txt` keeps the ids. Repeated interactions are kept.
+
+    Args:
+        path: The table.
+        user_col: User column; default: the first of ``user_id``, ``user`` present.
+        item_col: Item column; default: the first of ``item_id``, ``item`` present.
+        time_col: Timestamp column (numbers, e.g. Unix time); default: the first of
+            ``timestamp``, ``time`` present, else no sorting.
+        sep: Field separator; default: from the extension (``.csv`` ``,``; ``.tsv`` and
+            ``.inter`` tab), else sniffed from the header.
+        k_core: If given, iteratively drop users and items with fewer than ``k_core``
+            interactions (see :func:`k_core_filter`) before numbering.
+
+    Returns:
+        The sequences, with the original ids in ``user_labels`` and ``item_labels``.
+
+    Raises:
+        DataFormatError: If the file has no header or rows, a column is missing (the
+            message lists the columns found), a row is too short, an id is empty, a
+            timestamp is not a finite number (the message gives the line), or nothing is left
+            after k-core filtering.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "toy.inter"
+        >>> _ = path.write_text(
+        ...     "user_id:token\\titem_id:token\\ttimestamp:float\\n"
+        ...     "7\\t30\\t2\\n7\\t10\\t1\\n8\\t30\\t1\\n"
+        ... )
+        >>> seqs = read_interactions(path)
+        >>> seqs[0].tolist(), seqs[1].tolist(), seqs.item_labels.tolist()
+        ([1, 2], [2], ['10', '30'])
+    """
+    path = Path(path)
+    if k_core is not None and k_core < 0:
+        raise ValueError(f"k_core must be >= 0, got {k_core}")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        delimiter = sep if sep is not None else _guess_sep(path, f)
+        reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
+        header = next(reader, None)
+        while header is not None and not any(h.strip() for h in header):
+            header = next(reader, None)
+        if header is None:
+            raise DataFormatError(
+                f"{path} is empty: expected a header line (e.g. 'user_id,item_id,timestamp') "
+                "followed by one interaction per line"
+            )
+        names = [h.strip() for h in header]
+        ui = _find_column(path, names, user_col, _DEFAULT_USER_COLS, "user", delimiter)
+        ii = _find_column(path, names, item_col, _DEFAULT_ITEM_COLS, "item", delimiter)
+        ti = _find_column(path, names, time_col, _DEFAULT_TIME_COLS, "time", delimiter)
+        needed = max(ui, ii, -1 if ti is None else ti) + 1
+        user_ids: list[str] = []
+        item_ids: list[str] = []
+        times: list[str] = []
+        lines: list[int] = []
+        for row in reader:
+            if len(row) < needed:
+                if not row or not "".join(row).strip():
+                    continue
+                raise DataFormatError(
+                    f"{path}, line {reader.line_num}: expected at least {needed} "
+                    f"{_sep_name(delimiter)}-separated fields, found {len(row)}: {row!r}; "
+                    "fix the line or pass sep=... if the separator is wrong"
+                )
+            user_ids.append(row[ui].strip())
+            item_ids.append(row[ii].strip())
+            if ti is not None:
+                times.append(row[ti])
+            lines.append(reader.line_num)
+
+    if not user_ids:
+        raise DataFormatError(f"{path} has a header but no interactions")
+    user_code: dict[str, int] = {}
+    item_code: dict[str, int] = {}
+    users = np.fromiter(
+        (user_code.setdefault(x, len(user_code)) for x in user_ids), np.int64, len(user_ids)
+    )
+    items = np.fromiter(
+        (item_code.setdefault(x, len(item_code)) for x in item_ids), np.int64, len(item_ids)
+    )
+    for codes, ids, what in ((user_code, user_ids, "user"), (item_code, item_ids, "item")):
+        if "" in codes:
+            line = lines[ids.index("")]
+            raise DataFormatError(
+                f"{path}, line {line}: empty {what} id; fill it in or drop the row"
+            )
+    stamps = _parse_times(path, times, lines) if ti is not None else None
+
+    if k_core is not None and k_core > 1:
+        keep = k_core_filter(users, items, k_core)
+        if not keep.any():
+            raise DataFormatError(
+                f"{path}: no interactions left after {k_core}-core filtering "
+                f"({len(users)} interactions, {len(user_code)} users, {len(item_code)} items "
+                "before); use a smaller k_core"
+            )
+        users, items = users[keep], items[keep]
+        stamps = None if stamps is None else stamps[keep]
+
+    # renumber users 0..U-1 keeping first-appearance order (codes already follow it)
+    kept_users, users = np.unique(users, return_inverse=True)
+    users = users.reshape(-1)
+    order = np.arange(len(users)) if stamps is None else np.argsort(stamps, kind="stable")
+    order = order[np.argsort(users[order], kind="stable")]
+    users, items = users[order], items[order]
+
+    uniq, first, inverse = np.unique(items, return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), dtype=np.int64)
+    by_first = np.argsort(first, kind="stable")
+    rank[by_first] = np.arange(1, len(uniq) + 1)
+    new_items = rank[inverse.reshape(-1)]
+
+    offsets = np.zeros(len(kept_users) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=len(kept_users)), out=offsets[1:])
+    user_labels = np.asarray(list(user_code), dtype=str)[kept_users]
+    item_labels = np.asarray(list(item_code), dtype=str)[uniq[by_first]]
+    return Sequences(new_items, offsets, len(uniq), user_labels, item_labels)
+
+
+def _guess_sep(path: Path, f: TextIO) -> str:
+    """Separator from the file extension, else sniffed from the first line."""
+    sep = _SUFFIX_SEP.get(path.suffix.lower())
+    if sep is not None:
+        return sep
+    first = f.readline()
+    f.seek(0)
+    try:
+        return csv.Sniffer().sniff(first, delimiters=",\t;|").delimiter
+    except csv.Error:
+        raise DataFormatError(
+            f"{path}: cannot tell the field separator from the extension {path.suffix!r} or "
+            f"the header {first.strip()!r}; pass sep=',' or sep='\\t'"
+        ) from None
+
+
+def _sep_name(sep: str) -> str:
+    return {"\t": "tab", ",": "comma", ";": "semicolon", " ": "space"}.get(sep, repr(sep))
+
+
+def _base_name(name: str) -> str:
+    """Strips a RecBole type suffix: ``user_id:token`` -> ``user_id``."""
+    base, colon, kind = name.rpartition(":")
+    return base if colon and kind.strip() in _RECBOLE_TYPES else name
+
+
+def _find_column(
+    path: Path,
+    names: list[str],
+    wanted: str | None,
+    defaults: tuple[str, ...],
+    what: str,
+    sep: str,
+) -> int | None:
+    """Index of the wanted column (exact, then RecBole-stripped, then case-insensitive match).
+
+    Returns ``None`` only for a missing default time column.
+    """
+    bases = [_base_name(n) for n in names]
+    candidates = (wanted,) if wanted is not None else defaults
+    for cand in candidates:
+        for pool in (names, bases):
+            if cand in pool:
+                return pool.index(cand)
+        lowered = [b.lower() for b in bases]
+        if cand.lower() in lowered:
+            return lowered.index(cand.lower())
+    if what == "time" and wanted is None:
+        return None
+    arg = f"{what}_col" if what != "time" else "time_col"
+    looked = repr(wanted) if wanted is not None else " or ".join(map(repr, defaults))
+    raise DataFormatError(
+        f"{path}: no {what} column {looked}; the header has the columns {names} "
+        f"({_sep_name(sep)}-separated). Pass {arg}=... naming one of them"
+        + ("" if len(names) > 1 else ", or sep=... if the separator is wrong")
+    )
+
+
+def _parse_times(path: Path, times: list[str], lines: list[int]) -> np.ndarray:
+    """Timestamps as float64; raises naming the line of the first bad one."""
+    try:
+        stamps = np.array(times, dtype=np.float64)
+    except ValueError:
+        for k, t in enumerate(times):
+            try:
+                float(t)
+            except ValueError:
+                raise DataFormatError(
+                    f"{path}, line {lines[k]}: timestamp {t!r} is not a number; timestamps "
+                    "must be numeric (e.g. Unix seconds), convert dates first"
+                ) from None
+        raise  # pragma: no cover - numpy and float() disagree
+    bad = np.flatnonzero(~np.isfinite(stamps))
+    if len(bad):
+        k = int(bad[0])
+        raise DataFormatError(
+            f"{path}, line {lines[k]}: timestamp {times[k]!r} is not a finite number; "
+            "fill in the time or drop the row"
+        )
+    return stamps

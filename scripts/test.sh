@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, tests, docs build.
+source "$(dirname "$0")/_env.sh"
+ruff check raserec_adapter examples tests benchmarks
+python -m pytest -q "$@"

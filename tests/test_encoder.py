@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from examples.models import SASRec
+from raserec_adapter.encoder import EncoderError, wrap_encoder
+
+
+class NoTable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.items = nn.Embedding(11, 8)
+
+    def forward(self, seq, lens):
+        return self.items(seq).mean(1)
+
+
+class AllPositions(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.item_embedding = nn.Embedding(11, 8)
+        self.proj = nn.Linear(8, d)
+
+    def forward(self, seq, lens):
+        return self.proj(self.item_embedding(seq))  # (B, T, d): one vector per position
+
+
+def test_sasrec_is_causal_and_positions_count_from_start():
+    torch.manual_seed(0)
+    m = SASRec(num_items=20, hidden_size=16, max_len=10).eval()
+    seq = torch.tensor([[3, 5, 7, 9, 11, 0], [4, 4, 2, 0, 0, 0]])
+    lens = torch.tensor([5, 3])
+    all_pos = m.forward_all(seq, lens)
+    for t in range(1, 6):  # position t-1 equals encoding the prefix of length t on its own
+        h = m(seq[:1, :t], torch.tensor([t]))
+        torch.testing.assert_close(all_pos[0, t - 1], h[0], rtol=1e-5, atol=1e-5)
+    # padding after the items does not change the representation
+    torch.testing.assert_close(m(seq[1:, :3], torch.tensor([3])), m(seq[1:], lens[1:]))
+
+
+def test_recbole_style_model_wraps_without_glue():
+    enc = wrap_encoder(SASRec(num_items=20, hidden_size=16))
+    assert enc.is_causal and enc.num_items == 20 and enc.hidden_size == 16
+
+
+def test_missing_item_table_names_candidates():
+    with pytest.raises(EncoderError, match=r"no `item_embedding`.*\['items'\].*item_weights="):
+        wrap_encoder(NoTable())
+    enc = wrap_encoder(NoTable(), item_weights=lambda m=NoTable(): m.items.weight)
+    assert enc.num_items == 10
+
+
+def test_all_positions_output_gets_a_hint():
+    enc = wrap_encoder(AllPositions())
+    with pytest.raises(EncoderError, match="one vector per position"):
+        enc(torch.tensor([[1, 2]]), torch.tensor([2]))
+
+
+def test_hidden_size_mismatch():
+    class Wrong(AllPositions):
+        def forward(self, seq, lens):
+            return self.proj(self.item_embedding(seq)).mean(1)
+
+    enc = wrap_encoder(Wrong(d=6))
+    with pytest.raises(EncoderError, match="size 6 but the item table has size 8"):
+        enc(torch.tensor([[1, 2]]), torch.tensor([2]))
+
+
+def test_input_errors():
+    enc = wrap_encoder(SASRec(num_items=20, hidden_size=16))
+    with pytest.raises(TypeError, match="torch.long"):
+        enc(torch.tensor([[1.0, 2.0]]), torch.tensor([2]))
+    with pytest.raises(ValueError, match="1..20"):
+        enc(torch.tensor([[1, 21]]), torch.tensor([2]))
+    with pytest.raises(ValueError, match="empty sequences"):
+        enc(torch.tensor([[0, 0]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="exceed max_len"):
+        enc(torch.ones(1, 60, dtype=torch.long), torch.tensor([60]))
+    with pytest.raises(EncoderError, match="nn.Module"):
+        wrap_encoder(lambda s, n: s)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raserec_adapter.config import RAMConfig
+from raserec_adapter.ram import CrossAttention, RetrievalAugmentedModule
+
+
+def naive_cross_attention(ca: CrossAttention, q, keys, values):
+    """Textbook multi-head cross-attention: project every memory, then attend (no dropout)."""
+    b, d = q.shape
+    h, s = ca.heads, ca.head_size
+    qq = ca.query(q).view(b, h, 1, s)
+    kk = ca.key(keys).view(b, -1, h, s).transpose(1, 2)
+    vv = ca.value(values).view(b, -1, h, s).transpose(1, 2)
+    scores = (qq @ kk.transpose(-1, -2)) / math.sqrt(s) / ca.temperature
+    ctx = (F.softmax(scores, -1) @ vv).reshape(b, d)
+    return ca.out(ctx)
+
+
+def randomise(module: torch.nn.Module) -> None:
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+
+
+@pytest.mark.parametrize("heads,temp", [(1, 1.0), (2, 1.0), (4, 0.5)])
+def test_cross_attention_equals_textbook(heads, temp):
+    torch.manual_seed(0)
+    ca = CrossAttention(16, heads, dropout=0.0, temperature=temp)
+    randomise(ca)  # non-zero biases too
+    q, keys, values = torch.randn(5, 16), torch.randn(5, 7, 16), torch.randn(5, 7, 16)
+    torch.testing.assert_close(ca(q, keys, values), naive_cross_attention(ca, q, keys, values))
+
+
+def test_channels_and_mix():
+    torch.manual_seed(0)
+    h, mk, mv = torch.randn(3, 8), torch.randn(3, 4, 8), torch.randn(3, 4, 8)
+    ram = RetrievalAugmentedModule(8, RAMConfig(alpha=0.3, beta=0.6, k=4, dropout=0.0))
+    randomise(ram)
+    ram.eval()
+    c1 = ram.channel1(h, mk, mv)
+    c2 = ram.channel2(h, mv, mk)  # channel 2: keys are the item embeddings, values the reps
+    expect = 0.3 * h + 0.7 * (0.6 * c1 + 0.4 * c2)
+    torch.testing.assert_close(ram(h, mk, mv), expect)
+    # channel = cross-attention -> feed-forward -> cross-attention
+    x = ram.channel1.attn[0](h, mk, mv)
+    x = ram.channel1.attn[1](ram.channel1.ffn[0](x), mk, mv)
+    torch.testing.assert_close(c1, x)
+    # alpha = 1 returns h untouched
+    ram1 = RetrievalAugmentedModule(8, RAMConfig(alpha=1.0, k=4))
+    torch.testing.assert_close(ram1(h, mk, mv), h)
+
+
+def test_dropout_changes_training_output_only():
+    torch.manual_seed(0)
+    ram = RetrievalAugmentedModule(8, RAMConfig(k=4))
+    h, mk, mv = torch.randn(3, 8), torch.randn(3, 4, 8), torch.randn(3, 4, 8)
+    ram.train()
+    assert not torch.allclose(ram(h, mk, mv), ram(h, mk, mv))
+    ram.eval()
+    torch.testing.assert_close(ram(h, mk, mv), ram(h, mk, mv))
+
+
+def test_shape_errors():
+    ram = RetrievalAugmentedModule(8, RAMConfig(k=4))
+    with pytest.raises(ValueError, match="built for size 8"):
+        ram(torch.randn(2, 6), torch.randn(2, 4, 6), torch.randn(2, 4, 6))
+    with pytest.raises(ValueError, match=r"\(B, K, d\)"):
+        ram(torch.randn(2, 8), torch.randn(2, 4, 8), torch.randn(2, 3, 8))
+    with pytest.raises(ValueError, match="not divisible"):
+        RetrievalAugmentedModule(9, RAMConfig(num_heads=2))
