@@ -30,7 +30,7 @@ def last_position(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 class TransformerBlock(nn.Module):
-    """Post-LN Transformer layer: self-attention then feed-forward, each with residual + LayerNorm."""
+    """Post-LN Transformer layer: self-attention, then feed-forward; residual + LayerNorm each."""
 
     def __init__(
         self, hidden: int, heads: int, inner: int, dropout: float, attn_dropout: float, eps: float
@@ -101,7 +101,9 @@ class SASRec(nn.Module):
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            TransformerBlock(hidden_size, num_heads, inner_size, dropout, attn_dropout, layer_norm_eps)
+            TransformerBlock(
+                hidden_size, num_heads, inner_size, dropout, attn_dropout, layer_norm_eps
+            )
             for _ in range(num_layers)
         )
         init_weights(self)

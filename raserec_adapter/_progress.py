@@ -12,9 +12,7 @@ T = TypeVar("T")
 logger = logging.getLogger("raserec_adapter")
 
 
-def progress(
-    items: Iterable[T], total: int | None, desc: str, enabled: bool = True
-) -> Iterator[T]:
+def progress(items: Iterable[T], total: int | None, desc: str, enabled: bool = True) -> Iterator[T]:
     """Yields ``items`` while showing ``desc  done/total  rate``.
 
     On a terminal the bar is redrawn on stderr at most 5 times a second; otherwise (logs, CI) a
@@ -26,18 +24,15 @@ def progress(
     tty = sys.stderr.isatty()
     start = last = time.perf_counter()
     next_log = 0.25
-    done = 0
-    for item in items:
+    for done, item in enumerate(items, start=1):
         yield item
-        done += 1
         now = time.perf_counter()
         if tty and (now - last > 0.2 or done == total):
             last = now
             frac = done / total if total else 0.0
             bar = "#" * int(20 * frac)
-            sys.stderr.write(
-                f"\r{desc} [{bar:<20}] {done}/{total or '?'} {done / max(now - start, 1e-9):.1f} it/s"
-            )
+            rate = done / max(now - start, 1e-9)
+            sys.stderr.write(f"\r{desc} [{bar:<20}] {done}/{total or '?'} {rate:.1f} it/s")
             sys.stderr.flush()
         elif not tty and total and done / total >= next_log:
             logger.info("%s: %d/%d (%.1f s)", desc, done, total, now - start)

@@ -5,7 +5,8 @@ Example:
     >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAFTConfig, RAMConfig,
     ...     RetrievalAugmenter, Sequences, leave_one_out)
     >>> from examples.models import SASRec
-    >>> seqs = Sequences.from_lists([[1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 1], [3, 4, 5, 6, 1, 2]] * 5)
+    >>> rows = [[1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 1], [3, 4, 5, 6, 1, 2]]
+    >>> seqs = Sequences.from_lists(rows * 5)
     >>> split = leave_one_out(seqs, max_len=8)
     >>> aug = RetrievalAugmenter(SASRec(num_items=6, hidden_size=16, max_len=8),
     ...     AugmenterConfig(max_len=8, bank=BankConfig(kind="torch"), ram=RAMConfig(k=3)))
@@ -116,8 +117,13 @@ class RetrievalAugmenter(nn.Module):
         """Collaborative pre-training of the encoder (see :func:`~raserec_adapter.pretrain`)."""
         self._forget_bank()
         return pretrain(
-            self.encoder, split, config, rec_loss=rec_loss, device=device,
-            checkpoint=checkpoint, show_progress=show_progress,
+            self.encoder,
+            split,
+            config,
+            rec_loss=rec_loss,
+            device=device,
+            checkpoint=checkpoint,
+            show_progress=show_progress,
         )
 
     # ------------------------------------------------------------------ encoding
@@ -231,7 +237,9 @@ class RetrievalAugmenter(nn.Module):
         self, bank: MemoryBank, split: LeaveOneOutSplit, device: torch.device | str
     ) -> None:
         keys = self.encode(split.sequences, split.valid, device=device)
-        bank.add(keys, self._item_table()[split.valid.targets], split.valid.users, split.valid.lengths)
+        bank.add(
+            keys, self._item_table()[split.valid.targets], split.valid.users, split.valid.lengths
+        )
 
     def _require_bank(self, what: str) -> MemoryBank:
         if self.bank is None or len(self.bank) == 0:
@@ -255,8 +263,10 @@ class RetrievalAugmenter(nn.Module):
             assert self._train_keys is not None
             new = self._new_bank(device)
             new.add(
-                self._train_keys, self._item_table()[split.train.targets],
-                split.train.users, split.train.lengths,
+                self._train_keys,
+                self._item_table()[split.train.targets],
+                split.train.users,
+                split.train.lengths,
             )
             self.bank = new
         self._bank_phase = want
@@ -270,7 +280,10 @@ class RetrievalAugmenter(nn.Module):
         return bank.fetch(found.ids)
 
     def augment(
-        self, h: torch.Tensor, users: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        users: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``h~``: retrieves K memories for each ``h`` and mixes them in with the RAM.
 
@@ -316,9 +329,12 @@ class RetrievalAugmenter(nn.Module):
         neighbours = torch.empty(len(train), k, dtype=torch.long)
         step = 16384
         users_t, lengths_t = torch.from_numpy(train.users), torch.from_numpy(train.lengths)
-        for s in progress(range(0, len(train), step), math.ceil(len(train) / step),
-                          "retrieve", show_progress):
-            found = bank.search(queries[s : s + step], k, users_t[s : s + step], lengths_t[s : s + step])
+        for s in progress(
+            range(0, len(train), step), math.ceil(len(train) / step), "retrieve", show_progress
+        ):
+            found = bank.search(
+                queries[s : s + step], k, users_t[s : s + step], lengths_t[s : s + step]
+            )
             neighbours[s : s + step] = found.ids
         valid_h = self.encode(split.sequences, split.valid, device=device)
         valid_nb = bank.search(
@@ -329,7 +345,9 @@ class RetrievalAugmenter(nn.Module):
         logger.info("RAFT: queries and neighbours ready in %.1f s", time.perf_counter() - t_start)
 
         self.ram.to(device)
-        optimizer = torch.optim.Adam(self.ram.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.Adam(
+            self.ram.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         gen = torch.Generator().manual_seed(cfg.seed)
         result = TrainResult()
         best_state, best, bad = None, -math.inf, 0
@@ -339,8 +357,9 @@ class RetrievalAugmenter(nn.Module):
             self.ram.train()
             order = torch.randperm(len(train), generator=gen)
             total = 0.0
-            for s in progress(range(0, len(train), cfg.batch_size), n_steps,
-                              f"RAFT epoch {epoch}", show_progress):
+            for s in progress(
+                range(0, len(train), cfg.batch_size), n_steps, f"RAFT epoch {epoch}", show_progress
+            ):
                 rows = order[s : s + cfg.batch_size]
                 mk, mv = bank.fetch(neighbours[rows])
                 h_aug = self.ram(queries[rows].to(device), mk.to(device), mv.to(device))
@@ -353,13 +372,24 @@ class RetrievalAugmenter(nn.Module):
             valid = self._evaluate_cached(split, valid_h, valid_nb, table)
             score = valid[cfg.valid_metric]
             result.history.append(
-                {"epoch": epoch, "loss": total / n_steps, "train_seconds": seconds,
-                 **{f"valid_{m}": v for m, v in valid.items()}}
+                {
+                    "epoch": epoch,
+                    "loss": total / n_steps,
+                    "train_seconds": seconds,
+                    **{f"valid_{m}": v for m, v in valid.items()},
+                }
             )
             improved = score > best
             if show_progress:
-                logger.info("RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s", epoch,
-                            total / n_steps, cfg.valid_metric, score, " *" if improved else "", seconds)
+                logger.info(
+                    "RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s",
+                    epoch,
+                    total / n_steps,
+                    cfg.valid_metric,
+                    score,
+                    " *" if improved else "",
+                    seconds,
+                )
             if improved:
                 best, bad = score, 0
                 result.best_epoch, result.best_valid = epoch, valid
@@ -391,8 +421,9 @@ class RetrievalAugmenter(nn.Module):
             mk, mv = bank.fetch(nb[rows])
             return self.ram(h[rows].to(dev), mk.to(dev), mv.to(dev))
 
-        out = evaluate_ranking(represent, table, split.sequences, split.valid,
-                               max_len=split.max_len, device=dev)
+        out = evaluate_ranking(
+            represent, table, split.sequences, split.valid, max_len=split.max_len, device=dev
+        )
         self.ram.train(was)
         return out
 
@@ -430,8 +461,14 @@ class RetrievalAugmenter(nn.Module):
                 return self.augment(h, b.users.cpu(), b.prefix_lengths.cpu())
 
             out["raserec" if aug else "plain"] = evaluate_ranking(
-                represent, table, split.sequences, split.eval_set(which), split.max_len,
-                protocol, batch_size=batch_size, device=device,
+                represent,
+                table,
+                split.sequences,
+                split.eval_set(which),
+                split.max_len,
+                protocol,
+                batch_size=batch_size,
+                device=device,
             )
         return out
 
@@ -466,8 +503,8 @@ class RetrievalAugmenter(nn.Module):
         Example:
             >>> # ids, scores = augmenter.recommend([[3, 17, 42]], k=5)
         """
-        seq, lens = _to_padded(sequences, lengths, self.config.max_len)
         n = self.encoder.num_items
+        seq, lens, full = _to_padded(sequences, lengths, self.config.max_len, n)
         if k < 1 or k > n:
             raise ValueError(f"k must be in 1..{n}, got {k}")
         self.eval()
@@ -475,8 +512,7 @@ class RetrievalAugmenter(nn.Module):
         h = self.encoder(seq, lens)
         if augmented:
             u = None if users is None else torch.as_tensor(users, dtype=torch.long)
-            full = None if u is None else (lens.cpu() if lengths is None else lens.cpu())
-            h = self.augment(h, u, full)
+            h = self.augment(h, u, None if u is None else full)
         scores = h @ self._item_table().to(device).t()
         scores[:, 0] = -math.inf
         if exclude_seen:
@@ -547,7 +583,9 @@ class RetrievalAugmenter(nn.Module):
                 f"{FORMAT_VERSION}"
             )
         if config is not None and config.replace(hidden_size=saved.hidden_size) != saved:
-            diff = _config_diff(saved.to_dict(), config.replace(hidden_size=saved.hidden_size).to_dict())
+            diff = _config_diff(
+                saved.to_dict(), config.replace(hidden_size=saved.hidden_size).to_dict()
+            )
             raise CheckpointError(
                 f"{path} was saved with another config ({'; '.join(diff)}); load it without "
                 "`config` to use the saved one, or retrain with the new config"
@@ -567,7 +605,9 @@ class RetrievalAugmenter(nn.Module):
         try:
             aug.ram.load_state_dict(state)
         except RuntimeError as e:
-            raise CheckpointError(f"{path / 'ram.pt'} does not fit the RAM of this config: {e}") from e
+            raise CheckpointError(
+                f"{path / 'ram.pt'} does not fit the RAM of this config: {e}"
+            ) from e
         if (path / "bank").exists():
             aug.bank = _load_bank(path / "bank", saved, device)
             aug._bank_phase = "custom"
@@ -601,9 +641,12 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 
 
 def _to_padded(
-    sequences: Sequence[Sequence[int]] | torch.Tensor, lengths: torch.Tensor | None, max_len: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-aligned ``(B, T)`` block of the last ``max_len`` items of each sequence."""
+    sequences: Sequence[Sequence[int]] | torch.Tensor,
+    lengths: torch.Tensor | None,
+    max_len: int,
+    num_items: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-aligned ``(B, T)`` block of the last ``max_len`` items, lengths, untruncated lengths."""
     if isinstance(sequences, torch.Tensor):
         if lengths is None:
             raise ValueError("pass lengths with a padded tensor of sequences")
@@ -616,12 +659,21 @@ def _to_padded(
                 f"sequences are {sequences.shape[1]} long, more than max_len = {max_len}; "
                 "pass lists instead (they are truncated to the last max_len items)"
             )
-        return sequences.long(), lengths.long()
-    rows = [list(s)[-max_len:] for s in sequences]
-    if not rows or any(len(r) == 0 for r in rows):
+        return sequences.long(), lengths.long(), lengths.long().cpu()
+    full = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    if not len(full) or int(full.min()) == 0:
         raise ValueError("every sequence needs at least one item (got an empty one)")
+    rows = [list(s)[-max_len:] for s in sequences]
+    bad = [
+        i for r in rows for i in r if not (isinstance(i, (int, np.integer)) and 1 <= i <= num_items)
+    ]
+    if bad:
+        raise ValueError(
+            f"item ids must lie in 1..{num_items} (0 is padding), got {bad[:5]}; map unknown "
+            "items to known ids or drop them, and add 1 to 0-based ids"
+        )
     width = max(len(r) for r in rows)
     block = np.zeros((len(rows), width), dtype=np.int64)
     for i, r in enumerate(rows):
         block[i, : len(r)] = r
-    return torch.from_numpy(block), torch.tensor([len(r) for r in rows])
+    return torch.from_numpy(block), torch.tensor([len(r) for r in rows]), full

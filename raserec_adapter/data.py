@@ -50,7 +50,7 @@ class Sequences:
             ``items[offsets[u]:offsets[u + 1]]``.
         num_items: Largest item id ``N``; valid items are ``1..N``.
         user_labels: Original user ids (``user_labels[u]`` for internal user ``u``), or ``None``.
-        item_labels: Original item ids (``item_labels[i - 1]`` for internal item ``i``), or ``None``.
+        item_labels: Original item ids (``item_labels[i - 1]`` for item ``i``), or ``None``.
     """
 
     items: np.ndarray
@@ -426,7 +426,7 @@ def causal_windows(split: LeaveOneOutSplit) -> CausalWindows:
 def window_pair_index(
     split: LeaveOneOutSplit, windows: CausalWindows, rows: np.ndarray, positions: np.ndarray
 ) -> np.ndarray:
-    """Row in ``split.train`` of the prefix encoded at ``positions`` (0-based) of windows ``rows``."""
+    """Row in ``split.train`` of the prefix at ``positions`` (0-based) of windows ``rows``."""
     seqs = split.sequences
     users = windows.users[rows]
     n = windows.ends[rows] - windows.lengths[rows] - seqs.offsets[users] + positions + 1

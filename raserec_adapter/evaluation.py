@@ -97,7 +97,14 @@ def evaluate_ranking(
     metrics = RankingMetrics(ks)
     metrics.update(
         rank_targets(
-            represent, item_weights, sequences, prefixes, max_len, protocol, batch_size, device,
+            represent,
+            item_weights,
+            sequences,
+            prefixes,
+            max_len,
+            protocol,
+            batch_size,
+            device,
             show_progress,
         )
     )

@@ -42,8 +42,8 @@ from raserec_adapter.data import (
     Batch,
     CausalWindows,
     LeaveOneOutSplit,
-    gather_windows,
     causal_windows,
+    gather_windows,
     iter_batches,
     iter_windows,
     window_pair_index,
@@ -65,7 +65,9 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def next_item_loss(h: torch.Tensor, item_weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def next_item_loss(
+    h: torch.Tensor, item_weights: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Softmax cross-entropy of ``h . v_i`` over items 1..N (never the padding row 0)."""
     return F.cross_entropy(h @ item_weights[1:].t(), targets - 1)
 
@@ -184,7 +186,12 @@ def _anchors(
         return h, batch.targets[take], pair_rows, second_view
 
     h = encoder(batch.item_seq, batch.lengths)
-    return h, batch.targets, batch.index.cpu().numpy(), lambda: encoder(batch.item_seq, batch.lengths)
+    return (
+        h,
+        batch.targets,
+        batch.index.cpu().numpy(),
+        lambda: encoder(batch.item_seq, batch.lengths),
+    )
 
 
 def pretrain(
@@ -280,8 +287,13 @@ def pretrain(
         if show_progress:
             logger.info(
                 "pretrain epoch %d: loss_rec %.4f loss_ret %.4f | valid %s %.4f%s | %.1f s",
-                epoch, record["loss_rec"], record["loss_ret"], cfg.valid_metric, score,
-                " *" if improved else "", train_seconds,
+                epoch,
+                record["loss_rec"],
+                record["loss_ret"],
+                cfg.valid_metric,
+                score,
+                " *" if improved else "",
+                train_seconds,
             )
         if improved:
             best_score, bad_epochs = score, 0

@@ -3,3 +3,4 @@
 source "$(dirname "$0")/_env.sh"
 ruff check raserec_adapter examples tests benchmarks
 python -m pytest -q "$@"
+mkdocs build --strict --quiet --site-dir "${TMPDIR:-/tmp}/raserec-site"

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from raserec_adapter.data import Sequences  # noqa: E402
+
+# Tiny models: one thread is faster than two and leaves the other core to the rest of the machine.
+torch.set_num_threads(1)
 
 
 def synthetic_sequences(
@@ -27,7 +31,9 @@ def synthetic_sequences(
         s = []
         for _ in range(n):
             s.append(cur)
-            cur = cur % num_items + 1 if rng.random() < 0.85 else int(rng.integers(1, num_items + 1))
+            cur = (
+                cur % num_items + 1 if rng.random() < 0.85 else int(rng.integers(1, num_items + 1))
+            )
         seqs.append(s)
     return Sequences.from_lists(seqs, num_items=num_items)
 

@@ -98,7 +98,7 @@ def test_shuffled_batches_are_seeded():
     b = [b.index.tolist() for b in iter_batches(s, split.train, 8, shuffle=True, seed=3)]
     c = [b.index.tolist() for b in iter_batches(s, split.train, 8, shuffle=True, seed=4)]
     assert a == b and a != c
-    assert sorted(sum(a, [])) == list(range(len(split.train)))
+    assert sorted(i for rows in a for i in rows) == list(range(len(split.train)))
 
 
 def test_errors_say_what_is_wrong(tmp_path):
@@ -115,7 +115,9 @@ def test_errors_say_what_is_wrong(tmp_path):
 
 
 def test_save_load_roundtrip(tmp_path):
-    s = Sequences.from_lists([[1, 2, 3], [3, 1]], user_labels=["a", "b"], item_labels=["x", "y", "z"])
+    s = Sequences.from_lists(
+        [[1, 2, 3], [3, 1]], user_labels=["a", "b"], item_labels=["x", "y", "z"]
+    )
     s.save(tmp_path / "d.npz")
     r = Sequences.load(tmp_path / "d.npz")
     assert r.items.tolist() == s.items.tolist() and r.offsets.tolist() == s.offsets.tolist()

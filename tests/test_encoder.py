@@ -48,7 +48,8 @@ def test_recbole_style_model_wraps_without_glue():
 def test_missing_item_table_names_candidates():
     with pytest.raises(EncoderError, match=r"no `item_embedding`.*\['items'\].*item_weights="):
         wrap_encoder(NoTable())
-    enc = wrap_encoder(NoTable(), item_weights=lambda m=NoTable(): m.items.weight)
+    model = NoTable()
+    enc = wrap_encoder(model, item_weights=lambda: model.items.weight)
     assert enc.num_items == 10
 
 

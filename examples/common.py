@@ -1,0 +1,252 @@
+"""The command line and the two-stage pipeline shared by every example backbone.
+
+Each example script only says how to build its encoder (and, for BERT4Rec, its own
+recommendation loss); everything else -- data, pre-training, memory bank, RAFT, evaluation, the
+result table and the results files -- is here, so no training code is copied between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from raserec_adapter import (
+    AugmenterConfig,
+    BankConfig,
+    PretrainConfig,
+    RAFTConfig,
+    RAMConfig,
+    RetrievalAugmenter,
+    format_table,
+    leave_one_out,
+    load_dataset,
+    write_results,
+)
+from raserec_adapter.pretraining import RecLoss, evaluate_encoder, seed_everything
+from raserec_adapter.reporting import mean_metrics
+
+logger = logging.getLogger("raserec_adapter")
+
+BuildEncoder = Callable[[int, argparse.Namespace], nn.Module]
+
+
+@dataclass
+class Backbone:
+    """What an example contributes: a name, an encoder factory, optional loss and defaults."""
+
+    name: str
+    build: BuildEncoder
+    rec_loss: RecLoss | None = None
+    pretrain_defaults: dict[str, object] | None = None
+
+
+def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
+    """The command-line options every example shares."""
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    g = p.add_argument_group("data and run")
+    g.add_argument(
+        "--dataset",
+        default="beauty",
+        help="registered name (beauty, sports, clothing) or a path to a data file",
+    )
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the dataset files (else $RASEREC_DATA_DIR, ../shared/data, "
+        "the cache, then download)",
+    )
+    g.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds to run; results report each and their mean",
+    )
+    g.add_argument("--seed", type=int, default=None, help="a single seed (overrides --seeds)")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    g.add_argument("--out", default="runs", help="folder for checkpoints and results files")
+    g.add_argument(
+        "--results-dir",
+        default=None,
+        help="also write the results JSON files here (e.g. benchmarks/results)",
+    )
+    g.add_argument(
+        "--protocol",
+        choices=["full", "seen_removed"],
+        default="full",
+        help="evaluation protocol: seen items kept (full) or removed",
+    )
+    g.add_argument(
+        "--demo",
+        action="store_true",
+        help="short schedule for a first run (a few minutes on a laptop CPU)",
+    )
+    g.add_argument(
+        "--plain",
+        action="store_true",
+        help="stage 1 only, cross-entropy without the retrieval loss (a plain "
+        f"{backbone}); no memory bank, no RAFT",
+    )
+    g = p.add_argument_group("stage 1: pre-training")
+    g.add_argument("--epochs", type=int, default=100, help="maximum pre-training epochs")
+    g.add_argument("--batch-size", type=int, default=256, help="pre-training batch size")
+    g.add_argument("--lr", type=float, default=1e-3, help="pre-training learning rate")
+    g.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs)")
+    g.add_argument(
+        "--lambda",
+        dest="retrieval_weight",
+        type=float,
+        default=0.1,
+        help="weight of the contrastive retrieval loss",
+    )
+    g.add_argument("--temperature", type=float, default=1.0, help="InfoNCE temperature")
+    g.add_argument(
+        "--mask-false-negatives",
+        action="store_true",
+        help="drop in-batch negatives that share the anchor's target",
+    )
+    g.add_argument("--max-len", type=int, default=50, help="inputs keep the last max-len items")
+    g.add_argument("--hidden-size", type=int, default=64, help="encoder hidden size")
+    g.add_argument(
+        "--encoder-checkpoint",
+        default=None,
+        help="load a trained encoder state_dict instead of pre-training",
+    )
+    g = p.add_argument_group("stage 2: memory bank and RAFT")
+    g.add_argument(
+        "--bank",
+        choices=["faiss", "torch"],
+        default="faiss",
+        help="Faiss index or exact PyTorch bank",
+    )
+    g.add_argument("--index", default="IVF128,Flat", help="Faiss index factory string")
+    g.add_argument("--nprobe", type=int, default=1, help="IVF lists probed per query")
+    g.add_argument("--alpha", type=float, default=0.5, help="weight of the encoder's own h")
+    g.add_argument("--beta", type=float, default=1.0, help="weight of RAM channel 1 vs 2")
+    g.add_argument("--k", type=int, default=20, help="memories retrieved per query")
+    g.add_argument("--raft-epochs", type=int, default=100, help="maximum RAFT epochs")
+    g.add_argument("--raft-batch-size", type=int, default=1024, help="RAFT batch size")
+    g.add_argument("--raft-lr", type=float, default=1e-3, help="RAFT learning rate")
+    return p
+
+
+def _demo_overrides(args: argparse.Namespace) -> None:
+    if args.demo:
+        args.epochs = min(args.epochs, 6)
+        args.raft_epochs = min(args.raft_epochs, 3)
+
+
+def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Runs stage 1 (and stage 2 unless ``--plain``) for every seed; prints and saves results."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _demo_overrides(args)
+    seeds = [args.seed] if args.seed is not None else args.seeds
+    t_start = time.perf_counter()
+    sequences = load_dataset(args.dataset, data_dir=args.data_dir)
+    split = leave_one_out(sequences, max_len=args.max_len)
+    name = Path(args.dataset).stem.lower() if "/" in args.dataset else args.dataset.lower()
+    logger.info("%s: %s", name, sequences.describe())
+    per_variant: dict[str, list[dict[str, float]]] = {}
+    extra: dict[str, object] = {"per_seed_details": []}
+    out = Path(args.out)
+    for seed in seeds:
+        seed_everything(seed)
+        encoder = backbone.build(sequences.num_items, args)
+        pcfg = PretrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            patience=args.patience,
+            retrieval_weight=0.0 if args.plain else args.retrieval_weight,
+            temperature=args.temperature,
+            mask_false_negatives=args.mask_false_negatives,
+            max_len=args.max_len,
+            seed=seed,
+            **(backbone.pretrain_defaults or {}),
+        )
+        acfg = AugmenterConfig(
+            max_len=args.max_len,
+            bank=BankConfig(kind=args.bank, index_factory=args.index, nprobe=args.nprobe),
+            ram=RAMConfig(alpha=args.alpha, beta=args.beta, k=args.k),
+        )
+        aug = RetrievalAugmenter(encoder, acfg)
+        run_dir = out / f"{name}-{backbone.name}-seed{seed}"
+        details: dict[str, object] = {"seed": seed}
+        if args.encoder_checkpoint:
+            state = torch.load(args.encoder_checkpoint, map_location="cpu", weights_only=True)
+            encoder.load_state_dict(state)
+        else:
+            res = aug.pretrain(
+                split,
+                pcfg,
+                rec_loss=backbone.rec_loss,
+                device=args.device,
+                checkpoint=run_dir / "encoder.pt",
+            )
+            details["pretrain"] = {
+                "best_epoch": res.best_epoch,
+                "epochs_run": res.epochs_run,
+                "seconds": round(res.seconds, 1),
+                "config": pcfg.to_dict(),
+            }
+        plain_variant = "plain" if args.plain else "pretrained-plain"
+        if args.plain:
+            test = {"plain": evaluate_encoder(encoder, split, "test", args.protocol, args.device)}
+        else:
+            aug.build_bank(split, device=args.device)
+            raft = aug.fit_raft(
+                split,
+                RAFTConfig(
+                    epochs=args.raft_epochs,
+                    batch_size=args.raft_batch_size,
+                    lr=args.raft_lr,
+                    patience=args.patience,
+                    seed=seed,
+                ),
+                device=args.device,
+            )
+            details["raft"] = {
+                "best_epoch": raft.best_epoch,
+                "epochs_run": raft.epochs_run,
+                "seconds": round(raft.seconds, 1),
+            }
+            test = aug.evaluate(split, "test", protocol=args.protocol, device=args.device)
+            aug.save(run_dir / "augmenter")
+        per_variant.setdefault(plain_variant, []).append(test["plain"])
+        if "raserec" in test:
+            per_variant.setdefault("raserec", []).append(test["raserec"])
+        extra["per_seed_details"].append(details)  # type: ignore[union-attr]
+        print(f"\n{name} / {backbone.name} / seed {seed} / test / protocol {args.protocol}")
+        print(format_table({(plain_variant if k == "plain" else k): v for k, v in test.items()}))
+    wall = time.perf_counter() - t_start
+    means = {variant: mean_metrics(rows) for variant, rows in per_variant.items()}
+    print(f"\n{name} / {backbone.name} / mean of seeds {seeds} / test / protocol {args.protocol}")
+    print(format_table(means))
+    targets = [out] + ([Path(args.results_dir)] if args.results_dir else [])
+    for variant, rows in per_variant.items():
+        suffix = "" if args.protocol == "full" else f"-{args.protocol}"
+        for folder in targets:
+            write_results(
+                folder / f"{name}-{backbone.name}-{variant}{suffix}.json",
+                dataset=name,
+                backbone=backbone.name,
+                variant=variant,
+                protocol=args.protocol,
+                seeds=seeds,
+                per_seed=rows,
+                wall_seconds=wall,
+                extra=extra,
+            )
+    return means

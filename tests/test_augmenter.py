@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import synthetic_sequences
+
+from examples.models import SASRec
+from raserec_adapter import (
+    AugmenterConfig,
+    BankConfig,
+    CheckpointError,
+    PretrainConfig,
+    RAFTConfig,
+    RAMConfig,
+    RetrievalAugmenter,
+    admissible,
+    iter_batches,
+    leave_one_out,
+    pretrain,
+)
+
+MAX_LEN = 10
+
+
+@pytest.fixture(scope="module")
+def trained():
+    seqs = synthetic_sequences(120, 30, seed=1)
+    split = leave_one_out(seqs, max_len=MAX_LEN)
+    torch.manual_seed(0)
+    model = SASRec(30, hidden_size=16, max_len=MAX_LEN)
+    pretrain(
+        model, split, PretrainConfig(epochs=6, batch_size=64, max_len=MAX_LEN), show_progress=False
+    )
+    return model, split
+
+
+def make(model, kind="torch", **ram):
+    cfg = AugmenterConfig(
+        max_len=MAX_LEN, bank=BankConfig(kind=kind, index_factory="Flat"), ram=RAMConfig(k=4, **ram)
+    )
+    return RetrievalAugmenter(model, cfg)
+
+
+def test_fit_raft_before_build_bank_says_what_to_do(trained):
+    model, split = trained
+    with pytest.raises(RuntimeError, match=r"call augmenter.build_bank\(split\) first"):
+        make(model).fit_raft(split, RAFTConfig(epochs=1))
+
+
+def test_raft_trains_only_the_ram(trained):
+    model, split = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    ram_before = [p.detach().clone() for p in aug.ram.parameters()]
+    grads_seen = []
+    hooks = [p.register_hook(lambda g: grads_seen.append(g)) for p in model.parameters()]
+    aug.fit_raft(split, RAFTConfig(epochs=2, batch_size=64), show_progress=False)
+    for h in hooks:
+        h.remove()
+    assert grads_seen == []  # no gradient ever reached the encoder
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert any(not torch.equal(a, b) for a, b in zip(ram_before, aug.ram.parameters(), strict=True))
+    assert all(p.requires_grad for p in model.parameters())  # restored for the user
+
+
+def test_bank_contents_per_phase(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    assert len(aug.bank) == len(split.train)
+    # bank keys are the frozen encoder's representations of the training prefixes
+    torch.testing.assert_close(aug._train_keys, aug.encode(split.sequences, split.train))
+    aug.evaluate(split, "test", augmented=(True,))
+    assert len(aug.bank) == len(split.train) + len(split.valid)
+    aug.evaluate(split, "valid", augmented=(True,))
+    assert len(aug.bank) == len(split.train)
+
+
+@pytest.mark.parametrize("kind", ["torch", "faiss"])
+def test_retrieval_never_leaks_the_future(trained, kind):
+    model, split = trained
+    aug = make(model, kind)
+    aug.build_bank(split, "test", show_progress=False)
+    bank = aug.bank
+    for batch in iter_batches(split.sequences, split.test, 64, MAX_LEN):
+        h = aug.encoder(batch.item_seq, batch.lengths)
+        found = bank.search(h.detach(), 4, batch.users, batch.prefix_lengths)
+        store = bank._store
+        mem_users = store.users[found.ids]
+        mem_lengths = store.lengths[found.ids]
+        ok = (mem_users != batch.users[:, None]) | (mem_lengths < batch.prefix_lengths[:, None])
+        assert ok.all()
+        assert admissible(
+            batch.users[:, None], batch.prefix_lengths[:, None], mem_users, mem_lengths
+        ).all()
+
+
+def test_save_load_identical_scores_and_config_check(trained, tmp_path):
+    model, split = trained
+    aug = make(model, "faiss")
+    aug.build_bank(split, "test", show_progress=False)
+    ids, scores = aug.recommend([[1, 2, 3], [5, 6]], k=5)
+    aug.save(tmp_path / "ck")
+    files = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert files == ["bank", "config.json", "ram.pt"]  # only the augmenter's own parts
+    again = RetrievalAugmenter.load(model, tmp_path / "ck")
+    ids2, scores2 = again.recommend([[1, 2, 3], [5, 6]], k=5)
+    assert torch.equal(ids, ids2)
+    torch.testing.assert_close(scores, scores2)
+    other = AugmenterConfig(
+        max_len=MAX_LEN, bank=BankConfig(kind="faiss", index_factory="Flat"), ram=RAMConfig(k=8)
+    )
+    with pytest.raises(CheckpointError, match="ram.k: saved 4, given 8"):
+        RetrievalAugmenter.load(model, tmp_path / "ck", other)
+    with pytest.raises(CheckpointError, match="hidden size 16"):
+        RetrievalAugmenter.load(SASRec(30, hidden_size=8, max_len=MAX_LEN), tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="trained for 30 items"):
+        RetrievalAugmenter.load(SASRec(31, hidden_size=16, max_len=MAX_LEN), tmp_path / "ck")
+    meta = json.loads((tmp_path / "ck" / "config.json").read_text())
+    meta["config"]["ram"]["alpha"] = "x"
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="malformed"):
+        RetrievalAugmenter.load(model, tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        RetrievalAugmenter.load(model, tmp_path)
+
+
+def test_failed_save_keeps_the_old_checkpoint(trained, tmp_path, monkeypatch):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    aug.save(tmp_path / "ck")
+    before = (tmp_path / "ck" / "ram.pt").read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        aug.save(tmp_path / "ck")
+    assert (tmp_path / "ck" / "ram.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_recommend_inputs(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    ids, _ = aug.recommend([[1, 2, 3]], k=5, exclude_seen=True)
+    assert not set(ids[0].tolist()) & {1, 2, 3} and 0 not in ids[0].tolist()
+    with pytest.raises(ValueError, match="at least one item"):
+        aug.recommend([[]], k=5)
+    with pytest.raises(ValueError, match="item ids must lie in 1..30"):
+        aug.recommend([[0, 1]], k=5)
+    with pytest.raises(ValueError, match="k must be in 1..30"):
+        aug.recommend([[1]], k=31)
+    with pytest.raises(TypeError, match="integer item ids"):
+        aug.recommend(torch.tensor([[1.0, 2.0]]), lengths=torch.tensor([2]), k=3)
+
+
+def test_augmentation_with_alpha_one_equals_plain(trained):
+    model, split = trained
+    aug = make(model, alpha=1.0)
+    aug.build_bank(split, show_progress=False)
+    res = aug.evaluate(split, "test")
+    assert res["plain"] == res["raserec"]
