@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,12 +40,18 @@ BuildEncoder = Callable[[int, argparse.Namespace], nn.Module]
 
 @dataclass
 class Backbone:
-    """What an example contributes: a name, an encoder factory, optional loss and defaults."""
+    """What an example contributes: a name, an encoder factory, optional loss and defaults.
+
+    ``wrap`` maps the built encoder to keyword arguments of
+    :class:`~raserec_adapter.RetrievalAugmenter` (``encode=``, ``item_weights=``,
+    ``encode_all=``) for encoders that do not follow the RecBole contract.
+    """
 
     name: str
     build: BuildEncoder
     rec_loss: RecLoss | None = None
     pretrain_defaults: dict[str, object] | None = None
+    wrap: Callable[[nn.Module], dict[str, Any]] | None = None
 
 
 def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
@@ -181,7 +188,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
             bank=BankConfig(kind=args.bank, index_factory=args.index, nprobe=args.nprobe),
             ram=RAMConfig(alpha=args.alpha, beta=args.beta, k=args.k),
         )
-        aug = RetrievalAugmenter(encoder, acfg)
+        aug = RetrievalAugmenter(encoder, acfg, **(backbone.wrap(encoder) if backbone.wrap else {}))
         run_dir = out / f"{name}-{backbone.name}-seed{seed}"
         details: dict[str, object] = {"seed": seed}
         if args.encoder_checkpoint:
@@ -203,7 +210,9 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
             }
         plain_variant = "plain" if args.plain else "pretrained-plain"
         if args.plain:
-            test = {"plain": evaluate_encoder(encoder, split, "test", args.protocol, args.device)}
+            test = {
+                "plain": evaluate_encoder(aug.encoder, split, "test", args.protocol, args.device)
+            }
         else:
             aug.build_bank(split, device=args.device)
             raft = aug.fit_raft(

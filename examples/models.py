@@ -124,3 +124,186 @@ class SASRec(nn.Module):
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         return last_position(self.forward_all(item_seq, item_seq_len), item_seq_len)
+
+
+class GRU4Rec(nn.Module):
+    """GRU4Rec (Hidasi et al., 2016) as RecBole implements it, the paper's RNN backbone.
+
+    Item embedding -> embedding dropout -> GRU (no biases) -> linear projection back to the
+    embedding size; the representation of a sequence is the projected output at its last real
+    item. RecBole's defaults: embedding 64, GRU hidden 128, 1 layer, dropout 0.3, Xavier
+    initialisation. A GRU only looks back, so the output at position ``t`` is the encoding of the
+    prefix ending at ``t`` and :meth:`forward_all` encodes every prefix in one pass
+    (``is_causal = True``).
+
+    Args:
+        num_items: ``N``; item ids are ``1..N``, 0 is padding.
+        hidden_size: Embedding size ``d`` (the size of the representation and item table).
+        gru_hidden_size: Size of the GRU state (projected to ``hidden_size`` afterwards).
+        num_layers: Stacked GRU layers.
+        dropout: Dropout on the item embeddings.
+
+    Example:
+        >>> import torch
+        >>> model = GRU4Rec(num_items=100)
+        >>> model(torch.tensor([[5, 7, 0]]), torch.tensor([2])).shape
+        torch.Size([1, 64])
+    """
+
+    is_causal = True
+
+    def __init__(
+        self,
+        num_items: int,
+        hidden_size: int = 64,
+        gru_hidden_size: int = 128,
+        num_layers: int = 1,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        self.item_embedding = nn.Embedding(num_items + 1, hidden_size, padding_idx=0)
+        self.emb_dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(hidden_size, gru_hidden_size, num_layers, bias=False, batch_first=True)
+        self.dense = nn.Linear(gru_hidden_size, hidden_size)
+        nn.init.xavier_normal_(self.item_embedding.weight)
+        for name, weight in self.gru.named_parameters():
+            if name.startswith("weight_"):
+                nn.init.xavier_uniform_(weight)
+
+    def forward_all(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """``(B, T, d)``: position ``t`` encodes the prefix ``item_seq[:, : t + 1]``."""
+        out, _ = self.gru(self.emb_dropout(self.item_embedding(item_seq)))
+        return self.dense(out)
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        return last_position(self.forward_all(item_seq, item_seq_len), item_seq_len)
+
+
+class BERT4Rec(nn.Module):
+    """BERT4Rec (Sun et al., 2019): bidirectional self-attention trained by a cloze task.
+
+    Settings follow RecBole's BERT4Rec (2 layers, 2 heads, FFN inner 256, GELU, dropout 0.2,
+    LayerNorm eps 1e-12, N(0, 0.02) weights, mask ratio 0.2). The item table has ``N + 2`` rows:
+    row 0 is padding and row ``N + 1`` the ``[mask]`` token; scores use rows ``0..N`` only, so
+    wrap the model with ``item_weights=model.item_weights`` (see
+    :func:`raserec_adapter.wrap_encoder`). :meth:`forward` appends a ``[mask]`` after the last
+    item and returns the last layer's output there (SPEC section 4); :meth:`cloze_loss` is the
+    masked-item training objective. Attention is bidirectional, so there is no ``forward_all``:
+    every prefix is encoded on its own.
+
+    Args:
+        num_items: ``N``; item ids are ``1..N``, 0 is padding.
+        hidden_size: Size ``d`` of embeddings and representations.
+        max_len: Longest input (in items); ``max_len + 1`` positions are learned, one for the
+            appended ``[mask]``.
+        num_layers: Transformer layers.
+        num_heads: Attention heads.
+        inner_size: Feed-forward inner size.
+        dropout: Dropout on embeddings and hidden states.
+        attn_dropout: Dropout on attention weights.
+        mask_prob: Probability that the cloze task masks an item.
+        layer_norm_eps: LayerNorm epsilon.
+
+    Example:
+        >>> import torch
+        >>> from raserec_adapter import wrap_encoder
+        >>> model = BERT4Rec(num_items=100)
+        >>> enc = wrap_encoder(model, item_weights=model.item_weights)
+        >>> enc(torch.tensor([[5, 7, 0]]), torch.tensor([2])).shape, enc.num_items
+        (torch.Size([1, 64]), 100)
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        hidden_size: int = 64,
+        max_len: int = 50,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        inner_size: int = 256,
+        dropout: float = 0.2,
+        attn_dropout: float = 0.2,
+        mask_prob: float = 0.2,
+        layer_norm_eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+        self.num_items = num_items
+        self.max_len = max_len
+        self.mask_prob = mask_prob
+        self.mask_token = num_items + 1
+        self.item_embedding = nn.Embedding(num_items + 2, hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(max_len + 1, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                hidden_size, num_heads, inner_size, dropout, attn_dropout, layer_norm_eps
+            )
+            for _ in range(num_layers)
+        )
+        init_weights(self)
+
+    def item_weights(self) -> torch.Tensor:
+        """``(N + 1, d)`` item table for scoring: the embedding without the ``[mask]`` row."""
+        return self.item_embedding.weight[: self.num_items + 1]
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, T, d)`` last-layer outputs for token ids (items, ``[mask]``, 0 = padding).
+
+        Padding is masked out of attention, so outputs at real positions do not depend on how
+        much padding follows.
+        """
+        t = tokens.shape[1]
+        if t > self.max_len + 1:
+            raise ValueError(
+                f"sequences of {t - 1} items exceed max_len = {self.max_len}; keep the last "
+                f"{self.max_len} items (the data pipeline does this)"
+            )
+        pos = torch.arange(t, device=tokens.device)
+        x = self.dropout(self.norm(self.item_embedding(tokens) + self.position_embedding(pos)))
+        key_mask = (tokens > 0)[:, None, None, :]  # (B, 1, 1, T): True = may be attended to
+        for layer in self.layers:
+            x = layer(x, causal=False, key_mask=key_mask)
+        return x
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """``(B, d)``: output at a ``[mask]`` token appended after each sequence's last item."""
+        rows = torch.arange(item_seq.shape[0], device=item_seq.device)
+        tokens = F.pad(item_seq, (0, 1))
+        tokens[rows, item_seq_len] = self.mask_token
+        return self.encode_tokens(tokens)[rows, item_seq_len]
+
+    def cloze_loss(
+        self,
+        item_seq: torch.Tensor,
+        item_seq_len: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """BERT4Rec's masked-item objective on a batch of sequences.
+
+        Every sequence is used twice: once with each item replaced by ``[mask]`` with
+        probability ``mask_prob``, and once with only its last item masked (as the BERT4Rec paper
+        adds, so that training matches inference, where the ``[mask]`` follows the history).
+        The loss is the softmax cross-entropy over items ``1..N`` at all masked positions.
+
+        Args:
+            item_seq: ``(B, T)`` left-aligned item ids, 0 = padding.
+            item_seq_len: ``(B,)`` number of real items per row.
+            generator: Optional random generator for the masks (on ``item_seq``'s device).
+
+        Returns:
+            The mean cross-entropy (a scalar).
+        """
+        b, t = item_seq.shape
+        pos = torch.arange(t, device=item_seq.device)[None, :]
+        real = pos < item_seq_len[:, None]
+        draw = torch.rand(b, t, generator=generator, device=item_seq.device)
+        random_mask = real & (draw < self.mask_prob)
+        last_mask = pos == (item_seq_len - 1)[:, None]
+        masks = torch.cat([random_mask, last_mask])
+        labels = torch.cat([item_seq, item_seq])
+        tokens = labels.masked_fill(masks, self.mask_token)
+        h = self.encode_tokens(tokens)[masks]
+        return F.cross_entropy(h @ self.item_weights()[1:].t(), labels[masks] - 1)

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,13 +287,19 @@ class Batch:
 
 
 def _length_buckets(
-    lengths: np.ndarray, batch_size: int, shuffle: bool, rng: np.random.Generator | None
+    lengths: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    rng: np.random.Generator | None,
+    weights: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Groups row numbers into batches of similar length.
 
     Without shuffling, rows are sorted by length. With shuffling, rows are permuted, cut into
-    chunks of 50 batches, sorted by length inside each chunk, and the batches are shuffled:
-    random batches with little padding.
+    chunks of about 50 batches, sorted by length inside each chunk, and the batches are
+    shuffled: random batches with little padding. With ``weights`` (e.g. training pairs per
+    window), a batch holds rows whose weights add up to about ``batch_size``, so every step
+    sees about as many pairs whatever the length of its rows.
     """
     n = len(lengths)
     if n == 0:
@@ -304,13 +309,19 @@ def _length_buckets(
     else:
         assert rng is not None
         perm = rng.permutation(n)
-        chunk = batch_size * 50
+        avg = 1.0 if weights is None else max(float(weights.mean()), 1e-9)
+        chunk = max(1, int(batch_size * 50 / avg))
         parts = []
         for s in range(0, n, chunk):
             part = perm[s : s + chunk]
             parts.append(part[np.argsort(lengths[part], kind="stable")])
         order = np.concatenate(parts)
-    batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+    if weights is None:
+        batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+    else:
+        batch_id = (np.cumsum(weights[order]) - 1) // batch_size
+        cuts = np.flatnonzero(np.diff(batch_id)) + 1
+        batches = np.split(order, cuts)
     if shuffle:
         assert rng is not None
         batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -443,13 +454,13 @@ def iter_windows(
 ) -> Iterator[Batch]:
     """Yields batches of causal windows; ``targets`` is ``(B, T)`` with 0 where no loss is taken.
 
-    ``batch_size`` counts training pairs (loss positions), not windows, so one step sees about as
-    many pairs as a per-prefix batch of the same size.
+    ``batch_size`` counts training pairs (loss positions), not windows: windows are packed so
+    that each step sees about ``batch_size`` pairs (as a per-prefix batch of that size would),
+    whether its windows are short or long.
     """
     rng = np.random.default_rng(seed) if shuffle else None
-    avg = max(windows.num_pairs / max(len(windows), 1), 1.0)
-    per_batch = max(1, math.ceil(batch_size / avg))
-    for rows in _length_buckets(windows.lengths, per_batch, shuffle, rng):
+    buckets = _length_buckets(windows.lengths, batch_size, shuffle, rng, windows.loss_from_end)
+    for rows in buckets:
         lengths = windows.lengths[rows]
         item_seq, lens = gather_windows(sequences, windows.ends[rows], lengths)
         width = item_seq.shape[1]

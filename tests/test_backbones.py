@@ -1,0 +1,206 @@
+"""GRU4Rec, BERT4Rec and a user's own encoder through both stages, and the example scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import synthetic_sequences
+
+from examples import bert4rec, custom_encoder, gru4rec, sasrec
+from examples.common import Backbone
+from examples.custom_encoder import ProductSequenceModel
+from examples.models import BERT4Rec, GRU4Rec
+from raserec_adapter import (
+    AugmenterConfig,
+    BankConfig,
+    EncoderError,
+    PretrainConfig,
+    RAFTConfig,
+    RAMConfig,
+    RetrievalAugmenter,
+    evaluate_encoder,
+    leave_one_out,
+    wrap_encoder,
+)
+
+NUM_ITEMS = 30
+MAX_LEN = 10
+HIDDEN = 16
+
+
+@pytest.fixture(scope="module")
+def split():
+    return leave_one_out(synthetic_sequences(120, NUM_ITEMS, seed=1), max_len=MAX_LEN)
+
+
+def augmenter(backbone: Backbone, hidden: int = HIDDEN) -> RetrievalAugmenter:
+    model = backbone.build(NUM_ITEMS, argparse.Namespace(hidden_size=hidden, max_len=MAX_LEN))
+    cfg = AugmenterConfig(max_len=MAX_LEN, bank=BankConfig(kind="torch"), ram=RAMConfig(k=4))
+    return RetrievalAugmenter(model, cfg, **(backbone.wrap(model) if backbone.wrap else {}))
+
+
+# BERT4Rec only sees the items through attention from the appended [mask] (no residual path
+# from the last item, unlike SASRec and GRU4Rec), so it needs more steps and a wider model to
+# learn "attend to the previous item" on this toy data.
+@pytest.mark.parametrize(
+    ("backbone", "hidden", "schedule"),
+    [
+        (gru4rec.BACKBONE, HIDDEN, {"epochs": 8, "batch_size": 64}),
+        (bert4rec.BACKBONE, 32, {"epochs": 16, "batch_size": 32, "lr": 3e-3}),
+        (custom_encoder.BACKBONE, HIDDEN, {"epochs": 8, "batch_size": 64}),
+    ],
+    ids=["gru4rec", "bert4rec", "custom"],
+)
+def test_both_stages_beat_an_untrained_model(split, backbone, hidden, schedule):
+    torch.manual_seed(0)
+    aug = augmenter(backbone, hidden)
+    assert aug.encoder.num_items == NUM_ITEMS
+    untrained = evaluate_encoder(aug.encoder, split, "valid")["HR@10"]
+    res = aug.pretrain(
+        split,
+        PretrainConfig(max_len=MAX_LEN, **schedule),
+        rec_loss=backbone.rec_loss,
+        show_progress=False,
+    )
+    assert all(math.isfinite(r["loss_rec"]) and math.isfinite(r["loss_ret"]) for r in res.history)
+    aug.build_bank(split, show_progress=False)
+    assert len(aug.bank) == len(split.train)
+    aug.fit_raft(split, RAFTConfig(epochs=2, batch_size=64), show_progress=False)
+    valid = aug.evaluate(split, "valid")
+    assert valid["plain"]["HR@10"] > untrained + 0.25
+    assert valid["raserec"]["HR@10"] > untrained + 0.25
+    test = aug.evaluate(split, "test")
+    assert all(0.0 <= v <= 1.0 for variant in test.values() for v in variant.values())
+
+
+def test_gru4rec_all_positions_equal_prefix_encodings():
+    torch.manual_seed(0)
+    model = GRU4Rec(NUM_ITEMS, hidden_size=HIDDEN).eval()
+    seq = torch.randint(1, NUM_ITEMS + 1, (4, 7))
+    full = model.forward_all(seq, torch.full((4,), 7))
+    for t in range(1, 8):
+        prefix = model(seq[:, :t], torch.full((4,), t))
+        torch.testing.assert_close(full[:, t - 1], prefix)
+        # trailing padding does not change the encoding either
+        padded = F.pad(seq[:, :t], (0, 3))
+        torch.testing.assert_close(model(padded, torch.full((4,), t)), prefix)
+    assert wrap_encoder(model).is_causal
+
+
+def test_bert4rec_ignores_padding_and_reads_the_whole_sequence():
+    torch.manual_seed(0)
+    model = BERT4Rec(NUM_ITEMS, hidden_size=HIDDEN, max_len=MAX_LEN).eval()
+    seq = torch.tensor([[3, 4, 5, 6, 7], [9, 8, 7, 0, 0], [2, 0, 0, 0, 0]])
+    lengths = torch.tensor([5, 3, 1])
+    h = model(seq, lengths)
+    assert h.shape == (3, HIDDEN)
+    torch.testing.assert_close(model(F.pad(seq, (0, 5)), lengths), h)  # up to T = max_len
+    torch.testing.assert_close(model(seq[:, :3].clone(), torch.tensor([3, 3, 1]))[1:], h[1:])
+    # bidirectional: the first item matters, and changing it changes nothing in other rows
+    changed = seq.clone()
+    changed[0, 0] = 11
+    h2 = model(changed, lengths)
+    assert not torch.allclose(h2[0], h[0])
+    torch.testing.assert_close(h2[1:], h[1:])
+    # the representation is the output at a [mask] appended after the last item
+    tokens = torch.tensor([[3, 4, 5, 6, 7, 31], [9, 8, 7, 31, 0, 0], [2, 31, 0, 0, 0, 0]])
+    torch.testing.assert_close(model.encode_tokens(tokens)[torch.arange(3), lengths], h)
+    assert not getattr(model, "is_causal", False)
+    enc = wrap_encoder(model, **bert4rec.wrap(model))
+    assert enc.num_items == NUM_ITEMS and not enc.is_causal
+    with pytest.raises(ValueError, match="exceed max_len"):
+        model(torch.ones(1, MAX_LEN + 1, dtype=torch.long), torch.tensor([MAX_LEN + 1]))
+
+
+def test_bert4rec_cloze_loss_is_finite_and_decreases():
+    torch.manual_seed(0)
+    model = BERT4Rec(NUM_ITEMS, hidden_size=HIDDEN, max_len=MAX_LEN, dropout=0.0, attn_dropout=0.0)
+    seqs = synthetic_sequences(16, NUM_ITEMS, min_len=4, max_len=MAX_LEN, seed=2)
+    seq = torch.zeros(16, MAX_LEN, dtype=torch.long)
+    lengths = torch.tensor([len(seqs[u]) for u in range(16)])
+    for u in range(16):
+        seq[u, : lengths[u]] = torch.from_numpy(seqs[u])
+
+    def loss() -> torch.Tensor:
+        return model.cloze_loss(seq, lengths, generator=torch.Generator().manual_seed(0))
+
+    first = loss().detach()
+    assert torch.isfinite(first)
+    assert abs(float(first) - math.log(NUM_ITEMS)) < 0.5  # near uniform at initialisation
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert float(loss().detach()) < float(first) - 1.0
+    # the [mask] row never receives a score: the scoring table stops at item N
+    assert model.item_weights().shape == (NUM_ITEMS + 1, HIDDEN)
+
+
+def test_custom_encoder_needs_its_accessors():
+    model = ProductSequenceModel(NUM_ITEMS, dim=HIDDEN)
+    with pytest.raises(EncoderError, match=r"no `item_embedding`.*\['products'\]"):
+        wrap_encoder(model)
+    # an encoder returning one vector per position gets told how to pick one per sequence
+    enc = wrap_encoder(
+        model,
+        encode=lambda s, n: model({"items": s, "mask": s > 0}),
+        item_weights=lambda: model.products.weight,
+    )
+    with pytest.raises(EncoderError, match="one vector per position"):
+        enc(torch.tensor([[1, 2, 0]]), torch.tensor([2]))
+    enc = wrap_encoder(model, **custom_encoder.wrap(model))
+    assert enc.is_causal and enc.num_items == NUM_ITEMS
+    model.eval()
+    seq = torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]])
+    all_pos = enc.forward_all(seq, torch.tensor([4, 2]))
+    torch.testing.assert_close(enc(seq[:, :2].clone(), torch.tensor([2, 2])), all_pos[:, 1])
+
+
+@pytest.fixture(scope="module")
+def dataset_file(tmp_path_factory):
+    seqs = synthetic_sequences(60, 20, seed=3)
+    path = tmp_path_factory.mktemp("data") / "toy.txt"
+    lines = [" ".join(map(str, [u + 1, *seqs[u].tolist()])) for u in range(seqs.num_users)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "module", [sasrec, gru4rec, bert4rec, custom_encoder], ids=lambda m: m.__name__
+)
+@pytest.mark.parametrize("plain", [False, True], ids=["raserec", "plain"])
+def test_example_main_runs_end_to_end(module, plain, dataset_file, tmp_path, capsys):
+    argv = [
+        "--dataset",
+        str(dataset_file),
+        "--epochs",
+        "2",
+        "--raft-epochs",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--max-len",
+        "10",
+        "--hidden-size",
+        "16",
+        "--bank",
+        "torch",
+        "--batch-size",
+        "64",
+    ]
+    module.main([*argv, "--plain"] if plain else argv)
+    name = module.BACKBONE.name
+    variants = ["plain"] if plain else ["pretrained-plain", "raserec"]
+    for variant in variants:
+        result = json.loads((tmp_path / f"toy-{name}-{variant}.json").read_text())
+        assert result["backbone"] == name
+    out = capsys.readouterr().out
+    assert f"toy / {name} / mean of seeds [0]" in out
+    if not plain:
+        assert (tmp_path / f"toy-{name}-seed0" / "augmenter" / "ram.pt").is_file()
