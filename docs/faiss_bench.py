@@ -32,7 +32,7 @@ INDEXES: list[tuple[str, int]] = [
     ("IVF128,Flat", 1),
     ("IVF1024,Flat", 8),
     ("IVF256,PQ16", 8),
-    ("IVF256,PQ32", 8),
+    ("IVF256,PQ16np", 8),
     ("HNSW32,Flat", 64),
 ]
 
@@ -71,7 +71,7 @@ def set_search_param(index: faiss.Index, param: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=100_000, help="vectors in the index")
+    p.add_argument("--n", type=int, default=50_000, help="vectors in the index")
     p.add_argument("--d", type=int, default=64, help="dimension")
     p.add_argument("--queries", type=int, default=1000, help="queries timed")
     p.add_argument("--k", type=int, default=80, help="neighbours per query (K=20 x overfetch 4)")

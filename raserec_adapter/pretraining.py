@@ -149,15 +149,14 @@ class _PositiveSampler:
 def _encode_pairs(
     encoder: WrappedEncoder, split: LeaveOneOutSplit, pairs: np.ndarray, device: torch.device
 ) -> torch.Tensor:
-    """Encodes training pairs one prefix each, in length-sorted chunks (little padding)."""
+    """Encodes training pairs one prefix each, grouped by length (padding at most doubles)."""
     seqs, train = split.sequences, split.train
     lengths = np.minimum(train.lengths[pairs], split.max_len)
     ends = seqs.offsets[train.users[pairs]] + train.lengths[pairs]
-    order = np.argsort(lengths, kind="stable")
+    group = np.ceil(np.log2(lengths)).astype(np.int64)  # lengths in (2^(g-1), 2^g]
     out = torch.empty(len(pairs), encoder.hidden_size, device=device)
-    chunk = max(16, math.ceil(len(pairs) / 4))
-    for s in range(0, len(pairs), chunk):
-        rows = order[s : s + chunk]
+    for g in np.unique(group):
+        rows = np.flatnonzero(group == g)
         seq, lens = gather_windows(seqs, ends[rows], lengths[rows])
         out[torch.from_numpy(rows).to(device)] = encoder(seq.to(device), lens.to(device))
     return out
