@@ -26,14 +26,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 
-# (factory string, nprobe for IVF or efSearch for HNSW; 0 = no setting)
+# (factory string, nprobe for IVF indexes; 0 = leave the index's default search setting).
+# FaissMemoryBank sets nprobe from BankConfig.nprobe and leaves HNSW's efSearch at its default.
 INDEXES: list[tuple[str, int]] = [
     ("Flat", 0),
     ("IVF128,Flat", 1),
     ("IVF1024,Flat", 8),
     ("IVF256,PQ16", 8),
     ("IVF256,PQ16np", 8),
-    ("HNSW32,Flat", 64),
+    ("HNSW32,Flat", 0),
 ]
 
 
@@ -55,18 +56,19 @@ def unit_vectors(n: int, d: int, centers: int, rng: np.random.Generator) -> np.n
     return x
 
 
-def set_search_param(index: faiss.Index, param: int) -> str:
-    if param == 0:
-        return "-"
+def set_search_param(index: faiss.Index, nprobe: int) -> str:
+    """Sets ``nprobe`` of an IVF index; describes the search setting in effect."""
     try:
         ivf = faiss.extract_index_ivf(index)
-        ivf.nprobe = param
-        return f"nprobe={param}"
     except RuntimeError:
-        pass
-    hnsw = faiss.downcast_index(index)
-    hnsw.hnsw.efSearch = param
-    return f"efSearch={param}"
+        ivf = None
+    if ivf is not None:
+        ivf.nprobe = nprobe or ivf.nprobe
+        return f"nprobe={ivf.nprobe}"
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None:
+        return f"efSearch={hnsw.efSearch} (default)"
+    return "-"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--queries", type=int, default=1000, help="queries timed")
     p.add_argument("--k", type=int, default=80, help="neighbours per query (K=20 x overfetch 4)")
     p.add_argument("--threads", type=int, default=1, help="Faiss OpenMP threads")
+    p.add_argument(
+        "--indexes",
+        nargs="+",
+        choices=[f for f, _ in INDEXES],
+        default=[f for f, _ in INDEXES],
+        help="which of the indexes to measure",
+    )
+    p.add_argument("--note", default="", help="a remark stored with the results")
     p.add_argument("--out", default=str(HERE / "measurements" / "faiss-indexes.json"))
     args = p.parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     exact.add(base)
     _, truth = exact.search(queries, 20)
     rows = []
-    for factory, param in INDEXES:
+    for factory, param in [(f, s) for f, s in INDEXES if f in args.indexes]:
         index = faiss.index_factory(args.d, factory, faiss.METRIC_INNER_PRODUCT)
         t0 = time.perf_counter()
         if not index.is_trained:
@@ -97,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         _, found = index.search(queries, args.k)
         search = time.perf_counter() - t0
-        recall = np.mean([len(set(f[:20]) & set(t)) / 20 for f, t in zip(found, truth)])
+        recall = np.mean(
+            [len(set(f[:20]) & set(t)) / 20 for f, t in zip(found, truth, strict=True)]
+        )
         size = faiss.serialize_index(index).nbytes
         rows.append(
             {
@@ -119,7 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         "k": args.k,
         "threads": args.threads,
         "rows": rows,
-        "command": " ".join(shlex.quote(a) for a in ["python", "docs/faiss_bench.py", *sys.argv[1:]]),
+        "note": args.note,
+        "command": " ".join(
+            shlex.quote(a) for a in ["python", "docs/faiss_bench.py", *sys.argv[1:]]
+        ),
         "machine": {
             "cpu": cpu_model(),
             "cpu_cores": os.cpu_count(),

@@ -83,15 +83,21 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     g.add_argument("--out", default="runs", help="folder for checkpoints and results files")
     g.add_argument(
+        "--tag",
+        default="",
+        help="added to results file names: --tag x -> <dataset>-<backbone>-x-<variant>.json",
+    )
+    g.add_argument(
         "--results-dir",
         default=None,
         help="also write the results JSON files here (e.g. benchmarks/results)",
     )
     g.add_argument(
-        "--protocol",
+        "--protocols",
+        nargs="+",
         choices=["full", "seen_removed"],
-        default="full",
-        help="evaluation protocol: seen items kept (full) or removed",
+        default=["full", "seen_removed"],
+        help="evaluation protocols: seen items kept (full, the paper's) and/or removed",
     )
     g.add_argument(
         "--demo",
@@ -210,8 +216,9 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
             }
         plain_variant = "plain" if args.plain else "pretrained-plain"
         if args.plain:
-            test = {
-                "plain": evaluate_encoder(aug.encoder, split, "test", args.protocol, args.device)
+            tests = {
+                p: {"plain": evaluate_encoder(aug.encoder, split, "test", p, args.device)}
+                for p in args.protocols
             }
         else:
             aug.build_bank(split, device=args.device)
@@ -231,31 +238,39 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 "epochs_run": raft.epochs_run,
                 "seconds": round(raft.seconds, 1),
             }
-            test = aug.evaluate(split, "test", protocol=args.protocol, device=args.device)
+            tests = {
+                p: aug.evaluate(split, "test", protocol=p, device=args.device)
+                for p in args.protocols
+            }
             aug.save(run_dir / "augmenter")
-        per_variant.setdefault(plain_variant, []).append(test["plain"])
-        if "raserec" in test:
-            per_variant.setdefault("raserec", []).append(test["raserec"])
+        for p, test in tests.items():
+            for variant, metrics in test.items():
+                key = (p, plain_variant if variant == "plain" else variant)
+                per_variant.setdefault(key, []).append(metrics)
+            print(f"\n{name} / {backbone.name} / seed {seed} / test / protocol {p}")
+            print(
+                format_table({(plain_variant if k == "plain" else k): v for k, v in test.items()})
+            )
         extra["per_seed_details"].append(details)  # type: ignore[union-attr]
-        print(f"\n{name} / {backbone.name} / seed {seed} / test / protocol {args.protocol}")
-        print(format_table({(plain_variant if k == "plain" else k): v for k, v in test.items()}))
     wall = time.perf_counter() - t_start
-    means = {variant: mean_metrics(rows) for variant, rows in per_variant.items()}
-    print(f"\n{name} / {backbone.name} / mean of seeds {seeds} / test / protocol {args.protocol}")
-    print(format_table(means))
+    means = {key: mean_metrics(rows) for key, rows in per_variant.items()}
+    for p in args.protocols:
+        print(f"\n{name} / {backbone.name} / mean of seeds {seeds} / test / protocol {p}")
+        print(format_table({v: m for (q, v), m in means.items() if q == p}))
     targets = [out] + ([Path(args.results_dir)] if args.results_dir else [])
-    for variant, rows in per_variant.items():
-        suffix = "" if args.protocol == "full" else f"-{args.protocol}"
+    tag = f"-{args.tag}" if args.tag else ""
+    for (p, variant), rows in per_variant.items():
+        suffix = "" if p == "full" else f"-{p}"
         for folder in targets:
             write_results(
-                folder / f"{name}-{backbone.name}-{variant}{suffix}.json",
+                folder / f"{name}-{backbone.name}{tag}-{variant}{suffix}.json",
                 dataset=name,
                 backbone=backbone.name,
                 variant=variant,
-                protocol=args.protocol,
+                protocol=p,
                 seeds=seeds,
                 per_seed=rows,
                 wall_seconds=wall,
                 extra=extra,
             )
-    return means
+    return {v: m for (p, v), m in means.items() if p == args.protocols[0]}

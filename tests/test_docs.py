@@ -1,0 +1,224 @@
+"""The documentation cannot rot: its code runs, its names exist, the site builds strictly.
+
+Every fenced ```python block in ``docs/*.md`` runs, page by page in one namespace per page, in a
+temporary working directory. A block whose first line starts with ``# docs: no-run`` (it needs
+real data, a GPU or long training) is compiled instead, and every name it imports from
+``raserec_adapter`` or ``examples`` must exist. README.md's blocks use the real Beauty dataset
+and the full schedule, so they get the compile-and-import check only.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+NO_RUN = "# docs: no-run"
+FENCE_RE = re.compile(
+    r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S
+)
+PAGES = sorted(DOCS.glob("*.md"))
+
+
+def python_blocks(path: Path) -> list[tuple[int, str]]:
+    """``(line number, code)`` of each ```python block of a Markdown file."""
+    text = path.read_text(encoding="utf-8")
+    out = []
+    for m in FENCE_RE.finditer(text):
+        indent = len(m.group("indent"))
+        code = "".join(line[indent:] for line in m.group("body").splitlines(keepends=True))
+        out.append((text.count("\n", 0, m.start()) + 2, code))
+    return out
+
+
+def is_no_run(code: str) -> bool:
+    return code.lstrip().startswith(NO_RUN)
+
+
+def check_imports(code: str, where: str) -> None:
+    """Every ``from raserec_adapter... / examples... import name`` must resolve."""
+    for node in ast.walk(ast.parse(code, where)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.split(".")[0] not in ("raserec_adapter", "examples"):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name), f"{where}: {node.module} has no {alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in ("raserec_adapter", "examples"):
+                    importlib.import_module(alias.name)
+
+
+def load_hooks():
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_pages_exist_and_are_in_the_nav() -> None:
+    nav = set(re.findall(r":\s*([\w-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M))
+    names = {p.name for p in PAGES}
+    assert {"index.md", "custom-encoder.md", "api.md", "results.md"} <= names
+    assert names == nav, f"pages not in the nav: {names - nav}; nav without page: {nav - names}"
+
+
+@pytest.mark.parametrize(
+    "page",
+    [p for p in PAGES if any(not is_no_run(c) for _, c in python_blocks(p))],
+    ids=lambda p: p.name,
+)
+def test_docs_code_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+    for line, code in python_blocks(page):
+        where = f"{page.relative_to(ROOT)}:{line}"
+        compiled = compile(code, where, "exec")
+        if is_no_run(code):
+            continue
+        exec(compiled, namespace)
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "README.md"], ids=lambda p: p.name)
+def test_docs_code_compiles_and_imports_resolve(page: Path) -> None:
+    blocks = python_blocks(page)
+    for line, code in blocks:
+        where = f"{page.relative_to(ROOT)}:{line}"
+        if page.name == "README.md" or is_no_run(code):
+            check_imports(code, where)
+        else:
+            compile(code, where, "exec")
+
+
+def test_readme_has_a_usage_block() -> None:
+    assert python_blocks(ROOT / "README.md"), "README.md lost its ```python usage block"
+
+
+def test_api_reference_covers_all_public_names() -> None:
+    import raserec_adapter
+
+    text = load_hooks().render_api()
+    for name in raserec_adapter.__all__:
+        assert f"{{ #{name} }}" in text, f"{name} missing from the API reference"
+    assert "**Args**" in text and "```pycon" in text
+
+
+def test_docstring_conversion() -> None:
+    hooks = load_hooks()
+    ctx = hooks.DocContext({"wrap_encoder"}, page="api.md")
+    doc = """Does a thing with ``x < y`` and a*b*c.
+
+    Args:
+        x (int): First; see :func:`~raserec_adapter.wrap_encoder`.
+            Continued here.
+        y: Second.
+
+    Raises:
+        ValueError: When bad.
+
+    Example:
+        >>> 1 + 1  # doctest: +SKIP
+        2
+    """
+    md = hooks.docstring_markdown(doc, ctx)
+    assert "`x < y`" in md and r"a\*b\*c" in md
+    assert "- `x` (int): First; see [`wrap_encoder`](api.md#wrap_encoder). Continued here." in md
+    assert "- `ValueError`: When bad." in md
+    assert "```pycon\n>>> 1 + 1\n2\n```" in md
+
+
+def _write(path: Path, record: dict) -> None:
+    path.write_text(json.dumps(record))
+
+
+def test_results_rendering(tmp_path: Path) -> None:
+    hooks = load_hooks()
+    assert "No results yet" in hooks.render_results(tmp_path)
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    provenance = {
+        "command": "python examples/sasrec.py --dataset beauty",
+        "git_commit": "abc123",
+        "machine": {"cpu": "Test CPU", "cpu_cores": 2, "torch": "2.x"},
+        "wall_seconds": 12.5,
+    }
+    for variant, hr in (("raserec", 0.06), ("pretrained-plain", 0.05)):
+        _write(
+            results / f"beauty-sasrec-{variant}.json",
+            {
+                "dataset": "beauty",
+                "backbone": "sasrec",
+                "variant": variant,
+                "protocol": "full",
+                "split": "test",
+                "seeds": [0, 1],
+                "per_seed": [
+                    {"HR@10": hr - 0.01, "NDCG@10": 0.03},
+                    {"HR@10": hr + 0.01, "NDCG@10": 0.03},
+                ],
+                "mean": {"HR@10": hr, "NDCG@10": 0.03},
+                **provenance,
+            },
+        )
+    _write(
+        results / "speed-sasrec.json",
+        {"benchmark": "speed", "epoch_seconds": [1.5, 2.0], **provenance},
+    )
+    md = hooks.render_results(tmp_path)
+    rows = [x for x in md.splitlines() if x.startswith("| beauty")]
+    assert len(rows) == 2 and "pretrained-plain" in rows[0] and "raserec" in rows[1]
+    assert (
+        "0.0600<br><small>± 0.0141</small>" in rows[1] and "(#run-beauty-sasrec-raserec)" in rows[1]
+    )
+    assert "<svg" in md and "0.0600</text>" in md
+    assert "`python examples/sasrec.py --dataset beauty`" in md and "`abc123`" in md
+    assert "Test CPU (2 cores)" in md
+    assert "## Other benchmark files" in md and "| `epoch_seconds` | 1.5, 2 |" in md
+
+
+def test_faiss_bench_runs(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    spec = importlib.util.spec_from_file_location("faiss_bench", DOCS / "faiss_bench.py")
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "f.json"
+    bench.main(
+        ["--n", "2000", "--queries", "20", "--indexes", "Flat", "IVF128,Flat", "--out", str(out)]
+    )
+    rec = json.loads(out.read_text())
+    assert [r["index"] for r in rec["rows"]] == ["Flat", "IVF128,Flat"]
+    assert rec["rows"][0]["recall_at_20"] == 1.0
+
+
+def test_site_builds_strictly(tmp_path: Path) -> None:
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
+        pytest.skip("mkdocs / mkdocs-material not installed")
+    site = tmp_path / "site"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    api = (site / "api" / "index.html").read_text(encoding="utf-8")
+    assert 'id="RetrievalAugmenter"' in api and 'id="wrap_encoder"' in api
+    assert (site / "results" / "index.html").is_file()
+    assert "<svg" in (site / "index.html").read_text(encoding="utf-8")
+    assert not list(site.rglob("*.py")), "Python files of docs/ were copied into the site"
