@@ -187,7 +187,7 @@ class BERT4Rec(nn.Module):
     row 0 is padding and row ``N + 1`` the ``[mask]`` token; scores use rows ``0..N`` only, so
     wrap the model with ``item_weights=model.item_weights`` (see
     :func:`raserec_adapter.wrap_encoder`). :meth:`forward` appends a ``[mask]`` after the last
-    item and returns the last layer's output there (SPEC section 4); :meth:`cloze_loss` is the
+    item and returns the last layer's output there (as in the paper); :meth:`cloze_loss` is the
     masked-item training objective. Attention is bidirectional, so there is no ``forward_all``:
     every prefix is encoded on its own.
 

@@ -19,7 +19,7 @@ from examples.models import SASRec
 
 
 def build(num_items: int, args: argparse.Namespace) -> SASRec:
-    """SASRec with SPEC section 4 settings (2 layers, 2 heads, dropout 0.5)."""
+    """SASRec with the paper's settings (2 layers, 2 heads, dropout 0.5)."""
     return SASRec(num_items, hidden_size=args.hidden_size, max_len=args.max_len)
 
 

@@ -67,7 +67,7 @@ class RetrievalAugmenter(nn.Module):
 
     Args:
         encoder: The user's encoder (see :class:`~raserec_adapter.SequenceEncoder`).
-        config: Settings saved with the checkpoint; SPEC defaults when omitted.
+        config: Settings saved with the checkpoint; the released code's defaults when omitted.
         encode: Optional ``(item_seq, lengths) -> (B, d)`` for encoders that do not follow the
             RecBole contract (see :func:`~raserec_adapter.wrap_encoder`).
         item_weights: Optional ``() -> (N + 1, d)`` item table accessor.
@@ -192,7 +192,7 @@ class RetrievalAugmenter(nn.Module):
 
         Args:
             source: A split (its training pairs; plus validation pairs when ``phase="test"``,
-                as SPEC section 3 prescribes), or any iterable of prefix batches (e.g. from
+                as the released code does), or any iterable of prefix batches (e.g. from
                 :func:`~raserec_adapter.iter_batches`) that carry ``users`` and
                 ``prefix_lengths``.
             phase: ``"train"`` (also used for validation) or ``"test"``.
@@ -250,7 +250,7 @@ class RetrievalAugmenter(nn.Module):
         return self.bank
 
     def _use_phase(self, split: LeaveOneOutSplit, which: str, device: torch.device | str) -> None:
-        """Makes the bank hold what SPEC 3 prescribes for evaluating ``which``."""
+        """Makes the bank hold what the RaSeRec protocol prescribes for evaluating ``which``."""
         bank = self._require_bank("evaluation")
         if self._bank_phase == "custom" or self._bank_split is not split:
             return
@@ -441,7 +441,7 @@ class RetrievalAugmenter(nn.Module):
     ) -> dict[str, dict[str, float]]:
         """Full-ranking HR/NDCG@5,10,20 with and/or without augmentation in one call.
 
-        For ``which="test"`` the bank holds training plus validation pairs (SPEC 3); for
+        For ``which="test"`` the bank holds training plus validation pairs (released code); for
         ``"valid"`` only training pairs. Returns ``{"plain": {...}, "raserec": {...}}`` for the
         variants asked for.
         """

@@ -1,4 +1,4 @@
-"""Memory banks for retrieval-augmented fine-tuning (SPEC section 3).
+"""Memory banks for retrieval-augmented fine-tuning (RaSeRec paper, section 3).
 
 A memory bank holds one entry per training pair ``<prefix, next item>`` of a frozen encoder:
 

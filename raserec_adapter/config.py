@@ -1,6 +1,6 @@
 """Frozen, validated configuration dataclasses, one per component, saved as JSON.
 
-Defaults follow SPEC sections 2-4 (the authors' released settings for Beauty). Runtime choices
+Defaults follow the RaSeRec authors' released settings for Beauty. Runtime choices
 (device, threads, progress bars) are function arguments, never saved config.
 
 Example:
@@ -60,7 +60,7 @@ def _valid_metric(obj: object, name: str, value: str) -> None:
 
 @dataclass(frozen=True)
 class PretrainConfig(_Config):
-    """Stage 1: next-item cross-entropy plus the contrastive retrieval objective (SPEC 2).
+    """Stage 1: next-item cross-entropy plus the contrastive retrieval objective.
 
     Attributes:
         epochs: Maximum epochs.
@@ -102,7 +102,7 @@ class PretrainConfig(_Config):
 
 @dataclass(frozen=True)
 class BankConfig(_Config):
-    """The memory bank (SPEC 3).
+    """The memory bank.
 
     Attributes:
         kind: ``"faiss"`` (any Faiss index factory string) or ``"torch"`` (exact, GPU-capable).
@@ -124,7 +124,7 @@ class BankConfig(_Config):
 
 @dataclass(frozen=True)
 class RAMConfig(_Config):
-    """The Retrieval-Augmented Module: dual-channel cross-attention (SPEC 3, Eq. 9-11).
+    """The Retrieval-Augmented Module: dual-channel cross-attention (paper Eq. 9-11).
 
     Attributes:
         alpha: Weight of the encoder's own representation in the final mix.

@@ -188,7 +188,7 @@ class PrefixSet:
 
 @dataclass(frozen=True)
 class LeaveOneOutSplit:
-    """The DuoRec/RaSeRec protocol (SPEC section 1).
+    """The DuoRec/RaSeRec leave-one-out protocol.
 
     ``train`` holds every prefix of each user's training part with its next item, ``valid`` the
     whole training part -> second-to-last item, ``test`` training part + validation item -> last

@@ -1,4 +1,4 @@
-"""Full-ranking HR@K and NDCG@K (SPEC section 1).
+"""Full-ranking HR@K and NDCG@K (leave-one-out, full ranking).
 
 Every metric is a small pure function on ranks plus :class:`RankingMetrics`, a stateful
 accumulator that keeps only sums and counts. Ranks are computed against all items 1..N (never

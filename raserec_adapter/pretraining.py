@@ -1,4 +1,4 @@
-"""Stage 1: collaborative pre-training (SPEC section 2).
+"""Stage 1: collaborative pre-training (paper Eq. 5-8, settings of the released code).
 
 ``L = L_rec + lambda * L_ret``: softmax cross-entropy of ``h . v_i`` over all items, plus an
 InfoNCE loss that pulls together two sequences with the same next item. As in the authors'
@@ -208,7 +208,7 @@ def pretrain(
     Args:
         encoder: A :class:`~raserec_adapter.SequenceEncoder` or a wrapped one.
         split: Leave-one-out split; trains on ``split.train``, validates on ``split.valid``.
-        config: Settings (SPEC defaults when omitted).
+        config: Settings (the released code's defaults when omitted).
         rec_loss: A backbone-specific recommendation loss used instead of the cross-entropy;
             it receives per-prefix training batches.
         device: Where to train.

@@ -1,7 +1,7 @@
 """The Retrieval-Augmented Module (RAM): dual-channel cross-attention over retrieved memories.
 
 For a query representation ``h`` and its K memories (keys ``h_k``: representations of retrieved
-training prefixes, values ``v_k``: embeddings of their next items), SPEC section 3 / Eq. 9-11:
+training prefixes, values ``v_k``: embeddings of their next items), paper Eq. 9-11:
 
 * channel 1 attends with ``h`` over keys ``h_k`` and reads values ``v_k``;
 * channel 2 attends with ``h`` over keys ``v_k`` and reads values ``h_k``;

@@ -20,7 +20,7 @@ lists = st.lists(st.lists(st.integers(1, 9), min_size=3, max_size=20), min_size=
 
 
 def reference_split(seqs: list[list[int]], max_len: int):
-    """Independent reference: SPEC section 1 written out with Python lists."""
+    """Independent reference: the leave-one-out protocol written out with Python lists."""
     train, valid, test = [], [], []
     for u, s in enumerate(seqs):
         part = s[:-2]
