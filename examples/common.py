@@ -174,6 +174,8 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
     per_variant: dict[str, list[dict[str, float]]] = {}
     extra: dict[str, object] = {"per_seed_details": []}
     out = Path(args.out)
+    tag = f"-{args.tag}" if args.tag else ""
+    stage = "plain" if args.plain else "raserec"
     for seed in seeds:
         seed_everything(seed)
         encoder = backbone.build(sequences.num_items, args)
@@ -195,7 +197,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
             ram=RAMConfig(alpha=args.alpha, beta=args.beta, k=args.k),
         )
         aug = RetrievalAugmenter(encoder, acfg, **(backbone.wrap(encoder) if backbone.wrap else {}))
-        run_dir = out / f"{name}-{backbone.name}-seed{seed}"
+        run_dir = out / f"{name}-{backbone.name}{tag}-{stage}-seed{seed}"
         details: dict[str, object] = {"seed": seed}
         if args.encoder_checkpoint:
             state = torch.load(args.encoder_checkpoint, map_location="cpu", weights_only=True)
@@ -258,7 +260,6 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
         print(f"\n{name} / {backbone.name} / mean of seeds {seeds} / test / protocol {p}")
         print(format_table({v: m for (q, v), m in means.items() if q == p}))
     targets = [out] + ([Path(args.results_dir)] if args.results_dir else [])
-    tag = f"-{args.tag}" if args.tag else ""
     for (p, variant), rows in per_variant.items():
         suffix = "" if p == "full" else f"-{p}"
         for folder in targets:
