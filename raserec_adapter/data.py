@@ -10,7 +10,7 @@ Example:
     >>> seqs = Sequences.from_lists([[1, 2, 3, 4], [2, 3, 1, 4, 5]])
     >>> split = leave_one_out(seqs)
     >>> split.train.targets.tolist()  # every prefix of the training part -> next item
-    [2, 3, 1, 4]
+    [2, 3, 1]
     >>> split.test.targets.tolist()
     [4, 5]
 """

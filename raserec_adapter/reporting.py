@@ -2,8 +2,8 @@
 
 Example:
     >>> print(format_table({"plain": {"HR@5": 0.05, "NDCG@5": 0.031}}))
-    variant  HR@5    NDCG@5
-    plain    0.0500  0.0310
+    variant  HR@5     NDCG@5
+    plain    0.0500   0.0310
 """
 
 from __future__ import annotations

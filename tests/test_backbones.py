@@ -203,4 +203,4 @@ def test_example_main_runs_end_to_end(module, plain, dataset_file, tmp_path, cap
     out = capsys.readouterr().out
     assert f"toy / {name} / mean of seeds [0]" in out
     if not plain:
-        assert (tmp_path / f"toy-{name}-seed0" / "augmenter" / "ram.pt").is_file()
+        assert (tmp_path / f"toy-{name}-raserec-seed0" / "augmenter" / "ram.pt").is_file()
