@@ -51,8 +51,9 @@ def padded_encode_seconds(aug: RetrievalAugmenter, split, fraction: float) -> fl
     for s in range(0, n, 1024):
         rows = np.arange(s, min(s + 1024, n))
         lengths = train.lengths[rows].clip(max=50)
-        seq, lens = gather_windows(seqs, seqs.offsets[train.users[rows]] + train.lengths[rows],
-                                   lengths)
+        seq, lens = gather_windows(
+            seqs, seqs.offsets[train.users[rows]] + train.lengths[rows], lengths
+        )
         aug.encoder(F.pad(seq, (0, 50 - seq.shape[1])), lens)
     return (time.perf_counter() - t0) / fraction
 
@@ -67,15 +68,23 @@ def naive_raft_seconds(aug: RetrievalAugmenter, split, batches: int) -> float:
     t0 = time.perf_counter()
     for b in range(batches):
         rows = order[b * 1024 : (b + 1) * 1024]
-        seq, lens = gather_windows(seqs, seqs.offsets[train.users[rows]] + train.lengths[rows],
-                                   train.lengths[rows].clip(max=50))
+        seq, lens = gather_windows(
+            seqs,
+            seqs.offsets[train.users[rows]] + train.lengths[rows],
+            train.lengths[rows].clip(max=50),
+        )
         with torch.no_grad():
             h = aug.encoder(seq, lens)
-        found = aug.bank.search(h, aug.config.ram.k, torch.from_numpy(train.users[rows]),
-                                torch.from_numpy(train.lengths[rows]))
+        found = aug.bank.search(
+            h,
+            aug.config.ram.k,
+            torch.from_numpy(train.users[rows]),
+            torch.from_numpy(train.lengths[rows]),
+        )
         mk, mv = aug.bank.fetch(found.ids)
-        loss = F.cross_entropy(aug.ram(h, mk, mv) @ table[1:].t(),
-                               torch.from_numpy(train.targets[rows]) - 1)
+        loss = F.cross_entropy(
+            aug.ram(h, mk, mv) @ table[1:].t(), torch.from_numpy(train.targets[rows]) - 1
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -101,9 +110,16 @@ def main() -> None:
     bank = [build_bank_seconds(aug, split) for _ in range(args.repeats)]
     bank_base = padded_encode_seconds(aug, split, 0.25)
 
-    res = aug.fit_raft(split, RAFTConfig(epochs=args.repeats, patience=args.repeats + 1),
-                       show_progress=False)
+    res = aug.fit_raft(
+        split, RAFTConfig(epochs=args.repeats, patience=args.repeats + 1), show_progress=False
+    )
     raft = [h["train_seconds"] for h in res.history]
+    res_bf16 = aug.fit_raft(
+        split,
+        RAFTConfig(epochs=args.repeats, patience=args.repeats + 1, precision="bfloat16"),
+        show_progress=False,
+    )
+    raft_bf16 = [h["train_seconds"] for h in res_bf16.history]
     raft_base = naive_raft_seconds(aug, split, args.baseline_batches)
 
     aug.eval()
@@ -128,6 +144,8 @@ def main() -> None:
         "bank_encode_padded_per_prefix_seconds": bank_base,
         "raft_epoch_seconds": raft,
         "raft_epoch_seconds_median": median(raft),
+        "raft_epoch_seconds_bfloat16": raft_bf16,
+        "raft_epoch_seconds_bfloat16_median": median(raft_bf16),
         "raft_total_seconds_incl_setup_and_validation": res.seconds,
         "raft_epoch_naive_reencode_research_seconds": raft_base,
         "raft_speedup_vs_naive": raft_base / median(raft),
@@ -137,13 +155,19 @@ def main() -> None:
         "targets": {"raft_epoch_seconds": 10.0, "bank_build_seconds": 15.0, "recommend_ms_p50": 5},
     }
     path = save("speed-raserec", record, time.perf_counter() - t_start)
-    print(f"bank build, {len(split.train)} pairs (median of {len(bank)}): {median(bank):.1f} s "
-          f"[target <= 15 s]; padded per-prefix encoding alone, same run: {bank_base:.1f} s")
-    print(f"RAFT epoch (median of {len(raft)}): {median(raft):.1f} s [target <= 10 s]; "
-          f"re-encode + re-search every batch, same run: {raft_base:.1f} s "
-          f"({raft_base / median(raft):.1f}x)")
-    print(f"recommend one user, p50 of {args.requests}: {1000 * median(rec):.2f} ms (Faiss IVF) "
-          f"[target <= 5 ms]; exact torch bank: {1000 * median(rec_exact):.2f} ms")
+    print(
+        f"bank build, {len(split.train)} pairs (median of {len(bank)}): {median(bank):.1f} s "
+        f"[target <= 15 s]; padded per-prefix encoding alone, same run: {bank_base:.1f} s"
+    )
+    print(
+        f"RAFT epoch (median of {len(raft)}): {median(raft):.1f} s [target <= 10 s]; "
+        f"re-encode + re-search every batch, same run: {raft_base:.1f} s "
+        f"({raft_base / median(raft):.1f}x)"
+    )
+    print(
+        f"recommend one user, p50 of {args.requests}: {1000 * median(rec):.2f} ms (Faiss IVF) "
+        f"[target <= 5 ms]; exact torch bank: {1000 * median(rec_exact):.2f} ms"
+    )
     print(f"written to {path}")
 
 

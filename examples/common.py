@@ -150,6 +150,13 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--raft-epochs", type=int, default=100, help="maximum RAFT epochs")
     g.add_argument("--raft-batch-size", type=int, default=1024, help="RAFT batch size")
     g.add_argument("--raft-lr", type=float, default=1e-3, help="RAFT learning rate")
+    g.add_argument(
+        "--raft-precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="dtype of the RAFT training step's item scores (bfloat16: ~4x faster on CPUs "
+        "with AVX512-BF16 and on GPUs; evaluation is always float32)",
+    )
     return p
 
 
@@ -230,6 +237,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                     epochs=args.raft_epochs,
                     batch_size=args.raft_batch_size,
                     lr=args.raft_lr,
+                    precision=args.raft_precision,
                     patience=args.patience,
                     seed=seed,
                 ),

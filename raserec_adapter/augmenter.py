@@ -341,6 +341,8 @@ class RetrievalAugmenter(nn.Module):
             valid_h, k, torch.from_numpy(split.valid.users), torch.from_numpy(split.valid.lengths)
         ).ids
         table = self._item_table().to(device)
+        dtype = torch.bfloat16 if cfg.precision == "bfloat16" else torch.float32
+        scores_t = table[1:].t().contiguous().to(dtype)  # (d, N), items 1..N
         targets = torch.from_numpy(train.targets)
         logger.info("RAFT: queries and neighbours ready in %.1f s", time.perf_counter() - t_start)
 
@@ -363,7 +365,8 @@ class RetrievalAugmenter(nn.Module):
                 rows = order[s : s + cfg.batch_size]
                 mk, mv = bank.fetch(neighbours[rows])
                 h_aug = self.ram(queries[rows].to(device), mk.to(device), mv.to(device))
-                loss = F.cross_entropy(h_aug @ table[1:].t(), targets[rows].to(device) - 1)
+                logits = h_aug.to(dtype) @ scores_t
+                loss = F.cross_entropy(logits, targets[rows].to(device) - 1).float()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

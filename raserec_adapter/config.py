@@ -170,6 +170,9 @@ class RAFTConfig(_Config):
         patience: Early-stopping patience in epochs.
         valid_metric: Validation metric for early stopping.
         seed: Seed of batch order and dropout.
+        precision: ``"float32"``, or ``"bfloat16"`` for the training step's item scores and
+            softmax (about 4x faster on CPUs with AVX512-BF16 and on GPUs; slower on CPUs
+            without it). Evaluation always scores in float32.
     """
 
     epochs: int = 100
@@ -179,6 +182,7 @@ class RAFTConfig(_Config):
     patience: int = 10
     valid_metric: str = "HR@10"
     seed: int = 0
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, self, "epochs", ">= 1", self.epochs)
@@ -187,6 +191,8 @@ class RAFTConfig(_Config):
         _check(self.weight_decay >= 0, self, "weight_decay", ">= 0", self.weight_decay)
         _check(self.patience >= 1, self, "patience", ">= 1", self.patience)
         _valid_metric(self, "valid_metric", self.valid_metric)
+        ok = self.precision in ("float32", "bfloat16")
+        _check(ok, self, "precision", "'float32' or 'bfloat16'", self.precision)
 
 
 @dataclass(frozen=True)

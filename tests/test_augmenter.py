@@ -168,3 +168,16 @@ def test_augmentation_with_alpha_one_equals_plain(trained):
     aug.build_bank(split, show_progress=False)
     res = aug.evaluate(split, "test")
     assert res["plain"] == res["raserec"]
+
+
+def test_bfloat16_raft_step_trains(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    res = aug.fit_raft(
+        split, RAFTConfig(epochs=2, batch_size=64, precision="bfloat16"), show_progress=False
+    )
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in res.history)
+    assert res.best_valid["HR@10"] > 0.3  # the synthetic ring is easy: training still works
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'"):
+        RAFTConfig(precision="fp16")
