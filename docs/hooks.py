@@ -533,11 +533,15 @@ def _provenance(path: Path, rec: dict, root: Path) -> list[str]:
 
 def bar_chart(records: list[tuple[Path, dict]], metrics: tuple[str, str]) -> str:
     """Horizontal SVG bar chart: one group per record, one bar per metric."""
-    rows = [r for _, r in records if any(isinstance(r["mean"].get(m), float) for m in metrics)]
+    rows = [
+        {**r, "_stem": p.stem}
+        for p, r in records
+        if any(isinstance(r["mean"].get(m), float) for m in metrics)
+    ]
     if not rows:
         return ""
     colors = ("#3f72af", "#e07a2f")
-    label_w, bar_w, bar_h, gap, top = 290, 380, 12, 10, 30
+    label_w, bar_w, bar_h, gap, top = 450, 380, 12, 10, 30
     vmax = max(float(r["mean"].get(m, 0.0)) for r in rows for m in metrics) or 1.0
     height = top + len(rows) * (2 * bar_h + gap) + 10
     width = label_w + bar_w + 70
@@ -553,9 +557,7 @@ def bar_chart(records: list[tuple[Path, dict]], metrics: tuple[str, str]) -> str
         parts.append(f'<text x="{x + 16}" y="16" fill="currentColor">{metric}</text>')
     for i, r in enumerate(rows):
         y = top + i * (2 * bar_h + gap)
-        label = (
-            f"{r.get('dataset')} / {r.get('backbone')} / {r.get('variant')} ({r.get('protocol')})"
-        )
+        label = r["_stem"]
         parts.append(
             f'<text x="{label_w - 8}" y="{y + bar_h + 4}" text-anchor="end" '
             f'fill="currentColor">{html.escape(label)}</text>'
@@ -627,7 +629,7 @@ def render_results(root: Path = ROOT) -> str:
             + ("split | " if show_split else "")
             + "seeds | "
             + " | ".join(keys)
-            + " | run |",
+            + " | results file |",
             "|" + "---|" * (6 + show_split + len(keys)),
         ]
         for path, rec in metric:
@@ -640,7 +642,7 @@ def render_results(root: Path = ROOT) -> str:
                 *([_cell(rec.get("split", ""))] if show_split else []),
                 _cell(", ".join(map(str, seeds)) if isinstance(seeds, list) else seeds),
                 *(_mean_std(rec, k) for k in keys),
-                f"[details](#{_slug(path)})",
+                f"[{path.stem}](#{_slug(path)})",
             ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
