@@ -208,7 +208,8 @@ class RetrievalAugmenter(nn.Module):
             if split.max_len != self.config.max_len:
                 raise ValueError(
                     f"the split truncates to max_len = {split.max_len} but the augmenter uses "
-                    f"{self.config.max_len}"
+                    f"{self.config.max_len}; use leave_one_out(sequences, max_len="
+                    f"{self.config.max_len}) or AugmenterConfig(max_len={split.max_len})"
                 )
             keys = self._encode_train_pairs(split, device, show_progress)
             bank.add(keys, table[split.train.targets], split.train.users, split.train.lengths)
@@ -243,9 +244,12 @@ class RetrievalAugmenter(nn.Module):
 
     def _require_bank(self, what: str) -> MemoryBank:
         if self.bank is None or len(self.bank) == 0:
+            hint = (
+                "" if what == "fit_raft" else " (or pass augmented=False to use the encoder alone)"
+            )
             raise RuntimeError(
                 f"{what} needs a memory bank: call augmenter.build_bank(split) first (after "
-                "pre-training the encoder, before fit_raft)"
+                f"pre-training the encoder, before fit_raft){hint}"
             )
         return self.bank
 
