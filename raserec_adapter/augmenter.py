@@ -244,9 +244,10 @@ class RetrievalAugmenter(nn.Module):
 
     def _require_bank(self, what: str) -> MemoryBank:
         if self.bank is None or len(self.bank) == 0:
-            hint = (
-                "" if what == "fit_raft" else " (or pass augmented=False to use the encoder alone)"
-            )
+            hint = {
+                "retrieval": " (or recommend(..., augmented=False) for the encoder alone)",
+                "evaluation": " (or evaluate(..., augmented=(False,)) for the encoder alone)",
+            }.get(what, "")
             raise RuntimeError(
                 f"{what} needs a memory bank: call augmenter.build_bank(split) first (after "
                 f"pre-training the encoder, before fit_raft){hint}"
