@@ -162,7 +162,7 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
 
 def _demo_overrides(args: argparse.Namespace) -> None:
     if args.demo:
-        args.epochs = min(args.epochs, 6)
+        args.epochs = min(args.epochs, 4)
         args.raft_epochs = min(args.raft_epochs, 3)
 
 
