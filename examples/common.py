@@ -31,7 +31,7 @@ from raserec_adapter import (
     write_results,
 )
 from raserec_adapter.pretraining import RecLoss, evaluate_encoder, seed_everything
-from raserec_adapter.reporting import mean_metrics
+from raserec_adapter.reporting import git_commit, mean_metrics
 
 logger = logging.getLogger("raserec_adapter")
 
@@ -174,6 +174,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
     _demo_overrides(args)
     seeds = [args.seed] if args.seed is not None else args.seeds
     t_start = time.perf_counter()
+    commit = git_commit()  # the code this run imports, before later edits move HEAD
     sequences = load_dataset(args.dataset, data_dir=args.data_dir)
     split = leave_one_out(sequences, max_len=args.max_len)
     name = Path(args.dataset).stem.lower() if "/" in args.dataset else args.dataset.lower()
@@ -281,5 +282,6 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 per_seed=rows,
                 wall_seconds=wall,
                 extra=extra,
+                commit=commit,
             )
     return {v: m for (p, v), m in means.items() if p == args.protocols[0]}

@@ -88,8 +88,13 @@ def write_results(
     wall_seconds: float,
     split: str = "test",
     extra: Mapping[str, Any] | None = None,
+    commit: str | None = None,
 ) -> dict[str, Any]:
-    """Writes ``benchmarks/results``-style JSON with provenance and returns it."""
+    """Writes ``benchmarks/results``-style JSON with provenance and returns it.
+
+    Pass ``commit`` as read when the run started (:func:`git_commit`); by default the current
+    commit is recorded.
+    """
     record: dict[str, Any] = {
         "dataset": dataset,
         "backbone": backbone,
@@ -100,7 +105,7 @@ def write_results(
         "per_seed": [dict(m) for m in per_seed],
         "mean": mean_metrics(per_seed),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-        "git_commit": git_commit(),
+        "git_commit": commit or git_commit(),
         "machine": machine_info(),
         "wall_seconds": round(wall_seconds, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
