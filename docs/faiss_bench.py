@@ -24,6 +24,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from raserec_adapter.reporting import machine_info
+
 HERE = Path(__file__).resolve().parent
 
 # (factory string, nprobe for IVF indexes; 0 = leave the index's default search setting).
@@ -36,16 +38,6 @@ INDEXES: list[tuple[str, int]] = [
     ("IVF256,PQ16np", 8),
     ("HNSW32,Flat", 0),
 ]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def unit_vectors(n: int, d: int, centers: int, rng: np.random.Generator) -> np.ndarray:
@@ -136,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             shlex.quote(a) for a in ["python", "docs/faiss_bench.py", *sys.argv[1:]]
         ),
         "machine": {
-            "cpu": cpu_model(),
+            "cpu": machine_info()["cpu"],
             "cpu_cores": os.cpu_count(),
             "faiss": faiss.__version__,
             "numpy": np.__version__,
