@@ -199,6 +199,8 @@ class RetrievalAugmenter(nn.Module):
             device: Where the encoder runs (and where a ``torch`` bank lives).
             show_progress: Show progress.
         """
+        if phase not in ("train", "test"):
+            raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
         t0 = time.perf_counter()
         self._forget_bank()
         bank = self._new_bank(device)
@@ -216,8 +218,6 @@ class RetrievalAugmenter(nn.Module):
             self._train_keys, self._bank_split = keys, split
             if phase == "test":
                 self._add_valid_pairs(bank, split, device)
-            elif phase != "train":
-                raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
             self._bank_phase = phase
         else:
             self.encoder.eval()
@@ -325,6 +325,7 @@ class RetrievalAugmenter(nn.Module):
         bank = self._require_bank("fit_raft")
         seed_everything(cfg.seed)
         self.encoder.eval()
+        trainable = [p.requires_grad for p in self.encoder.parameters()]
         for p in self.encoder.parameters():
             p.requires_grad_(False)
         t_start = time.perf_counter()
@@ -410,8 +411,8 @@ class RetrievalAugmenter(nn.Module):
         if best_state is not None:
             self.ram.load_state_dict(best_state)
         self.ram.eval()
-        for p in self.encoder.parameters():
-            p.requires_grad_(True)
+        for p, flag in zip(self.encoder.parameters(), trainable, strict=True):
+            p.requires_grad_(flag)
         result.seconds = time.perf_counter() - t_start
         return result
 
