@@ -48,6 +48,7 @@ from raserec_adapter.data import (
 )
 from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
+from raserec_adapter.losses import frozen_table_cross_entropy
 from raserec_adapter.pretraining import RecLoss, TrainResult, pretrain, seed_everything
 from raserec_adapter.ram import RetrievalAugmentedModule
 
@@ -371,8 +372,11 @@ class RetrievalAugmenter(nn.Module):
                 rows = order[s : s + cfg.batch_size]
                 mk, mv = bank.fetch(neighbours[rows])
                 h_aug = self.ram(queries[rows].to(device), mk.to(device), mv.to(device))
-                logits = h_aug.to(dtype) @ scores_t
-                loss = F.cross_entropy(logits, targets[rows].to(device) - 1).float()
+                y = targets[rows].to(device) - 1
+                if dtype == torch.float32:
+                    loss = frozen_table_cross_entropy(h_aug, scores_t, y)
+                else:
+                    loss = F.cross_entropy(h_aug.to(dtype) @ scores_t, y).float()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
