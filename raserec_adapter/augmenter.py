@@ -329,9 +329,25 @@ class RetrievalAugmenter(nn.Module):
         trainable = [p.requires_grad for p in self.encoder.parameters()]
         for p in self.encoder.parameters():
             p.requires_grad_(False)
+        try:
+            return self._raft_frozen(split, cfg, bank, device, show_progress)
+        finally:  # give the user back their encoder as it was, even if training fails
+            for p, flag in zip(self.encoder.parameters(), trainable, strict=True):
+                p.requires_grad_(flag)
+
+    def _raft_frozen(
+        self,
+        split: LeaveOneOutSplit,
+        cfg: RAFTConfig,
+        bank: MemoryBank,
+        device: torch.device | str,
+        show_progress: bool,
+    ) -> TrainResult:
+        """The RAFT loop proper (encoder already frozen by :meth:`fit_raft`)."""
         t_start = time.perf_counter()
         k = self.config.ram.k
         queries = self._train_keys
+        assert queries is not None  # checked by fit_raft
         train = split.train
         neighbours = torch.empty(len(train), k, dtype=torch.long)
         step = 16384
@@ -415,8 +431,6 @@ class RetrievalAugmenter(nn.Module):
         if best_state is not None:
             self.ram.load_state_dict(best_state)
         self.ram.eval()
-        for p, flag in zip(self.encoder.parameters(), trainable, strict=True):
-            p.requires_grad_(flag)
         result.seconds = time.perf_counter() - t_start
         return result
 

@@ -181,3 +181,21 @@ def test_bfloat16_raft_step_trains(trained):
     assert res.best_valid["HR@10"] > 0.3  # the synthetic ring is easy: training still works
     with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'"):
         RAFTConfig(precision="fp16")
+
+
+def test_failed_raft_gives_the_encoder_back_as_it_was(trained, monkeypatch):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    first = next(model.parameters())
+    first.requires_grad_(False)  # the user had frozen this one themselves
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(aug.ram, "forward", boom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        aug.fit_raft(split, RAFTConfig(epochs=1, batch_size=64), show_progress=False)
+    flags = [p.requires_grad for p in model.parameters()]
+    assert flags[0] is False and all(flags[1:])
+    first.requires_grad_(True)
