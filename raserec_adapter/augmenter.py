@@ -161,7 +161,7 @@ class RetrievalAugmenter(nn.Module):
             take = b.targets > 0
             h = self.encoder.forward_all(b.item_seq, b.lengths)[take]
             pos = take.nonzero().cpu().numpy()
-            rows = window_pair_index(split, windows, batch.index.numpy()[pos[:, 0]], pos[:, 1])
+            rows = window_pair_index(windows, batch.index.numpy()[pos[:, 0]], pos[:, 1])
             out[torch.from_numpy(rows)] = h.float().cpu()
         return out
 

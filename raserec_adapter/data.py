@@ -395,6 +395,7 @@ class CausalWindows:
     ends: np.ndarray
     lengths: np.ndarray
     loss_from_end: np.ndarray
+    first_pair: np.ndarray  # row in split.train of the prefix encoded at position 0
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -426,23 +427,21 @@ def causal_windows(split: LeaveOneOutSplit) -> CausalWindows:
         ends.append(starts[users] + n)
         lengths.append(np.full(len(users), t, dtype=np.int64))
         loss.append(np.ones(len(users), dtype=np.int64))
+    win_users_all = np.concatenate(win_users).astype(np.int64)
+    ends_all, lengths_all = np.concatenate(ends), np.concatenate(lengths)
+    # training pairs are ordered by user, then prefix length 1..m-1 (see leave_one_out)
+    pair_start = np.concatenate([[0], np.cumsum(seqs.lengths - 3)])[win_users_all]
+    first_pair = pair_start + ends_all - lengths_all - starts[win_users_all]
     return CausalWindows(
-        np.concatenate(win_users).astype(np.int64),
-        np.concatenate(ends),
-        np.concatenate(lengths),
-        np.concatenate(loss),
+        win_users_all, ends_all, lengths_all, np.concatenate(loss), first_pair.astype(np.int64)
     )
 
 
 def window_pair_index(
-    split: LeaveOneOutSplit, windows: CausalWindows, rows: np.ndarray, positions: np.ndarray
+    windows: CausalWindows, rows: np.ndarray, positions: np.ndarray
 ) -> np.ndarray:
     """Row in ``split.train`` of the prefix at ``positions`` (0-based) of windows ``rows``."""
-    seqs = split.sequences
-    users = windows.users[rows]
-    n = windows.ends[rows] - windows.lengths[rows] - seqs.offsets[users] + positions + 1
-    pair_start = np.concatenate([[0], np.cumsum(seqs.lengths - 3)])[users]
-    return pair_start + n - 1
+    return windows.first_pair[rows] + positions
 
 
 def iter_windows(

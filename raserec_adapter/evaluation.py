@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from raserec_adapter._progress import progress
-from raserec_adapter.data import Batch, PrefixSet, Sequences, iter_batches
+from raserec_adapter.data import Batch, PrefixSet, Sequences, gather_windows, iter_batches
 from raserec_adapter.metrics import DEFAULT_KS, RankingMetrics, check_protocol, target_rank
 
 __all__ = ["evaluate_ranking", "rank_targets"]
@@ -24,11 +24,7 @@ def _seen_items(sequences: Sequences, prefixes: PrefixSet, rows: np.ndarray) -> 
     """``(B, max length)`` every item of each prefix (not only the last ``max_len``), 0-padded."""
     lengths = prefixes.lengths[rows]
     ends = sequences.offsets[prefixes.users[rows]] + lengths
-    width = int(lengths.max())
-    pos = np.arange(width)[None, :]
-    valid = pos < lengths[:, None]
-    idx = np.where(valid, (ends - lengths)[:, None] + pos, 0)
-    return torch.from_numpy(np.where(valid, sequences.items[idx], 0))
+    return gather_windows(sequences, ends, lengths)[0]
 
 
 @torch.no_grad()

@@ -176,7 +176,7 @@ def _anchors(
         h = encoder.forward_all(batch.item_seq, batch.lengths)[take]
         rows_pos = take.nonzero().cpu().numpy()
         pair_rows = window_pair_index(
-            split, windows, batch.index.cpu().numpy()[rows_pos[:, 0]], rows_pos[:, 1]
+            windows, batch.index.cpu().numpy()[rows_pos[:, 0]], rows_pos[:, 1]
         )
 
         def second_view() -> torch.Tensor:

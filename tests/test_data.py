@@ -62,7 +62,7 @@ def test_causal_windows_cover_each_training_pair_once(seqs, max_len):
     for b in iter_windows(s, w, batch_size=4, shuffle=True, seed=1):
         take = b.targets > 0
         pos = take.nonzero().numpy()
-        rows = window_pair_index(split, w, b.index.numpy()[pos[:, 0]], pos[:, 1])
+        rows = window_pair_index(w, b.index.numpy()[pos[:, 0]], pos[:, 1])
         for (r, p), pair in zip(pos, rows, strict=True):
             # the window up to position p is exactly the (truncated) prefix of that pair
             u, n = split.train.users[pair], split.train.lengths[pair]
