@@ -116,6 +116,11 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1e-3, help="pre-training learning rate")
     g.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs)")
     g.add_argument(
+        "--valid-metric",
+        default="MRR@10",
+        help="validation metric for early stopping and the kept epoch (released code: MRR@10)",
+    )
+    g.add_argument(
         "--lambda",
         dest="retrieval_weight",
         type=float,
@@ -192,6 +197,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
             batch_size=args.batch_size,
             lr=args.lr,
             patience=args.patience,
+            valid_metric=args.valid_metric,
             retrieval_weight=0.0 if args.plain else args.retrieval_weight,
             temperature=args.temperature,
             mask_false_negatives=args.mask_false_negatives,

@@ -54,8 +54,8 @@ class _Config:
 
 
 def _valid_metric(obj: object, name: str, value: str) -> None:
-    ok = isinstance(value, str) and value.split("@")[0] in ("HR", "NDCG") and "@" in value
-    _check(ok, obj, name, "like 'HR@10' or 'NDCG@10'", value)
+    ok = isinstance(value, str) and value.split("@")[0] in ("HR", "NDCG", "MRR") and "@" in value
+    _check(ok, obj, name, "like 'HR@10', 'NDCG@10' or 'MRR@10'", value)
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,8 @@ class PretrainConfig(_Config):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         patience: Stop after this many epochs without a better validation score.
-        valid_metric: Validation metric for early stopping and the best checkpoint.
+        valid_metric: Validation metric for early stopping and the best checkpoint
+            (``"MRR@10"``, as the released pre-training stage; ``"HR@K"``, ``"NDCG@K"`` too).
         retrieval_weight: lambda in L_rec + lambda * L_ret; 0 trains plain cross-entropy.
         temperature: tau of the InfoNCE loss.
         mask_false_negatives: Drop in-batch "negatives" that share the anchor's target.
@@ -81,7 +82,7 @@ class PretrainConfig(_Config):
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 10
-    valid_metric: str = "HR@10"
+    valid_metric: str = "MRR@10"
     retrieval_weight: float = 0.1
     temperature: float = 1.0
     mask_false_negatives: bool = False

@@ -79,7 +79,7 @@ def evaluate_ranking(
     device: torch.device | str = "cpu",
     show_progress: bool = False,
 ) -> dict[str, float]:
-    """HR@K and NDCG@K of ``represent`` on ``prefixes`` (see :func:`rank_targets`).
+    """HR@K, NDCG@K and MRR@K of ``represent`` on ``prefixes`` (see :func:`rank_targets`).
 
     Example:
         >>> import torch
@@ -88,7 +88,7 @@ def evaluate_ranking(
         >>> table = torch.eye(4)  # item i scores 1 for representation e_i
         >>> last = lambda b: table[b.item_seq[torch.arange(len(b.lengths)), b.lengths - 1]]
         >>> evaluate_ranking(last, table, seqs, leave_one_out(seqs).test, ks=(1,))
-        {'HR@1': 0.0, 'NDCG@1': 0.0}
+        {'HR@1': 0.0, 'NDCG@1': 0.0, 'MRR@1': 0.0}
     """
     metrics = RankingMetrics(ks)
     metrics.update(

@@ -1,4 +1,4 @@
-"""Full-ranking HR@K and NDCG@K (leave-one-out, full ranking).
+"""Full-ranking HR@K, NDCG@K and MRR@K (leave-one-out, full ranking).
 
 Every metric is a small pure function on ranks plus :class:`RankingMetrics`, a stateful
 accumulator that keeps only sums and counts. Ranks are computed against all items 1..N (never
@@ -19,7 +19,7 @@ Example:
     >>> m = RankingMetrics(ks=(1, 2))
     >>> m.update(target_rank(scores, torch.tensor([2, 1])))
     >>> {k: round(v, 4) for k, v in m.compute().items()}
-    {'HR@1': 0.0, 'NDCG@1': 0.0, 'HR@2': 0.5, 'NDCG@2': 0.3155}
+    {'HR@1': 0.0, 'NDCG@1': 0.0, 'MRR@1': 0.0, 'HR@2': 0.5, 'NDCG@2': 0.3155, 'MRR@2': 0.25}
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "PROTOCOLS",
     "RankingMetrics",
     "hit_rate",
+    "mrr",
     "ndcg",
     "target_rank",
 ]
@@ -88,8 +89,16 @@ def ndcg(ranks: torch.Tensor, k: int) -> float:
     return float(torch.where(ranks <= k, gain, torch.zeros_like(gain)).mean())
 
 
+def mrr(ranks: torch.Tensor, k: int) -> float:
+    """Mean over users of ``1 / rank`` for ranks within the top ``k``, else 0 (MRR@K)."""
+    if not len(ranks):
+        return 0.0
+    rr = 1.0 / ranks.double()
+    return float(torch.where(ranks <= k, rr, torch.zeros_like(rr)).mean())
+
+
 class RankingMetrics:
-    """Accumulates HR@K and NDCG@K over batches of ranks (sums and counts only).
+    """Accumulates HR@K, NDCG@K and MRR@K over batches of ranks (sums and counts only).
 
     Args:
         ks: Cut-offs to report.
@@ -104,24 +113,28 @@ class RankingMetrics:
     def reset(self) -> None:
         self._hits = dict.fromkeys(self.ks, 0.0)
         self._gains = dict.fromkeys(self.ks, 0.0)
+        self._reciprocal = dict.fromkeys(self.ks, 0.0)
         self.count = 0
 
     def update(self, ranks: torch.Tensor) -> None:
         ranks = ranks.detach().cpu().long()
         gain = 1.0 / torch.log2(ranks.double() + 1.0)
+        reciprocal = 1.0 / ranks.double()
         for k in self.ks:
             inside = ranks <= k
             self._hits[k] += float(inside.sum())
             self._gains[k] += float(gain[inside].sum())
+            self._reciprocal[k] += float(reciprocal[inside].sum())
         self.count += len(ranks)
 
     def compute(self) -> dict[str, float]:
-        """Returns ``{"HR@K": ..., "NDCG@K": ...}`` for every K, in order of K."""
+        """Returns ``{"HR@K": ..., "NDCG@K": ..., "MRR@K": ...}`` for every K, in order of K."""
         n = max(self.count, 1)
         out: dict[str, float] = {}
         for k in self.ks:
             out[f"HR@{k}"] = self._hits[k] / n
             out[f"NDCG@{k}"] = self._gains[k] / n
+            out[f"MRR@{k}"] = self._reciprocal[k] / n
         return out
 
 

@@ -8,13 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raserec_adapter.metrics import RankingMetrics, target_rank
+from raserec_adapter.metrics import RankingMetrics, hit_rate, mrr, ndcg, target_rank
 
 
 def brute_force(scores: np.ndarray, targets: np.ndarray, seen: list[set[int]] | None, ks):
     """Independent reference: loops over users and items."""
     hr = dict.fromkeys(ks, 0.0)
     nd = dict.fromkeys(ks, 0.0)
+    rr = dict.fromkeys(ks, 0.0)
     for u in range(len(targets)):
         t = targets[u]
         rank = 1
@@ -27,8 +28,13 @@ def brute_force(scores: np.ndarray, targets: np.ndarray, seen: list[set[int]] | 
             if rank <= k:
                 hr[k] += 1
                 nd[k] += 1 / math.log2(rank + 1)
+                rr[k] += 1 / rank
     n = len(targets)
-    return {**{f"HR@{k}": hr[k] / n for k in ks}, **{f"NDCG@{k}": nd[k] / n for k in ks}}
+    return {
+        **{f"HR@{k}": hr[k] / n for k in ks},
+        **{f"NDCG@{k}": nd[k] / n for k in ks},
+        **{f"MRR@{k}": rr[k] / n for k in ks},
+    }
 
 
 def test_hand_computed():
@@ -43,6 +49,12 @@ def test_hand_computed():
     assert r["HR@1"] == 0 and r["HR@2"] == 0.5 and r["HR@3"] == 1.0
     assert r["NDCG@2"] == pytest.approx(0.5 * (1 / math.log2(3)))
     assert r["NDCG@3"] == pytest.approx(0.5 * (1 / math.log2(3) + 1 / math.log2(4)))
+    assert r["MRR@1"] == 0 and r["MRR@2"] == pytest.approx(0.25)
+    assert r["MRR@3"] == pytest.approx(0.5 * (1 / 2 + 1 / 3))
+    ranks = target_rank(scores, targets)
+    assert (hit_rate(ranks, 2), ndcg(ranks, 2), mrr(ranks, 2)) == pytest.approx(
+        (r["HR@2"], r["NDCG@2"], r["MRR@2"])
+    )
 
 
 def test_seen_removed_protocol():
