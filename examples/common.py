@@ -228,6 +228,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 "best_epoch": res.best_epoch,
                 "epochs_run": res.epochs_run,
                 "seconds": round(res.seconds, 1),
+                "best_valid": res.best_valid,
                 "config": pcfg.to_dict(),
             }
         plain_variant = "plain" if args.plain else "pretrained-plain"
@@ -238,22 +239,22 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
             }
         else:
             aug.build_bank(split, device=args.device)
-            raft = aug.fit_raft(
-                split,
-                RAFTConfig(
-                    epochs=args.raft_epochs,
-                    batch_size=args.raft_batch_size,
-                    lr=args.raft_lr,
-                    precision=args.raft_precision,
-                    patience=args.patience,
-                    seed=seed,
-                ),
-                device=args.device,
+            rcfg = RAFTConfig(
+                epochs=args.raft_epochs,
+                batch_size=args.raft_batch_size,
+                lr=args.raft_lr,
+                precision=args.raft_precision,
+                patience=args.patience,
+                seed=seed,
             )
+            raft = aug.fit_raft(split, rcfg, device=args.device)
             details["raft"] = {
                 "best_epoch": raft.best_epoch,
                 "epochs_run": raft.epochs_run,
                 "seconds": round(raft.seconds, 1),
+                "best_valid": raft.best_valid,
+                "config": rcfg.to_dict(),
+                "augmenter_config": acfg.to_dict(),
             }
             tests = {
                 p: aug.evaluate(split, "test", protocol=p, device=args.device)
@@ -274,12 +275,18 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
     for p in args.protocols:
         print(f"\n{name} / {backbone.name} / mean of seeds {seeds} / test / protocol {p}")
         print(format_table({v: m for (q, v), m in means.items() if q == p}))
-    targets = [out] + ([Path(args.results_dir)] if args.results_dir else [])
+    # the --out copy names its seeds, so runs of other seeds sharing --out (parallel processes)
+    # never overwrite it; merge them with benchmarks/merge_seeds.py
+    seed_label = ("seed" if len(seeds) == 1 else "seeds") + "-".join(map(str, seeds))
     for (p, variant), rows in per_variant.items():
         suffix = "" if p == "full" else f"-{p}"
-        for folder in targets:
+        stem = f"{name}-{backbone.name}{tag}-{variant}{suffix}"
+        paths = [out / f"{stem}-{seed_label}.json"]
+        if args.results_dir:
+            paths.append(Path(args.results_dir) / f"{stem}.json")
+        for path in paths:
             write_results(
-                folder / f"{name}-{backbone.name}{tag}-{variant}{suffix}.json",
+                path,
                 dataset=name,
                 backbone=backbone.name,
                 variant=variant,

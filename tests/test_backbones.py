@@ -198,7 +198,7 @@ def test_example_main_runs_end_to_end(module, plain, dataset_file, tmp_path, cap
     name = module.BACKBONE.name
     variants = ["plain"] if plain else ["pretrained-plain", "raserec"]
     for variant in variants:
-        result = json.loads((tmp_path / f"toy-{name}-{variant}.json").read_text())
+        result = json.loads((tmp_path / f"toy-{name}-{variant}-seed0.json").read_text())
         assert result["backbone"] == name
     out = capsys.readouterr().out
     assert f"toy / {name} / mean of seeds [0]" in out

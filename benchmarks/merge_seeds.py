@@ -1,0 +1,118 @@
+"""Merges results files of single-seed runs into one multi-seed results file.
+
+Seeds of the same experiment often run as separate processes (one per CPU core, or one per
+machine). This script checks that the files describe the same experiment (dataset, backbone,
+variant, protocol, split, and the same settings apart from the seed), that no seed appears
+twice, and writes one file whose ``mean`` is over all seeds. The provenance of every input run
+(command, commit, machine, wall time, finish time) is kept under ``runs``.
+
+Example:
+    python benchmarks/merge_seeds.py /tmp/runs/beauty-sasrec-raserec.json \\
+        /tmp/runs-s1/beauty-sasrec-raserec.json /tmp/runs-s2/beauty-sasrec-raserec.json \\
+        --out benchmarks/results/beauty-sasrec-raserec.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import _common  # noqa: F401  (puts the repository root on sys.path)
+
+from raserec_adapter.reporting import write_results
+
+SAME = ("dataset", "backbone", "variant", "protocol", "split")
+RUN_KEYS = ("command", "git_commit", "machine", "wall_seconds", "finished_at", "seeds")
+
+
+def _settings(details: dict[str, Any]) -> dict[str, Any]:
+    """The settings of one seed's run, minus the seed itself."""
+    out: dict[str, Any] = {}
+    for stage in ("pretrain", "raft"):
+        for key in ("config", "augmenter_config"):
+            config = dict((details.get(stage) or {}).get(key) or {})
+            config.pop("seed", None)
+            if config:
+                out[f"{stage}.{key}"] = config
+    return out
+
+
+def merge(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Checks that ``records`` are seeds of one experiment and returns the merged fields.
+
+    Raises:
+        ValueError: The files differ in what they measured or in settings, or repeat a seed.
+    """
+    if not records:
+        raise ValueError("give at least one results file")
+    first = records[0]
+    seeds: list[int] = []
+    per_seed: list[dict[str, float]] = []
+    details: list[dict[str, Any]] = []
+    for i, rec in enumerate(records):
+        for key in SAME:
+            if rec.get(key) != first.get(key):
+                raise ValueError(
+                    f"file {i + 1} has {key}={rec.get(key)!r} but file 1 has {first.get(key)!r}; "
+                    "merge only seeds of the same experiment"
+                )
+        if len(rec["seeds"]) != len(rec["per_seed"]):
+            raise ValueError(
+                f"file {i + 1}: {len(rec['seeds'])} seeds but {len(rec['per_seed'])} rows"
+            )
+        for seed in rec["seeds"]:
+            if seed in seeds:
+                raise ValueError(f"seed {seed} appears twice; each seed may be merged once")
+        seeds.extend(rec["seeds"])
+        per_seed.extend(rec["per_seed"])
+        details.extend(rec.get("per_seed_details", []))
+    reference = _settings(details[0]) if details else {}
+    for d in details[1:]:
+        if _settings(d) != reference:
+            raise ValueError(
+                f"seed {d.get('seed')} ran with other settings than seed {details[0].get('seed')}: "
+                f"{_settings(d)} vs {reference}"
+            )
+    keys = list(per_seed[0])
+    std = {k: statistics.stdev(m[k] for m in per_seed) if len(per_seed) > 1 else 0.0 for k in keys}
+    return {
+        "seeds": seeds,
+        "per_seed": per_seed,
+        "std": std,
+        "per_seed_details": details,
+        "runs": [{k: rec.get(k) for k in RUN_KEYS} for rec in records],
+    }
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("files", nargs="+", help="results files of single-seed (or few-seed) runs")
+    p.add_argument("--out", required=True, help="merged results file to write")
+    args = p.parse_args(argv)
+    records = [json.loads(Path(f).read_text()) for f in args.files]
+    merged = merge(records)
+    first = records[0]
+    commits = sorted({r.get("git_commit") for r in records})
+    write_results(
+        args.out,
+        **{k: first[k] for k in SAME},
+        seeds=merged["seeds"],
+        per_seed=merged["per_seed"],
+        wall_seconds=sum(r.get("wall_seconds", 0.0) for r in records),
+        extra={
+            "std": merged["std"],
+            "per_seed_details": merged["per_seed_details"],
+            "runs": merged["runs"],
+            "wall_seconds_note": "sum of the merged runs' wall times (they may run in parallel)",
+        },
+        commit=commits[0] if len(commits) == 1 else ", ".join(commits),
+    )
+    print(f"wrote {args.out}: seeds {merged['seeds']}")
+    return Path(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""benchmarks/merge_seeds.py: merging single-seed results files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from raserec_adapter.reporting import write_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import merge_seeds
+
+
+def _run(folder: Path, seed: int, hr: float, lr: float = 1e-3) -> Path:
+    path = folder / f"s{seed}" / "beauty-sasrec-raserec.json"
+    write_results(
+        path,
+        dataset="beauty",
+        backbone="sasrec",
+        variant="raserec",
+        protocol="full",
+        seeds=[seed],
+        per_seed=[{"HR@10": hr, "NDCG@10": hr / 2}],
+        wall_seconds=100.0,
+        extra={
+            "per_seed_details": [{"seed": seed, "pretrain": {"config": {"lr": lr, "seed": seed}}}]
+        },
+        commit="abc",
+    )
+    return path
+
+
+def test_merge_means_and_keeps_provenance(tmp_path: Path) -> None:
+    files = [_run(tmp_path, s, hr) for s, hr in [(0, 0.08), (1, 0.09), (2, 0.07)]]
+    out = tmp_path / "merged.json"
+    merge_seeds.main([*map(str, files), "--out", str(out)])
+    rec = json.loads(out.read_text())
+    assert rec["seeds"] == [0, 1, 2]
+    assert rec["mean"]["HR@10"] == pytest.approx(0.08)
+    assert rec["mean"]["NDCG@10"] == pytest.approx(0.04)
+    assert rec["std"]["HR@10"] == pytest.approx(0.01)
+    assert [r["seeds"] for r in rec["runs"]] == [[0], [1], [2]]
+    assert rec["git_commit"] == "abc" and rec["wall_seconds"] == 300.0
+
+
+def test_merge_refuses_other_experiments(tmp_path: Path) -> None:
+    a = json.loads(_run(tmp_path, 0, 0.08).read_text())
+    b = json.loads(_run(tmp_path, 1, 0.08, lr=1e-2).read_text())
+    with pytest.raises(ValueError, match="other settings"):
+        merge_seeds.merge([a, b])
+    with pytest.raises(ValueError, match="appears twice"):
+        merge_seeds.merge([a, a])
+    c = dict(a, seeds=[5], variant="pretrained-plain")
+    with pytest.raises(ValueError, match="variant"):
+        merge_seeds.merge([a, c])
