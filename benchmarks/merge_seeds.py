@@ -7,8 +7,8 @@ twice, and writes one file whose ``mean`` is over all seeds. The provenance of e
 (command, commit, machine, wall time, finish time) is kept under ``runs``.
 
 Example:
-    python benchmarks/merge_seeds.py /tmp/runs/beauty-sasrec-raserec.json \\
-        /tmp/runs-s1/beauty-sasrec-raserec.json /tmp/runs-s2/beauty-sasrec-raserec.json \\
+    python benchmarks/merge_seeds.py /tmp/runs/beauty-sasrec-raserec-seed0.json \\
+        /tmp/runs/beauty-sasrec-raserec-seed1.json /tmp/runs/beauty-sasrec-raserec-seed2.json \\
         --out benchmarks/results/beauty-sasrec-raserec.json
 """
 
