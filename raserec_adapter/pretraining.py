@@ -168,8 +168,13 @@ def _anchors(
     batch: Batch,
     windows: CausalWindows | None,
     causal: bool,
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, Callable[[], torch.Tensor]]:
-    """Encodes a batch: anchor representations, targets, pair rows, and a second-view encoder."""
+    need_h: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor, np.ndarray, Callable[[], torch.Tensor]]:
+    """Encodes a batch: anchor representations, targets, pair rows, and a second-view encoder.
+
+    ``need_h=False`` (a backbone-specific rec_loss) skips the anchor pass of a non-causal
+    encoder and returns ``None`` for it.
+    """
     if causal:
         assert windows is not None
         take = batch.targets > 0
@@ -184,7 +189,9 @@ def _anchors(
 
         return h, batch.targets[take], pair_rows, second_view
 
-    h = encoder(batch.item_seq, batch.lengths)
+    # the anchor pass only feeds the cross-entropy; a backbone's own rec_loss encodes the batch
+    # itself, so it is skipped (the InfoNCE uses its own dropout view either way)
+    h = encoder(batch.item_seq, batch.lengths) if need_h else None
     return (
         h,
         batch.targets,
@@ -253,8 +260,11 @@ def pretrain(
         steps = 0
         for batch in progress(batches, n_batches, f"pretrain epoch {epoch}", show_progress):
             batch = batch.to(device)
-            h, targets, pair_rows, second_view = _anchors(enc, split, batch, windows, causal)
+            h, targets, pair_rows, second_view = _anchors(
+                enc, split, batch, windows, causal, need_h=rec_loss is None
+            )
             if rec_loss is None:
+                assert h is not None
                 loss_rec = next_item_loss(h, enc.item_weights(), targets)
             else:
                 loss_rec = rec_loss(enc, batch)
