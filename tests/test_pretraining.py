@@ -110,6 +110,37 @@ def test_custom_rec_loss_is_used():
     assert len(calls) == math.ceil(len(split.train) / 32)
 
 
+def test_own_rec_loss_skips_the_unused_anchor_pass():
+    """With a backbone's own loss, each batch is encoded by that loss and one InfoNCE view only."""
+    seqs = synthetic_sequences(40, 20, seed=3)
+    split = leave_one_out(seqs, max_len=10)
+    seen: list[torch.Tensor] = []
+    batches: list[torch.Tensor] = []
+
+    class Counting(SASRec):
+        is_causal = False  # per-prefix batches, like a bidirectional backbone
+
+        def forward(self, item_seq, item_seq_len):
+            seen.append(item_seq)
+            return super().forward(item_seq, item_seq_len)
+
+    def my_loss(enc, batch):
+        batches.append(batch.item_seq)
+        h = enc(batch.item_seq, batch.lengths)
+        return nn.functional.cross_entropy(h @ enc.item_weights().t(), batch.targets)
+
+    pretrain(
+        Counting(20, hidden_size=8, max_len=10),
+        split,
+        PretrainConfig(epochs=1, batch_size=32, max_len=10, retrieval_weight=0.1),
+        rec_loss=my_loss,
+        show_progress=False,
+    )
+    assert batches
+    for b in batches:  # the loss's own pass + the InfoNCE view; no third (anchor) pass
+        assert sum(x is b for x in seen) == 2
+
+
 def test_wrong_item_count_is_explained():
     split = leave_one_out(synthetic_sequences(10, 20), max_len=10)
     with pytest.raises(ValueError, match="num_items=20"):
