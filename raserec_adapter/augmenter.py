@@ -381,7 +381,7 @@ class RetrievalAugmenter(nn.Module):
             t0 = time.perf_counter()
             self.ram.train()
             order = torch.randperm(len(train), generator=gen)
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64, device=device)  # read once per epoch
             for s in progress(
                 range(0, len(train), cfg.batch_size), n_steps, f"RAFT epoch {epoch}", show_progress
             ):
@@ -396,14 +396,15 @@ class RetrievalAugmenter(nn.Module):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss.detach())
+                total += loss.detach()
+            mean_loss = float(total) / n_steps
             seconds = time.perf_counter() - t0
             valid = self._evaluate_cached(split, valid_h, valid_nb, table)
             score = valid[cfg.valid_metric]
             result.history.append(
                 {
                     "epoch": epoch,
-                    "loss": total / n_steps,
+                    "loss": mean_loss,
                     "train_seconds": seconds,
                     **{f"valid_{m}": v for m, v in valid.items()},
                 }
@@ -413,7 +414,7 @@ class RetrievalAugmenter(nn.Module):
                 logger.info(
                     "RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s",
                     epoch,
-                    total / n_steps,
+                    mean_loss,
                     cfg.valid_metric,
                     score,
                     " *" if improved else "",

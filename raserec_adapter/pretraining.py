@@ -164,30 +164,31 @@ def _encode_pairs(
 
 def _anchors(
     encoder: WrappedEncoder,
-    split: LeaveOneOutSplit,
     batch: Batch,
+    host: Batch,
     windows: CausalWindows | None,
     causal: bool,
     need_h: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor, np.ndarray, Callable[[], torch.Tensor]]:
     """Encodes a batch: anchor representations, targets, pair rows, and a second-view encoder.
 
-    ``need_h=False`` (a backbone-specific rec_loss) skips the anchor pass of a non-causal
-    encoder and returns ``None`` for it.
+    ``batch`` is on the training device, ``host`` the same batch on the CPU: every index is
+    computed from ``host``, so a step never waits for the device (no ``.cpu()``, no boolean
+    masks on device tensors). ``need_h=False`` (a backbone-specific rec_loss) skips the anchor
+    pass of a non-causal encoder and returns ``None`` for it.
     """
     if causal:
         assert windows is not None
-        take = batch.targets > 0
-        h = encoder.forward_all(batch.item_seq, batch.lengths)[take]
-        rows_pos = take.nonzero().cpu().numpy()
-        pair_rows = window_pair_index(
-            windows, batch.index.cpu().numpy()[rows_pos[:, 0]], rows_pos[:, 1]
-        )
+        rows_pos = (host.targets > 0).nonzero().numpy()
+        pair_rows = window_pair_index(windows, host.index.numpy()[rows_pos[:, 0]], rows_pos[:, 1])
+        width = host.targets.shape[1]
+        flat = torch.from_numpy(rows_pos[:, 0] * width + rows_pos[:, 1]).to(batch.item_seq.device)
 
-        def second_view() -> torch.Tensor:
-            return encoder.forward_all(batch.item_seq, batch.lengths)[take]
+        def view() -> torch.Tensor:
+            out = encoder.forward_all(batch.item_seq, batch.lengths)
+            return out.flatten(0, 1).index_select(0, flat)
 
-        return h, batch.targets[take], pair_rows, second_view
+        return view(), batch.targets.flatten().index_select(0, flat), pair_rows, view
 
     # the anchor pass only feeds the cross-entropy; a backbone's own rec_loss encodes the batch
     # itself, so it is skipped (the InfoNCE uses its own dropout view either way)
@@ -195,7 +196,7 @@ def _anchors(
     return (
         h,
         batch.targets,
-        batch.index.cpu().numpy(),
+        host.index.numpy(),
         lambda: encoder(batch.item_seq, batch.lengths),
     )
 
@@ -256,12 +257,13 @@ def pretrain(
                 split.sequences, split.train, cfg.batch_size, split.max_len, True, cfg.seed + epoch
             )
             n_batches = math.ceil(len(split.train) / cfg.batch_size)
-        sums = {"rec": 0.0, "ret": 0.0}
+        # running sums stay on the device: reading a loss every step would stall a GPU
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
         steps = 0
-        for batch in progress(batches, n_batches, f"pretrain epoch {epoch}", show_progress):
-            batch = batch.to(device)
+        for host in progress(batches, n_batches, f"pretrain epoch {epoch}", show_progress):
+            batch = host.to(device)
             h, targets, pair_rows, second_view = _anchors(
-                enc, split, batch, windows, causal, need_h=rec_loss is None
+                enc, batch, host, windows, causal, need_h=rec_loss is None
             )
             if rec_loss is None:
                 assert h is not None
@@ -275,18 +277,19 @@ def pretrain(
                 mask_t = targets if cfg.mask_false_negatives else None
                 loss_ret = info_nce(z1, z2, cfg.temperature, mask_t)
                 loss = loss + cfg.retrieval_weight * loss_ret
-                sums["ret"] += float(loss_ret.detach())
+                sums[1] += loss_ret.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums["rec"] += float(loss_rec.detach())
+            sums[0] += loss_rec.detach()
             steps += 1
+        loss_rec_sum, loss_ret_sum = sums.tolist()
         train_seconds = time.perf_counter() - t0
         valid = evaluate_encoder(enc, split, "valid", device=device)
         record = {
             "epoch": epoch,
-            "loss_rec": sums["rec"] / max(steps, 1),
-            "loss_ret": sums["ret"] / max(steps, 1),
+            "loss_rec": loss_rec_sum / max(steps, 1),
+            "loss_ret": loss_ret_sum / max(steps, 1),
             "train_seconds": train_seconds,
             **{f"valid_{k}": v for k, v in valid.items()},
         }
