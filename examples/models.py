@@ -187,9 +187,11 @@ class BERT4Rec(nn.Module):
     row 0 is padding and row ``N + 1`` the ``[mask]`` token; scores use rows ``0..N`` only, so
     wrap the model with ``item_weights=model.item_weights`` (see
     :func:`raserec_adapter.wrap_encoder`). :meth:`forward` appends a ``[mask]`` after the last
-    item and returns the last layer's output there (as in the paper); :meth:`cloze_loss` is the
-    masked-item training objective. Attention is bidirectional, so there is no ``forward_all``:
-    every prefix is encoded on its own.
+    item and returns the output there after BERT4Rec's prediction head (linear -> GELU ->
+    LayerNorm, as in the BERT4Rec paper and RecBole; the paper's per-item output bias is left
+    out, since this library scores by plain dot products); :meth:`cloze_loss` is the
+    masked-item training objective through the same head. Attention is bidirectional, so
+    there is no ``forward_all``: every prefix is encoded on its own.
 
     Args:
         num_items: ``N``; item ids are ``1..N``, 0 is padding.
@@ -243,6 +245,11 @@ class BERT4Rec(nn.Module):
             )
             for _ in range(num_layers)
         )
+        self.head = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size),
+            nn.GELU(),
+            nn.LayerNorm(hidden_size, eps=layer_norm_eps),
+        )
         init_weights(self)
 
     def item_weights(self) -> torch.Tensor:
@@ -273,7 +280,7 @@ class BERT4Rec(nn.Module):
         rows = torch.arange(item_seq.shape[0], device=item_seq.device)
         tokens = F.pad(item_seq, (0, 1))
         tokens[rows, item_seq_len] = self.mask_token
-        return self.encode_tokens(tokens)[rows, item_seq_len]
+        return self.head(self.encode_tokens(tokens)[rows, item_seq_len])
 
     def cloze_loss(
         self,
@@ -305,5 +312,5 @@ class BERT4Rec(nn.Module):
         masks = torch.cat([random_mask, last_mask])
         labels = torch.cat([item_seq, item_seq])
         tokens = labels.masked_fill(masks, self.mask_token)
-        h = self.encode_tokens(tokens)[masks]
+        h = self.head(self.encode_tokens(tokens)[masks])
         return F.cross_entropy(h @ self.item_weights()[1:].t(), labels[masks] - 1)

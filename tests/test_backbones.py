@@ -107,9 +107,10 @@ def test_bert4rec_ignores_padding_and_reads_the_whole_sequence():
     h2 = model(changed, lengths)
     assert not torch.allclose(h2[0], h[0])
     torch.testing.assert_close(h2[1:], h[1:])
-    # the representation is the output at a [mask] appended after the last item
+    # the representation is the output at a [mask] appended after the last item, through the
+    # prediction head
     tokens = torch.tensor([[3, 4, 5, 6, 7, 31], [9, 8, 7, 31, 0, 0], [2, 31, 0, 0, 0, 0]])
-    torch.testing.assert_close(model.encode_tokens(tokens)[torch.arange(3), lengths], h)
+    torch.testing.assert_close(model.head(model.encode_tokens(tokens)[torch.arange(3), lengths]), h)
     assert not getattr(model, "is_causal", False)
     enc = wrap_encoder(model, **bert4rec.wrap(model))
     assert enc.num_items == NUM_ITEMS and not enc.is_causal
