@@ -49,7 +49,7 @@ from raserec_adapter.data import (
 from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.losses import frozen_table_cross_entropy
-from raserec_adapter.pretraining import RecLoss, TrainResult, pretrain, seed_everything
+from raserec_adapter.pretraining import RecLoss, TrainResult, mean_of, pretrain, seed_everything
 from raserec_adapter.ram import RetrievalAugmentedModule
 
 __all__ = ["CheckpointError", "RetrievalAugmenter"]
@@ -381,7 +381,7 @@ class RetrievalAugmenter(nn.Module):
             t0 = time.perf_counter()
             self.ram.train()
             order = torch.randperm(len(train), generator=gen)
-            total = torch.zeros((), dtype=torch.float64, device=device)  # read once per epoch
+            losses: list[torch.Tensor] = []  # read from the device once per epoch
             for s in progress(
                 range(0, len(train), cfg.batch_size), n_steps, f"RAFT epoch {epoch}", show_progress
             ):
@@ -396,8 +396,8 @@ class RetrievalAugmenter(nn.Module):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += loss.detach()
-            mean_loss = float(total) / n_steps
+                losses.append(loss.detach())
+            mean_loss = mean_of(losses)
             seconds = time.perf_counter() - t0
             valid = self._evaluate_cached(split, valid_h, valid_nb, table)
             score = valid[cfg.valid_metric]

@@ -146,6 +146,13 @@ class _PositiveSampler:
         return self.order[start + r]
 
 
+def mean_of(losses: list[torch.Tensor]) -> float:
+    """Mean of scalar loss tensors, read from the device once (0.0 for none)."""
+    if not losses:
+        return 0.0
+    return float(torch.stack(losses).cpu().double().mean())
+
+
 def _encode_pairs(
     encoder: WrappedEncoder, split: LeaveOneOutSplit, pairs: np.ndarray, device: torch.device
 ) -> torch.Tensor:
@@ -257,9 +264,9 @@ def pretrain(
                 split.sequences, split.train, cfg.batch_size, split.max_len, True, cfg.seed + epoch
             )
             n_batches = math.ceil(len(split.train) / cfg.batch_size)
-        # running sums stay on the device: reading a loss every step would stall a GPU
-        sums = torch.zeros(2, dtype=torch.float64, device=device)
-        steps = 0
+        # losses stay on the device until the epoch ends: reading one every step stalls a GPU
+        rec_losses: list[torch.Tensor] = []
+        ret_losses: list[torch.Tensor] = []
         for host in progress(batches, n_batches, f"pretrain epoch {epoch}", show_progress):
             batch = host.to(device)
             h, targets, pair_rows, second_view = _anchors(
@@ -277,19 +284,18 @@ def pretrain(
                 mask_t = targets if cfg.mask_false_negatives else None
                 loss_ret = info_nce(z1, z2, cfg.temperature, mask_t)
                 loss = loss + cfg.retrieval_weight * loss_ret
-                sums[1] += loss_ret.detach()
+                ret_losses.append(loss_ret.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums[0] += loss_rec.detach()
-            steps += 1
-        loss_rec_sum, loss_ret_sum = sums.tolist()
+            rec_losses.append(loss_rec.detach())
+        mean_rec, mean_ret = mean_of(rec_losses), mean_of(ret_losses)
         train_seconds = time.perf_counter() - t0
         valid = evaluate_encoder(enc, split, "valid", device=device)
         record = {
             "epoch": epoch,
-            "loss_rec": loss_rec_sum / max(steps, 1),
-            "loss_ret": loss_ret_sum / max(steps, 1),
+            "loss_rec": mean_rec,
+            "loss_ret": mean_ret,
             "train_seconds": train_seconds,
             **{f"valid_{k}": v for k, v in valid.items()},
         }

@@ -90,15 +90,22 @@ def test_pretraining_beats_random_and_checkpoints(causal, tmp_path):
     assert set(state) == set(model.state_dict())
 
 
+def recording_loss(log: list[torch.Tensor]):
+    """A backbone-style rec_loss (next-item cross-entropy) that logs each batch's input."""
+
+    def loss(enc, batch):
+        log.append(batch.item_seq)
+        h = enc(batch.item_seq, batch.lengths)
+        return nn.functional.cross_entropy(h @ enc.item_weights().t(), batch.targets)
+
+    return loss
+
+
 def test_custom_rec_loss_is_used():
     seqs = synthetic_sequences(40, 20, seed=3)
     split = leave_one_out(seqs, max_len=10)
-    calls = []
-
-    def my_loss(enc, batch):
-        calls.append(batch.item_seq.shape)
-        h = enc(batch.item_seq, batch.lengths)
-        return nn.functional.cross_entropy(h @ enc.item_weights().t(), batch.targets)
+    calls: list[torch.Tensor] = []
+    my_loss = recording_loss(calls)
 
     pretrain(
         SASRec(20, hidden_size=8, max_len=10),
@@ -124,16 +131,11 @@ def test_own_rec_loss_skips_the_unused_anchor_pass():
             seen.append(item_seq)
             return super().forward(item_seq, item_seq_len)
 
-    def my_loss(enc, batch):
-        batches.append(batch.item_seq)
-        h = enc(batch.item_seq, batch.lengths)
-        return nn.functional.cross_entropy(h @ enc.item_weights().t(), batch.targets)
-
     pretrain(
         Counting(20, hidden_size=8, max_len=10),
         split,
         PretrainConfig(epochs=1, batch_size=32, max_len=10, retrieval_weight=0.1),
-        rec_loss=my_loss,
+        rec_loss=recording_loss(batches),
         show_progress=False,
     )
     assert batches
