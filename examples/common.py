@@ -52,6 +52,7 @@ class Backbone:
     rec_loss: RecLoss | None = None
     pretrain_defaults: dict[str, object] | None = None
     wrap: Callable[[nn.Module], dict[str, Any]] | None = None
+    settings: dict[str, object] | None = None  # recorded in the results files
 
 
 def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
@@ -186,6 +187,8 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
     logger.info("%s: %s", name, sequences.describe())
     per_variant: dict[str, list[dict[str, float]]] = {}
     extra: dict[str, object] = {"per_seed_details": []}
+    if backbone.settings:
+        extra["backbone_settings"] = dict(backbone.settings)
     out = Path(args.out)
     tag = f"-{args.tag}" if args.tag else ""
     stage = "plain" if args.plain else "raserec"

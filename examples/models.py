@@ -287,6 +287,7 @@ class BERT4Rec(nn.Module):
         item_seq: torch.Tensor,
         item_seq_len: torch.Tensor,
         generator: torch.Generator | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """BERT4Rec's masked-item objective on a batch of sequences.
 
@@ -295,14 +296,25 @@ class BERT4Rec(nn.Module):
         adds, so that training matches inference, where the ``[mask]`` follows the history).
         The loss is the softmax cross-entropy over items ``1..N`` at all masked positions.
 
+        With ``targets`` (the next item of each training prefix), the target is appended to its
+        prefix first, so the last-item copy is exactly the inference input (history, then
+        ``[mask]``) and every training target is a label; without them a prefix's own last item
+        is the last label, and each user's last training target is never predicted.
+
         Args:
             item_seq: ``(B, T)`` left-aligned item ids, 0 = padding.
             item_seq_len: ``(B,)`` number of real items per row.
             generator: Optional random generator for the masks (on ``item_seq``'s device).
+            targets: Optional ``(B,)`` next item of each row, appended before masking.
 
         Returns:
             The mean cross-entropy (a scalar).
         """
+        if targets is not None:
+            rows = torch.arange(item_seq.shape[0], device=item_seq.device)
+            item_seq = F.pad(item_seq, (0, 1))
+            item_seq[rows, item_seq_len] = targets
+            item_seq_len = item_seq_len + 1
         b, t = item_seq.shape
         pos = torch.arange(t, device=item_seq.device)[None, :]
         real = pos < item_seq_len[:, None]

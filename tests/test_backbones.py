@@ -143,6 +143,28 @@ def test_bert4rec_cloze_loss_is_finite_and_decreases():
     assert model.item_weights().shape == (NUM_ITEMS + 1, HIDDEN)
 
 
+def test_bert4rec_cloze_with_targets_trains_on_prefix_then_target():
+    # passing a prefix's next item is the same as the cloze task on the prefix extended by it
+    model = BERT4Rec(NUM_ITEMS, hidden_size=HIDDEN, max_len=MAX_LEN, dropout=0.0, attn_dropout=0.0)
+    seq = torch.tensor([[3, 4, 5, 0], [7, 8, 9, 10]])
+    lengths = torch.tensor([3, 4])
+    targets = torch.tensor([6, 11])
+    extended = torch.tensor([[3, 4, 5, 6, 0], [7, 8, 9, 10, 11]])
+
+    def gen() -> torch.Generator:
+        return torch.Generator().manual_seed(5)
+
+    with_targets = model.cloze_loss(seq, lengths, gen(), targets=targets)
+    torch.testing.assert_close(with_targets, model.cloze_loss(extended, lengths + 1, gen()))
+    assert seq[0, 3] == 0 and lengths.tolist() == [3, 4]  # the caller's batch is untouched
+    # the target is a label: the last-item copy predicts it from the prefix and [mask]
+    assert not torch.allclose(with_targets, model.cloze_loss(seq, lengths, gen()))
+    # a prefix of max_len items still fits with its target (positions cover max_len + 1)
+    full = torch.arange(1, MAX_LEN + 1)[None, :]
+    loss = model.cloze_loss(full, torch.tensor([MAX_LEN]), gen(), targets=torch.tensor([12]))
+    assert torch.isfinite(loss)
+
+
 def test_custom_encoder_needs_its_accessors():
     model = ProductSequenceModel(NUM_ITEMS, dim=HIDDEN)
     with pytest.raises(EncoderError, match=r"no `item_embedding`.*\['products'\]"):
@@ -205,3 +227,24 @@ def test_example_main_runs_end_to_end(module, plain, dataset_file, tmp_path, cap
     assert f"toy / {name} / mean of seeds [0]" in out
     if not plain:
         assert (tmp_path / f"toy-{name}-raserec-seed0" / "augmenter" / "ram.pt").is_file()
+
+
+@pytest.mark.parametrize("objective", ["cloze", "next-item"])
+def test_bert4rec_example_records_its_stage1_objective(objective, dataset_file, tmp_path):
+    argv = ["--dataset", str(dataset_file), "--epochs", "1", "--out", str(tmp_path)]
+    argv += ["--max-len", "10", "--hidden-size", "16", "--batch-size", "64", "--plain"]
+    seen: list[object] = []
+    original = bert4rec.rec_loss
+
+    def spy(enc, batch):
+        seen.append(batch)
+        return original(enc, batch)
+
+    bert4rec.BACKBONE.rec_loss = spy
+    try:
+        bert4rec.main([*argv, "--objective", objective])
+    finally:
+        bert4rec.BACKBONE.rec_loss = original
+    result = json.loads((tmp_path / "toy-bert4rec-plain-seed0.json").read_text())
+    assert result["backbone_settings"] == {"objective": objective}
+    assert bool(seen) == (objective == "cloze")  # next-item never calls the cloze loss
