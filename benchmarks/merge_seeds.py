@@ -1,10 +1,10 @@
 """Merges results files of single-seed runs into one multi-seed results file.
 
 Seeds of the same experiment often run as separate processes (one per CPU core, or one per
-machine). This script checks that the files describe the same experiment (dataset, backbone,
-variant, protocol, split, and the same settings apart from the seed), that no seed appears
-twice, and writes one file whose ``mean`` is over all seeds. The provenance of every input run
-(command, commit, machine, wall time, finish time) is kept under ``runs``.
+machine). This script checks that the files describe the same experiment (dataset, backbone and
+its settings, variant, protocol, split, and the same settings apart from the seed), that no seed
+appears twice, and writes one file whose ``mean`` is over all seeds. The provenance of every input
+run (command, commit, machine, wall time, finish time) is kept under ``runs``.
 
 Example:
     python benchmarks/merge_seeds.py /tmp/runs/beauty-sasrec-raserec-seed0.json \\
@@ -24,7 +24,8 @@ import _common  # noqa: F401  (puts the repository root on sys.path)
 
 from raserec_adapter.reporting import write_results
 
-SAME = ("dataset", "backbone", "variant", "protocol", "split")
+SAME = ("dataset", "backbone", "variant", "protocol", "split")  # passed on to the merged file
+CHECKED = (*SAME, "backbone_settings")  # must agree between the merged files
 RUN_KEYS = ("command", "git_commit", "machine", "wall_seconds", "finished_at", "seeds")
 
 
@@ -53,7 +54,7 @@ def merge(records: list[dict[str, Any]]) -> dict[str, Any]:
     per_seed: list[dict[str, float]] = []
     details: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
-        for key in SAME:
+        for key in CHECKED:
             if rec.get(key) != first.get(key):
                 raise ValueError(
                     f"file {i + 1} has {key}={rec.get(key)!r} but file 1 has {first.get(key)!r}; "
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> Path:
     records = [json.loads(Path(f).read_text()) for f in args.files]
     merged = merge(records)
     first = records[0]
-    commits = sorted({r.get("git_commit") for r in records})
+    commits = sorted({r.get("git_commit") or "unknown" for r in records})
+    backbone = first.get("backbone_settings")
+    settings = {"backbone_settings": backbone} if backbone else {}
     write_results(
         args.out,
         **{k: first[k] for k in SAME},
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> Path:
             "per_seed_details": merged["per_seed_details"],
             "runs": merged["runs"],
             "wall_seconds_note": "sum of the merged runs' wall times (they may run in parallel)",
+            **settings,
         },
         commit=commits[0] if len(commits) == 1 else ", ".join(commits),
     )

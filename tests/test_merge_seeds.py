@@ -14,8 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import merge_seeds
 
 
-def _run(folder: Path, seed: int, hr: float, lr: float = 1e-3) -> Path:
+def _run(
+    folder: Path, seed: int, hr: float, lr: float = 1e-3, settings: dict | None = None
+) -> Path:
     path = folder / f"s{seed}" / "beauty-sasrec-raserec.json"
+    backbone = {"backbone_settings": settings} if settings else {}
     write_results(
         path,
         dataset="beauty",
@@ -26,7 +29,8 @@ def _run(folder: Path, seed: int, hr: float, lr: float = 1e-3) -> Path:
         per_seed=[{"HR@10": hr, "NDCG@10": hr / 2}],
         wall_seconds=100.0,
         extra={
-            "per_seed_details": [{"seed": seed, "pretrain": {"config": {"lr": lr, "seed": seed}}}]
+            "per_seed_details": [{"seed": seed, "pretrain": {"config": {"lr": lr, "seed": seed}}}],
+            **backbone,
         },
         commit="abc",
     )
@@ -56,3 +60,14 @@ def test_merge_refuses_other_experiments(tmp_path: Path) -> None:
     c = dict(a, seeds=[5], variant="pretrained-plain")
     with pytest.raises(ValueError, match="variant"):
         merge_seeds.merge([a, c])
+
+
+def test_merge_keeps_backbone_settings_and_refuses_mixed_ones(tmp_path: Path) -> None:
+    obj = {"objective": "next-item"}
+    files = [_run(tmp_path, s, 0.08, settings=obj) for s in (0, 1)]
+    out = tmp_path / "merged.json"
+    merge_seeds.main([*map(str, files), "--out", str(out)])
+    assert json.loads(out.read_text())["backbone_settings"] == obj
+    cloze = json.loads(_run(tmp_path / "c", 2, 0.08, settings={"objective": "cloze"}).read_text())
+    with pytest.raises(ValueError, match="backbone_settings"):
+        merge_seeds.merge([json.loads(files[0].read_text()), cloze])
