@@ -175,6 +175,7 @@ def _demo_overrides(args: argparse.Namespace) -> None:
 def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Runs stage 1 (and stage 2 unless ``--plain``) for every seed; prints and saves results."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
     if args.threads:
         torch.set_num_threads(args.threads)
     _demo_overrides(args)
