@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def wrap(model: nn.Module) -> dict[str, Any]:
 BACKBONE = Backbone(
     "bert4rec", build, rec_loss=rec_loss, wrap=wrap, settings={"objective": "cloze"}
 )
-NEXT_ITEM = Backbone("bert4rec", build, wrap=wrap, settings={"objective": "next-item"})
+NEXT_ITEM = replace(BACKBONE, rec_loss=None, settings={"objective": "next-item"})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -179,6 +179,15 @@ class GRU4Rec(nn.Module):
         return last_position(self.forward_all(item_seq, item_seq_len), item_seq_len)
 
 
+def _append(
+    item_seq: torch.Tensor, item_seq_len: torch.Tensor, value: torch.Tensor | int
+) -> torch.Tensor:
+    """A copy of ``item_seq`` one column wider with ``value`` right after each row's last item."""
+    out = F.pad(item_seq, (0, 1))
+    out[torch.arange(item_seq.shape[0], device=item_seq.device), item_seq_len] = value
+    return out
+
+
 class BERT4Rec(nn.Module):
     """BERT4Rec (Sun et al., 2019): bidirectional self-attention trained by a cloze task.
 
@@ -278,8 +287,7 @@ class BERT4Rec(nn.Module):
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """``(B, d)``: output at a ``[mask]`` token appended after each sequence's last item."""
         rows = torch.arange(item_seq.shape[0], device=item_seq.device)
-        tokens = F.pad(item_seq, (0, 1))
-        tokens[rows, item_seq_len] = self.mask_token
+        tokens = _append(item_seq, item_seq_len, self.mask_token)
         return self.head(self.encode_tokens(tokens)[rows, item_seq_len])
 
     def cloze_loss(
@@ -311,10 +319,7 @@ class BERT4Rec(nn.Module):
             The mean cross-entropy (a scalar).
         """
         if targets is not None:
-            rows = torch.arange(item_seq.shape[0], device=item_seq.device)
-            item_seq = F.pad(item_seq, (0, 1))
-            item_seq[rows, item_seq_len] = targets
-            item_seq_len = item_seq_len + 1
+            item_seq, item_seq_len = _append(item_seq, item_seq_len, targets), item_seq_len + 1
         b, t = item_seq.shape
         pos = torch.arange(t, device=item_seq.device)[None, :]
         real = pos < item_seq_len[:, None]

@@ -230,21 +230,19 @@ def test_example_main_runs_end_to_end(module, plain, dataset_file, tmp_path, cap
 
 
 @pytest.mark.parametrize("objective", ["cloze", "next-item"])
-def test_bert4rec_example_records_its_stage1_objective(objective, dataset_file, tmp_path):
+def test_bert4rec_example_records_its_stage1_objective(
+    objective, dataset_file, tmp_path, monkeypatch
+):
     argv = ["--dataset", str(dataset_file), "--epochs", "1", "--out", str(tmp_path)]
     argv += ["--max-len", "10", "--hidden-size", "16", "--batch-size", "64", "--plain"]
     seen: list[object] = []
-    original = bert4rec.rec_loss
 
     def spy(enc, batch):
         seen.append(batch)
-        return original(enc, batch)
+        return bert4rec.rec_loss(enc, batch)
 
-    bert4rec.BACKBONE.rec_loss = spy
-    try:
-        bert4rec.main([*argv, "--objective", objective])
-    finally:
-        bert4rec.BACKBONE.rec_loss = original
+    monkeypatch.setattr(bert4rec.BACKBONE, "rec_loss", spy)
+    bert4rec.main([*argv, "--objective", objective])
     result = json.loads((tmp_path / "toy-bert4rec-plain-seed0.json").read_text())
     assert result["backbone_settings"] == {"objective": objective}
     assert bool(seen) == (objective == "cloze")  # next-item never calls the cloze loss
