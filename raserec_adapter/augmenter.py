@@ -139,9 +139,10 @@ class RetrievalAugmenter(nn.Module):
         """Frozen-encoder representations ``(n, d)`` of prefixes (dropout off), in their order."""
         self.encoder.eval()
         out = torch.empty(len(prefixes), self.encoder.hidden_size)
-        for batch in iter_batches(sequences, prefixes, batch_size, self.config.max_len):
-            b = batch.to(device)
-            out[batch.index] = self.encoder(b.item_seq, b.lengths).float().cpu()
+        with self.encoder.trusted_inputs():  # batches of validated sequences
+            for batch in iter_batches(sequences, prefixes, batch_size, self.config.max_len):
+                b = batch.to(device)
+                out[batch.index] = self.encoder(b.item_seq, b.lengths).float().cpu()
         return out
 
     @torch.no_grad()
@@ -159,7 +160,8 @@ class RetrievalAugmenter(nn.Module):
         for batch in progress(batches, n, "encode bank", show_progress):
             b = batch.to(device)
             take = b.targets > 0
-            h = self.encoder.forward_all(b.item_seq, b.lengths)[take]
+            with self.encoder.trusted_inputs():
+                h = self.encoder.forward_all(b.item_seq, b.lengths)[take]
             pos = take.nonzero().cpu().numpy()
             rows = window_pair_index(windows, batch.index.numpy()[pos[:, 0]], pos[:, 1])
             out[torch.from_numpy(rows)] = h.float().cpu()
@@ -370,8 +372,16 @@ class RetrievalAugmenter(nn.Module):
         logger.info("RAFT: queries and neighbours ready in %.1f s", time.perf_counter() - t_start)
 
         self.ram.to(device)
+        dev = torch.device(device)
+        # what every step reads moves to the device once (the bank is frozen during RAFT):
+        # a step then gathers its memories there instead of on the host
+        mem_k, mem_v = (t.to(dev) for t in bank.fetch(torch.arange(len(bank))))
+        queries, neighbours, targets = queries.to(dev), neighbours.to(dev), targets.to(dev)
         optimizer = torch.optim.Adam(
-            self.ram.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            self.ram.parameters(),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=dev.type == "cuda",
         )
         gen = torch.Generator().manual_seed(cfg.seed)
         result = TrainResult()
@@ -385,10 +395,10 @@ class RetrievalAugmenter(nn.Module):
             for s in progress(
                 range(0, len(train), cfg.batch_size), n_steps, f"RAFT epoch {epoch}", show_progress
             ):
-                rows = order[s : s + cfg.batch_size]
-                mk, mv = bank.fetch(neighbours[rows])
-                h_aug = self.ram(queries[rows].to(device), mk.to(device), mv.to(device))
-                y = targets[rows].to(device) - 1
+                rows = order[s : s + cfg.batch_size].to(dev)
+                nb = neighbours[rows]
+                h_aug = self.ram(queries[rows], mem_k[nb], mem_v[nb])
+                y = targets[rows] - 1
                 if dtype == torch.float32:
                     loss = frozen_table_cross_entropy(h_aug, scores_t, y)
                 else:
@@ -483,7 +493,8 @@ class RetrievalAugmenter(nn.Module):
         for aug in augmented:
 
             def represent(b: Batch, aug: bool = aug) -> torch.Tensor:
-                h = self.encoder(b.item_seq, b.lengths)
+                with self.encoder.trusted_inputs():  # batches of the validated split
+                    h = self.encoder(b.item_seq, b.lengths)
                 if not aug:
                     return h
                 return self.augment(h, b.users.cpu(), b.prefix_lengths.cpu())

@@ -27,7 +27,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -83,6 +84,7 @@ class WrappedEncoder(nn.Module):
         self._encode = encode
         self._item_weights = item_weights
         self._encode_all = encode_all
+        self._trusted = 0
         weights = self.item_weights()
         if weights.dim() != 2 or weights.shape[0] < 2:
             raise EncoderError(
@@ -103,6 +105,32 @@ class WrappedEncoder(nn.Module):
     def is_causal(self) -> bool:
         """Whether all prefixes of a sequence can be encoded in one pass."""
         return self._encode_all is not None
+
+    @contextmanager
+    def trusted_inputs(self) -> Iterator[WrappedEncoder]:
+        """Skips the value checks of inputs that live on an accelerator, inside this block.
+
+        Checking that item ids and lengths lie in range reads the device's tensors back, which
+        makes the host wait for the device at every call (on a GPU, training loops then run at
+        the speed of their Python rather than of the device). The library's own loops encode
+        batches built from validated :class:`~raserec_adapter.Sequences` inside this block;
+        shapes and dtypes are still checked, and CPU tensors are always checked in full.
+
+        Example:
+            >>> import torch
+            >>> from examples.models import SASRec
+            >>> enc = wrap_encoder(SASRec(num_items=5))
+            >>> with enc.trusted_inputs():
+            ...     enc(torch.tensor([[9]]), torch.tensor([1]))  # on the CPU: still checked
+            Traceback (most recent call last):
+            ...
+            ValueError: item ids must lie in 1..5 (0 = padding), got values from 9 to 9; ...
+        """
+        self._trusted += 1
+        try:
+            yield self
+        finally:
+            self._trusted -= 1
 
     def item_weights(self) -> torch.Tensor:
         """``(N + 1, d)`` item table the scores use (row 0 = padding)."""
@@ -142,6 +170,8 @@ class WrappedEncoder(nn.Module):
                 f"expected item_seq (B, T) and lengths (B,), got {tuple(item_seq.shape)} and "
                 f"{tuple(lengths.shape)}"
             )
+        if self._trusted and item_seq.device.type != "cpu":
+            return
         if item_seq.numel() and (item_seq.min() < 0 or item_seq.max() > self.num_items):
             raise ValueError(
                 f"item ids must lie in 1..{self.num_items} (0 = padding), got values from "

@@ -8,8 +8,9 @@ import torch
 from conftest import synthetic_sequences
 from torch import nn
 
-from examples.models import SASRec
+from examples.models import BERT4Rec, GRU4Rec, SASRec
 from raserec_adapter import PretrainConfig, evaluate_encoder, leave_one_out, pretrain
+from raserec_adapter.data import causal_windows, iter_windows
 from raserec_adapter.pretraining import _PositiveSampler, info_nce
 
 
@@ -147,3 +148,63 @@ def test_wrong_item_count_is_explained():
     split = leave_one_out(synthetic_sequences(10, 20), max_len=10)
     with pytest.raises(ValueError, match="num_items=20"):
         pretrain(SASRec(10, hidden_size=8, max_len=10), split, PretrainConfig(epochs=1))
+
+
+def _no_dropout(backbone: str, n: int):
+    if backbone == "sasrec":
+        return SASRec(n, hidden_size=16, max_len=10, dropout=0.0, attn_dropout=0.0)
+    if backbone == "gru4rec":
+        return GRU4Rec(n, hidden_size=16, dropout=0.0)
+    return BERT4Rec(n, hidden_size=16, max_len=10, dropout=0.0, attn_dropout=0.0)
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec", "bert4rec", "bert4rec-cloze"])
+def test_fused_step_trains_like_separate_calls(backbone):
+    """One padded call per step (the accelerator path) computes the same losses as the CPU
+    path's separate, length-grouped calls: without dropout, both end at the same weights."""
+    seqs = synthetic_sequences(80, 20, seed=4)
+    split = leave_one_out(seqs, max_len=10)
+    cloze = backbone == "bert4rec-cloze"
+
+    def cloze_loss(enc, batch):
+        return enc.module.cloze_loss(batch.item_seq, batch.lengths, targets=batch.targets)
+
+    runs = []
+    for fuse in (False, True):
+        torch.manual_seed(0)
+        model = _no_dropout(backbone.split("-")[0], 20)
+        res = pretrain(
+            model,
+            split,
+            PretrainConfig(epochs=2, batch_size=32, max_len=10, patience=5),
+            rec_loss=cloze_loss if cloze else None,
+            fuse=fuse,
+            show_progress=False,
+        )
+        runs.append((res.history, model.state_dict()))
+    (h0, s0), (h1, s1) = runs
+    for a, b in zip(h0, h1, strict=True):
+        assert a["loss_rec"] == pytest.approx(b["loss_rec"], rel=1e-4)
+        assert a["loss_ret"] == pytest.approx(b["loss_ret"], rel=1e-4)
+        assert a["loss_ret"] > 0
+    for name in s0:
+        torch.testing.assert_close(s0[name], s1[name], rtol=1e-4, atol=1e-5)
+
+
+def test_fused_step_is_one_encoder_call():
+    seqs = synthetic_sequences(40, 20, seed=3)
+    split = leave_one_out(seqs, max_len=10)
+    calls: list[int] = []
+
+    class Counting(SASRec):
+        def forward_all(self, item_seq, item_seq_len):
+            if self.training:
+                calls.append(item_seq.shape[0])
+            return super().forward_all(item_seq, item_seq_len)
+
+    cfg = PretrainConfig(epochs=1, batch_size=32, max_len=10)
+    pretrain(Counting(20, hidden_size=8, max_len=10), split, cfg, fuse=True, show_progress=False)
+    steps = list(iter_windows(split.sequences, causal_windows(split), 32, True, cfg.seed + 1))
+    assert len(calls) == len(steps)
+    for n, batch in zip(calls, steps, strict=True):  # two views of the windows + the positives
+        assert n == 2 * len(batch.lengths) + int((batch.targets > 0).sum())
