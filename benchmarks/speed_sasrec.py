@@ -92,25 +92,11 @@ def main() -> None:
     split = leave_one_out(load_dataset("beauty", data_dir=args.data_dir))
     n_batches = math.ceil(len(split.train) / 256)
 
-    torch.manual_seed(0)
-    model = SASRec(split.sequences.num_items)
-    res = pretrain(
-        model,
-        split,
-        PretrainConfig(
-            epochs=args.epochs,
-            patience=args.epochs + 1,
-            retrieval_weight=args.retrieval_weight,
-        ),
-        device=device,
-        show_progress=False,
-    )
-    ours = [h["train_seconds"] for h in res.history]
-    separate: list[float] = []
-    if args.compare_separate:
+    def stage1_epochs(fuse: bool | None) -> tuple[list[float], SASRec]:
         torch.manual_seed(0)
-        res_sep = pretrain(
-            SASRec(split.sequences.num_items),
+        model = SASRec(split.sequences.num_items)
+        res = pretrain(
+            model,
             split,
             PretrainConfig(
                 epochs=args.epochs,
@@ -119,9 +105,12 @@ def main() -> None:
             ),
             device=device,
             show_progress=False,
-            fuse=False,
+            fuse=fuse,
         )
-        separate = [h["train_seconds"] for h in res_sep.history]
+        return [h["train_seconds"] for h in res.history], model
+
+    ours, model = stage1_epochs(None)  # the default: fused steps on an accelerator
+    separate = stage1_epochs(False)[0] if args.compare_separate else []
 
     torch.manual_seed(0)
     base_model = SASRec(split.sequences.num_items)

@@ -114,6 +114,7 @@ class RetrievalAugmenter(nn.Module):
         device: torch.device | str = "cpu",
         checkpoint: str | Path | None = None,
         show_progress: bool = True,
+        fuse: bool | None = None,
     ) -> TrainResult:
         """Collaborative pre-training of the encoder (see :func:`~raserec_adapter.pretrain`)."""
         self._forget_bank()
@@ -125,6 +126,7 @@ class RetrievalAugmenter(nn.Module):
             device=device,
             checkpoint=checkpoint,
             show_progress=show_progress,
+            fuse=fuse,
         )
 
     # ------------------------------------------------------------------ encoding
