@@ -81,3 +81,20 @@ def test_input_errors():
         enc(torch.ones(1, 60, dtype=torch.long), torch.tensor([60]))
     with pytest.raises(EncoderError, match="nn.Module"):
         wrap_encoder(lambda s, n: s)
+
+
+def test_trusted_inputs_skip_only_the_device_reading_value_checks():
+    enc = wrap_encoder(SASRec(5, hidden_size=8, max_len=4))
+    bad, one = torch.tensor([[9]]), torch.tensor([1])
+    on_meta = bad.to("meta"), one.to("meta")  # a device whose values cannot be read back
+    with pytest.raises(RuntimeError):  # normally the check reads the values
+        enc._check_input(*on_meta)
+    with enc.trusted_inputs():
+        enc._check_input(*on_meta)  # nothing read from the device
+        with pytest.raises(ValueError, match="expected item_seq"):  # shapes still checked
+            enc._check_input(on_meta[0], on_meta[1][:0])
+        with pytest.raises(ValueError, match="item ids must lie in 1..5"):  # CPU: in full
+            enc(bad, one)
+    assert enc._trusted == 0
+    with pytest.raises(RuntimeError):
+        enc._check_input(*on_meta)
