@@ -30,6 +30,7 @@ from raserec_adapter import (
     load_dataset,
     write_results,
 )
+from raserec_adapter.config import BATCHING
 from raserec_adapter.pretraining import RecLoss, evaluate_encoder, seed_everything
 from raserec_adapter.reporting import git_commit, mean_metrics
 
@@ -134,6 +135,12 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
         action="store_true",
         help="drop in-batch negatives that share the anchor's target",
     )
+    g.add_argument(
+        "--batching",
+        choices=BATCHING,
+        default="windows",
+        help="how training pairs form batches (see PretrainConfig.batching)",
+    )
     g.add_argument("--max-len", type=int, default=50, help="inputs keep the last max-len items")
     g.add_argument("--hidden-size", type=int, default=64, help="encoder hidden size")
     g.add_argument(
@@ -207,6 +214,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
             mask_false_negatives=args.mask_false_negatives,
             max_len=args.max_len,
             seed=seed,
+            batching=args.batching,
             **(backbone.pretrain_defaults or {}),
         )
         acfg = AugmenterConfig(

@@ -347,6 +347,7 @@ def iter_batches(
     max_len: int = 50,
     shuffle: bool = False,
     seed: int | None = None,
+    bucket: bool = True,
 ) -> Iterator[Batch]:
     """Yields padded batches of prefix inputs, bucketed by length and trimmed.
 
@@ -357,6 +358,8 @@ def iter_batches(
         max_len: Inputs are the last ``max_len`` items of each prefix.
         shuffle: Random batches (for training); otherwise sorted by length.
         seed: Seed of the shuffling.
+        bucket: With ``shuffle``, batch prefixes of similar length (little padding); if false,
+            every batch is a uniform random draw, padded to its longest prefix.
 
     Example:
         >>> seqs = Sequences.from_lists([[1, 2, 3, 4], [2, 3, 1, 4, 5]])
@@ -369,7 +372,13 @@ def iter_batches(
     in_lengths = np.minimum(prefixes.lengths, max_len)
     rng = np.random.default_rng(seed) if shuffle else None
     ends = sequences.offsets[prefixes.users] + prefixes.lengths
-    for rows in _length_buckets(in_lengths, batch_size, shuffle, rng):
+    if shuffle and not bucket:
+        assert rng is not None
+        perm = rng.permutation(len(prefixes))
+        batches = [perm[s : s + batch_size] for s in range(0, len(perm), batch_size)]
+    else:
+        batches = _length_buckets(in_lengths, batch_size, shuffle, rng)
+    for rows in batches:
         item_seq, lengths = gather_windows(sequences, ends[rows], in_lengths[rows])
         yield Batch(
             item_seq,

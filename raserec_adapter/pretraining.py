@@ -323,7 +323,7 @@ def pretrain(
     fuse = device.type != "cpu" if fuse is None else fuse
     enc.to(device)
     seed_everything(cfg.seed)
-    causal = enc.is_causal and rec_loss is None
+    causal = enc.is_causal and rec_loss is None and cfg.batching == "windows"
     windows = causal_windows(split) if causal else None
     sampler = _PositiveSampler(split.train.targets, cfg.seed) if cfg.retrieval_weight > 0 else None
     optimizer = torch.optim.Adam(
@@ -341,7 +341,13 @@ def pretrain(
             n_batches = math.ceil(windows.num_pairs / cfg.batch_size)
         else:
             batches = iter_batches(
-                split.sequences, split.train, cfg.batch_size, split.max_len, True, cfg.seed + epoch
+                split.sequences,
+                split.train,
+                cfg.batch_size,
+                split.max_len,
+                True,
+                cfg.seed + epoch,
+                bucket=cfg.batching != "random",
             )
             n_batches = math.ceil(len(split.train) / cfg.batch_size)
         # losses stay on the device until the epoch ends: reading one every step stalls a GPU

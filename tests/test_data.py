@@ -101,6 +101,30 @@ def test_shuffled_batches_are_seeded():
     assert sorted(i for rows in a for i in rows) == list(range(len(split.train)))
 
 
+def test_unbucketed_batches_are_uniform_draws():
+    """``bucket=False``: a seeded permutation cut into batches (lengths mixed, each pair once)."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(4, 30, 60)
+    s = Sequences.from_lists([list(rng.integers(1, 9, size=int(n))) for n in lengths])
+    split = leave_one_out(s)
+    n = len(split.train)
+    batches = list(iter_batches(s, split.train, 16, shuffle=True, seed=5, bucket=False))
+    perm = np.random.default_rng(5).permutation(n)  # the reference draw
+    assert [b.index.tolist() for b in batches] == [
+        perm[i : i + 16].tolist() for i in range(0, n, 16)
+    ]
+    for b in batches:  # padded to the longest of the batch, every row's items intact
+        assert b.item_seq.shape[1] == int(b.lengths.max())
+        for row, m, i in zip(b.item_seq, b.lengths, b.index, strict=True):
+            u, length = split.train.users[i], split.train.lengths[i]
+            start = s.offsets[u] + length - int(m)
+            assert row[:m].tolist() == s.items[start : s.offsets[u] + length].tolist()
+            assert (row[m:] == 0).all()
+    spread = np.mean([float(b.lengths.max() - b.lengths.min()) for b in batches])
+    bucketed = list(iter_batches(s, split.train, 16, shuffle=True, seed=5))
+    assert spread > 2 * np.mean([float(b.lengths.max() - b.lengths.min()) for b in bucketed])
+
+
 def test_errors_say_what_is_wrong(tmp_path):
     with pytest.raises(DataFormatError, match="0 is reserved for padding"):
         Sequences.from_lists([[0, 1, 2]], num_items=2)

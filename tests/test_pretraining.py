@@ -10,7 +10,7 @@ from torch import nn
 
 from examples.models import BERT4Rec, GRU4Rec, SASRec
 from raserec_adapter import PretrainConfig, evaluate_encoder, leave_one_out, pretrain
-from raserec_adapter.data import causal_windows, iter_windows
+from raserec_adapter.data import causal_windows, iter_batches, iter_windows
 from raserec_adapter.pretraining import _PositiveSampler, info_nce
 
 
@@ -208,3 +208,39 @@ def test_fused_step_is_one_encoder_call():
     assert len(calls) == len(steps)
     for n, batch in zip(calls, steps, strict=True):  # two views of the windows + the positives
         assert n == 2 * len(batch.lengths) + int((batch.targets > 0).sum())
+
+
+def test_random_batching_encodes_uniformly_drawn_prefixes():
+    """``batching="random"``: a causal encoder is trained like any other, one prefix per row, on
+    the uniform draws of ``iter_batches(bucket=False)``, and still learns."""
+    seqs = synthetic_sequences(150, 30, seed=2)
+    split = leave_one_out(seqs, max_len=10)
+    seen: list[torch.Tensor] = []
+
+    window_passes: list[int] = []
+
+    class Recording(SASRec):
+        def forward_all(self, item_seq, item_seq_len):
+            if self.training:
+                window_passes.append(1)
+            return super().forward_all(item_seq, item_seq_len)
+
+        def forward(self, item_seq, item_seq_len):
+            if self.training:
+                seen.append(item_seq_len.clone())
+            return super().forward(item_seq, item_seq_len)
+
+    torch.manual_seed(0)
+    model = Recording(30, hidden_size=16, max_len=10)
+    before = evaluate_encoder(model, split, "valid")["HR@10"]
+    cfg = PretrainConfig(epochs=6, batch_size=64, max_len=10, batching="random")
+    pretrain(model, split, cfg, show_progress=False)
+    assert evaluate_encoder(model, split, "valid")["HR@10"] > before + 0.2
+    assert len(window_passes) == len(seen)  # every pass came through forward: no windows
+    draws = iter_batches(split.sequences, split.train, 64, 10, True, cfg.seed + 1, bucket=False)
+    assert torch.equal(seen[0], next(draws).lengths)  # the first anchor pass: the first draw
+
+
+def test_unknown_batching_is_refused():
+    with pytest.raises(ValueError, match="batching must be one of"):
+        PretrainConfig(batching="sorted")
