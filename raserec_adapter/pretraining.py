@@ -7,9 +7,11 @@ and the encoding of a randomly drawn other training prefix with the same target 
 itself when it has no such partner); the other 2B - 2 encodings of the batch are negatives.
 ``mask_false_negatives`` removes negatives that share the anchor's target.
 
-Causal encoders (``forward_all``) see all prefixes of a sequence in one pass; other encoders are
-trained on the prefix pairs one by one. A backbone-specific recommendation loss (e.g. BERT4Rec's
-cloze task) can replace the cross-entropy without editing this module: pass ``rec_loss``.
+Causal encoders (``forward_all``) see all prefixes of a sequence in one pass; other encoders, or
+any encoder with ``PretrainConfig.batching`` ``"bucketed"`` or ``"random"``, are trained on the
+prefix pairs one by one. On an accelerator a step's encodings are one padded call (``fuse``).
+A backbone-specific recommendation loss (e.g. BERT4Rec's cloze task) can replace the
+cross-entropy without editing this module: pass ``rec_loss``.
 
 Example:
     >>> import torch
@@ -194,7 +196,8 @@ def _fused_views(
     The same quantities as :func:`_anchors` + :func:`_encode_pairs` (the same distribution:
     each row of the stacked input draws its own dropout), with every input padded to one width.
     On an accelerator, where a step costs kernel launches rather than arithmetic, one large call
-    is several times faster than eight small ones; on a CPU the padding costs more than it saves.
+    is several times faster than the separate calls; on a CPU the padding costs more than it
+    saves.
     Padding never changes an output: causal encoders' position ``t`` sees items ``<= t`` only,
     and other encoders receive the true lengths.
 
@@ -213,8 +216,8 @@ def _fused_views(
     else:
         pair_rows = host.index.numpy()
         targets = batch.targets
-    parts = [batch.item_seq] if (need_h or causal) else []
-    lens = [batch.lengths] if (need_h or causal) else []
+    parts = [batch.item_seq] if need_h else []  # (causal implies need_h: no own rec_loss)
+    lens = [batch.lengths] if need_h else []
     if sampler is not None:
         ends, lengths = _pair_windows(split, sampler.sample(pair_rows))
         pos_seq, pos_len = gather_windows(split.sequences, ends, lengths)
