@@ -111,8 +111,8 @@ class WrappedEncoder(nn.Module):
         """Skips the value checks of inputs that live on an accelerator, inside this block.
 
         Checking that item ids and lengths lie in range reads the device's tensors back, which
-        makes the host wait for the device at every call (on a GPU, training loops then run at
-        the speed of their Python rather than of the device). The library's own loops encode
+        makes the host wait for the device at every call and keeps it from queueing the next
+        kernels while the device works. The library's own loops encode
         batches built from validated :class:`~raserec_adapter.Sequences` inside this block;
         shapes and dtypes are still checked, and CPU tensors are always checked in full.
 
