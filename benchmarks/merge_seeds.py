@@ -22,21 +22,44 @@ from typing import Any
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
 
+from raserec_adapter import AugmenterConfig, PretrainConfig, RAFTConfig
 from raserec_adapter.reporting import write_results
 
+# a setting added to a config after a file was written ran at its default there: compare with it
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "pretrain.config": PretrainConfig().to_dict(),
+    "raft.config": RAFTConfig().to_dict(),
+    "raft.augmenter_config": AugmenterConfig().to_dict(),
+}
 SAME = ("dataset", "backbone", "variant", "protocol", "split")  # passed on to the merged file
 CHECKED = (*SAME, "backbone_settings")  # must agree between the merged files
 RUN_KEYS = ("command", "git_commit", "machine", "wall_seconds", "finished_at", "seeds")
 
 
+def _filled(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the keys it lacks taken from ``defaults`` (nested dicts too)."""
+    out = dict(config)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _filled(out[key], value)
+    return out
+
+
 def _settings(details: dict[str, Any]) -> dict[str, Any]:
-    """The settings of one seed's run, minus the seed itself."""
+    """The settings of one seed's run, minus the seed itself.
+
+    Keys a file lacks (settings added to the library after it was written) count as their
+    current defaults, which is what that older code ran with.
+    """
     out: dict[str, Any] = {}
     for stage in ("pretrain", "raft"):
         for key in ("config", "augmenter_config"):
             config = dict((details.get(stage) or {}).get(key) or {})
-            config.pop("seed", None)
             if config:
+                config = _filled(config, DEFAULTS.get(f"{stage}.{key}", {}))
+                config.pop("seed", None)
                 out[f"{stage}.{key}"] = config
     return out
 

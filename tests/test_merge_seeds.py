@@ -71,3 +71,16 @@ def test_merge_keeps_backbone_settings_and_refuses_mixed_ones(tmp_path: Path) ->
     cloze = json.loads(_run(tmp_path / "c", 2, 0.08, settings={"objective": "cloze"}).read_text())
     with pytest.raises(ValueError, match="backbone_settings"):
         merge_seeds.merge([json.loads(files[0].read_text()), cloze])
+
+
+def test_settings_added_later_count_as_their_defaults(tmp_path: Path) -> None:
+    """A file written before ``PretrainConfig.batching`` existed ran with today's default."""
+    old = json.loads(_run(tmp_path / "o", 0, 0.08).read_text())  # its config has no "batching"
+    new = json.loads(_run(tmp_path / "n", 1, 0.08).read_text())
+    windows = json.loads(json.dumps(new))
+    windows["per_seed_details"][0]["pretrain"]["config"]["batching"] = "windows"
+    assert merge_seeds.merge([old, windows])["seeds"] == [0, 1]
+    rand = json.loads(json.dumps(new))
+    rand["per_seed_details"][0]["pretrain"]["config"]["batching"] = "random"
+    with pytest.raises(ValueError, match="other settings"):
+        merge_seeds.merge([old, rand])
