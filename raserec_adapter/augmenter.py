@@ -379,6 +379,7 @@ class RetrievalAugmenter(nn.Module):
         # a step then gathers its memories there instead of on the host
         mem_k, mem_v = (t.to(dev) for t in bank.fetch(torch.arange(len(bank))))
         queries, neighbours, targets = queries.to(dev), neighbours.to(dev), targets.to(dev)
+        valid_h, valid_nb = valid_h.to(dev), valid_nb.to(dev)
         optimizer = torch.optim.Adam(
             self.ram.parameters(),
             lr=cfg.lr,
@@ -392,12 +393,12 @@ class RetrievalAugmenter(nn.Module):
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
             self.ram.train()
-            order = torch.randperm(len(train), generator=gen)
+            order = torch.randperm(len(train), generator=gen).to(dev)
             losses: list[torch.Tensor] = []  # read from the device once per epoch
             for s in progress(
                 range(0, len(train), cfg.batch_size), n_steps, f"RAFT epoch {epoch}", show_progress
             ):
-                rows = order[s : s + cfg.batch_size].to(dev)
+                rows = order[s : s + cfg.batch_size]
                 nb = neighbours[rows]
                 h_aug = self.ram(queries[rows], mem_k[nb], mem_v[nb])
                 y = targets[rows] - 1
@@ -411,7 +412,7 @@ class RetrievalAugmenter(nn.Module):
                 losses.append(loss.detach())
             mean_loss = mean_of(losses)
             seconds = time.perf_counter() - t0
-            valid = self._evaluate_cached(split, valid_h, valid_nb, table)
+            valid = self._evaluate_cached(split, valid_h, valid_nb, (mem_k, mem_v), table)
             score = valid[cfg.valid_metric]
             result.history.append(
                 {
@@ -449,17 +450,23 @@ class RetrievalAugmenter(nn.Module):
 
     @torch.no_grad()
     def _evaluate_cached(
-        self, split: LeaveOneOutSplit, h: torch.Tensor, nb: torch.Tensor, table: torch.Tensor
+        self,
+        split: LeaveOneOutSplit,
+        h: torch.Tensor,
+        nb: torch.Tensor,
+        memories: tuple[torch.Tensor, torch.Tensor],
+        table: torch.Tensor,
     ) -> dict[str, float]:
-        bank = self._require_bank("evaluation")
+        """Validation of the RAM on cached representations ``h``, neighbours ``nb`` and the
+        bank's ``(keys, values)``, all on the device of ``table``."""
         was = self.ram.training
         self.ram.eval()
         dev = table.device
+        mem_k, mem_v = memories
 
         def represent(b: Batch) -> torch.Tensor:
-            rows = b.index.cpu()
-            mk, mv = bank.fetch(nb[rows])
-            return self.ram(h[rows].to(dev), mk.to(dev), mv.to(dev))
+            rows = b.index.to(dev)
+            return self.ram(h[rows], mem_k[nb[rows]], mem_v[nb[rows]])
 
         out = evaluate_ranking(
             represent, table, split.sequences, split.valid, max_len=split.max_len, device=dev

@@ -177,6 +177,13 @@ def _encode_pairs(
     return out
 
 
+def _window_pairs(host: Batch, windows: CausalWindows) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, position)`` of each loss position of a host window batch, and its pair row."""
+    rows_pos = (host.targets > 0).nonzero().numpy()
+    pair_rows = window_pair_index(windows, host.index.numpy()[rows_pos[:, 0]], rows_pos[:, 1])
+    return rows_pos, pair_rows
+
+
 def _pad_to(seq: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(seq, (0, width - seq.shape[1]))
 
@@ -208,8 +215,7 @@ def _fused_views(
     device = batch.item_seq.device
     if causal:
         assert windows is not None
-        rows_pos = (host.targets > 0).nonzero().numpy()
-        pair_rows = window_pair_index(windows, host.index.numpy()[rows_pos[:, 0]], rows_pos[:, 1])
+        rows_pos, pair_rows = _window_pairs(host, windows)
         r = torch.from_numpy(rows_pos[:, 0]).to(device)
         c = torch.from_numpy(rows_pos[:, 1]).to(device)
         targets = batch.targets[r, c]
@@ -262,8 +268,7 @@ def _anchors(
     """
     if causal:
         assert windows is not None
-        rows_pos = (host.targets > 0).nonzero().numpy()
-        pair_rows = window_pair_index(windows, host.index.numpy()[rows_pos[:, 0]], rows_pos[:, 1])
+        rows_pos, pair_rows = _window_pairs(host, windows)
         width = host.targets.shape[1]
         flat = torch.from_numpy(rows_pos[:, 0] * width + rows_pos[:, 1]).to(batch.item_seq.device)
 
