@@ -136,6 +136,11 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
         help="drop in-batch negatives that share the anchor's target",
     )
     g.add_argument(
+        "--mask-same-user-negatives",
+        action="store_true",
+        help="drop in-batch negatives from the anchor's own user (its other prefixes)",
+    )
+    g.add_argument(
         "--batching",
         choices=BATCHING,
         default="windows",
@@ -212,6 +217,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
             retrieval_weight=0.0 if args.plain else args.retrieval_weight,
             temperature=args.temperature,
             mask_false_negatives=args.mask_false_negatives,
+            mask_same_user_negatives=args.mask_same_user_negatives,
             max_len=args.max_len,
             seed=seed,
             batching=args.batching,

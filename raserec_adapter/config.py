@@ -76,6 +76,9 @@ class PretrainConfig(_Config):
         retrieval_weight: lambda in L_rec + lambda * L_ret; 0 trains plain cross-entropy.
         temperature: tau of the InfoNCE loss.
         mask_false_negatives: Drop in-batch "negatives" that share the anchor's target.
+        mask_same_user_negatives: Drop in-batch "negatives" from the anchor's own user (its
+            other prefixes: a ``"windows"`` batch holds about 12 per anchor on Beauty, a
+            ``"random"`` one almost none).
         max_len: Inputs are the last ``max_len`` items.
         seed: Seed of initialisation-independent randomness (batch order, dropout, positives).
         batching: How training pairs form batches. ``"windows"`` (default): a causal encoder
@@ -96,6 +99,7 @@ class PretrainConfig(_Config):
     retrieval_weight: float = 0.1
     temperature: float = 1.0
     mask_false_negatives: bool = False
+    mask_same_user_negatives: bool = False
     max_len: int = 50
     seed: int = 0
     batching: str = "windows"

@@ -5,7 +5,9 @@ InfoNCE loss that pulls together two sequences with the same next item. As in th
 released code, the two views of an anchor are a second, dropout-perturbed encoding of the anchor
 and the encoding of a randomly drawn other training prefix with the same target (the anchor
 itself when it has no such partner); the other 2B - 2 encodings of the batch are negatives.
-``mask_false_negatives`` removes negatives that share the anchor's target.
+``mask_false_negatives`` removes negatives that share the anchor's target,
+``mask_same_user_negatives`` those that come from the anchor's own user (other prefixes of the
+same sequence, which ``"windows"`` batches hold many of).
 
 Causal encoders (``forward_all``) see all prefixes of a sequence in one pass; other encoders, or
 any encoder with ``PretrainConfig.batching`` ``"bucketed"`` or ``"random"``, are trained on the
@@ -79,6 +81,7 @@ def info_nce(
     z2: torch.Tensor,
     temperature: float = 1.0,
     targets: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE over ``2B`` views, dot-product similarity; ``z1[i]`` and ``z2[i]`` are positives.
 
@@ -88,6 +91,9 @@ def info_nce(
         temperature: Similarities are divided by it.
         targets: If given, ``(B,)`` targets of the anchors: negatives with the same target as the
             anchor (false negatives) are masked out.
+        groups: If given, ``(2B,)`` group of each view (``z1`` rows first, then ``z2``), e.g.
+            its user: a view's negatives from its own group are masked out (never its
+            positive).
 
     Example:
         >>> z = torch.eye(3)
@@ -100,9 +106,20 @@ def info_nce(
     eye = torch.eye(2 * b, dtype=torch.bool, device=z.device)
     sim = sim.masked_fill(eye, float("-inf"))
     pos = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    same = None
     if targets is not None:
         t = torch.cat([targets, targets])
-        same = (t[:, None] == t[None, :]) & ~eye
+        same = t[:, None] == t[None, :]
+    if groups is not None:
+        if groups.shape != (2 * b,):
+            raise ValueError(
+                f"groups must have shape ({2 * b},) (z1's views, then z2's), got "
+                f"{tuple(groups.shape)}"
+            )
+        own = groups[:, None] == groups[None, :]
+        same = own if same is None else same | own
+    if same is not None:
+        same = same & ~eye
         same[torch.arange(2 * b, device=z.device), pos] = False
         sim = sim.masked_fill(same, float("-inf"))
     return F.cross_entropy(sim, pos)
@@ -197,7 +214,9 @@ def _fused_views(
     causal: bool,
     need_h: bool,
     sampler: _PositiveSampler | None,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[
+    torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor | None, np.ndarray | None
+]:
     """Anchor pass, second view and positives of a batch in one encoder call.
 
     The same quantities as :func:`_anchors` + :func:`_encode_pairs` (the same distribution:
@@ -209,8 +228,10 @@ def _fused_views(
     and other encoders receive the true lengths.
 
     Returns:
-        ``(h, targets, z1, z2)``; ``h`` is ``None`` when ``need_h`` is false (a backbone's own
-        rec_loss), ``z1`` and ``z2`` are ``None`` without a sampler (no retrieval loss).
+        ``(h, targets, z1, z2, view_pairs)``; ``h`` is ``None`` when ``need_h`` is false (a
+        backbone's own rec_loss), ``z1`` and ``z2`` are ``None`` without a sampler (no
+        retrieval loss); ``view_pairs`` are the training pairs of ``z1``'s rows, then
+        ``z2``'s (``None`` without a sampler).
     """
     device = batch.item_seq.device
     if causal:
@@ -224,13 +245,16 @@ def _fused_views(
         targets = batch.targets
     parts = [batch.item_seq] if need_h else []  # (causal implies need_h: no own rec_loss)
     lens = [batch.lengths] if need_h else []
+    view_pairs = None
     if sampler is not None:
-        ends, lengths = _pair_windows(split, sampler.sample(pair_rows))
+        pos_rows = sampler.sample(pair_rows)
+        view_pairs = np.concatenate([pair_rows, pos_rows])
+        ends, lengths = _pair_windows(split, pos_rows)
         pos_seq, pos_len = gather_windows(split.sequences, ends, lengths)
         parts += [batch.item_seq, pos_seq.to(device)]
         lens += [batch.lengths, pos_len.to(device)]
     if not parts:  # a backbone's own rec_loss and no retrieval loss: nothing to encode here
-        return None, targets, None, None
+        return None, targets, None, None, None
     width = max(p.shape[1] for p in parts)
     seq = torch.cat([_pad_to(p, width) for p in parts])
     n = batch.item_seq.shape[0]
@@ -241,14 +265,14 @@ def _fused_views(
         if sampler is not None:
             z1 = out[n + r, c]
             z2 = out[2 * n + torch.arange(len(pos_len), device=device), lens[-1] - 1]
-        return h, targets, z1, z2
+        return h, targets, z1, z2, view_pairs
     out = encoder(seq, torch.cat(lens))
     first = n if need_h else 0
     if need_h:
         h = out[:n]
     if sampler is not None:
         z1, z2 = out[first : first + n], out[first + n :]
-    return h, targets, z1, z2
+    return h, targets, z1, z2, view_pairs
 
 
 def _anchors(
@@ -365,7 +389,7 @@ def pretrain(
             batch = host.to(device)
             with enc.trusted_inputs():
                 if fuse:
-                    h, targets, z1, z2 = _fused_views(
+                    h, targets, z1, z2, view_pairs = _fused_views(
                         enc, split, batch, host, windows, causal, rec_loss is None, sampler
                     )
                 else:
@@ -381,10 +405,15 @@ def pretrain(
                 if sampler is not None:
                     if not fuse:
                         z1 = second_view()
-                        z2 = _encode_pairs(enc, split, sampler.sample(pair_rows), device)
-                    assert z1 is not None and z2 is not None
+                        pos_rows = sampler.sample(pair_rows)
+                        view_pairs = np.concatenate([pair_rows, pos_rows])
+                        z2 = _encode_pairs(enc, split, pos_rows, device)
+                    assert z1 is not None and z2 is not None and view_pairs is not None
                     mask_t = targets if cfg.mask_false_negatives else None
-                    loss_ret = info_nce(z1, z2, cfg.temperature, mask_t)
+                    groups = None
+                    if cfg.mask_same_user_negatives:
+                        groups = torch.from_numpy(split.train.users[view_pairs]).to(device)
+                    loss_ret = info_nce(z1, z2, cfg.temperature, mask_t, groups)
                     loss = loss + cfg.retrieval_weight * loss_ret
                     ret_losses.append(loss_ret.detach())
             optimizer.zero_grad(set_to_none=True)
