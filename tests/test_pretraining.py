@@ -9,12 +9,19 @@ from conftest import synthetic_sequences
 from torch import nn
 
 from examples.models import BERT4Rec, GRU4Rec, SASRec
-from raserec_adapter import PretrainConfig, evaluate_encoder, leave_one_out, pretrain
+from raserec_adapter import (
+    PretrainConfig,
+    Sequences,
+    evaluate_encoder,
+    leave_one_out,
+    pretrain,
+    pretraining,
+)
 from raserec_adapter.data import causal_windows, iter_batches, iter_windows
 from raserec_adapter.pretraining import _PositiveSampler, info_nce
 
 
-def reference_info_nce(z1, z2, tau, targets=None):
+def reference_info_nce(z1, z2, tau, targets=None, groups=None):
     """Written out per anchor: -log(exp(s_pos) / sum over all other views (minus masked))."""
     z = torch.cat([z1, z2]).double()
     b = len(z1)
@@ -27,6 +34,8 @@ def reference_info_nce(z1, z2, tau, targets=None):
             if j == i:
                 continue
             if t is not None and j != pos and t[j] == t[i]:
+                continue
+            if groups is not None and j != pos and groups[j] == groups[i]:
                 continue
             denom += math.exp(float(z[i] @ z[j]) / tau)
         total += -(float(z[i] @ z[pos]) / tau - math.log(denom))
@@ -42,6 +51,60 @@ def test_info_nce_matches_reference(mask):
     assert float(got) == pytest.approx(
         reference_info_nce(z1, z2, 0.7, targets if mask else None), rel=1e-5
     )
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_info_nce_same_group_negatives_are_dropped(mask):
+    torch.manual_seed(1)
+    z1, z2 = torch.randn(5, 4), torch.randn(5, 4)
+    targets = torch.tensor([1, 2, 1, 3, 2])
+    # view 0's positive (row 5) shares its group: a positive is never masked
+    groups = torch.tensor([7, 7, 8, 9, 8, 7, 3, 9, 9, 8])
+    t = targets if mask else None
+    got = float(info_nce(z1, z2, 0.5, t, groups))
+    assert got == pytest.approx(reference_info_nce(z1, z2, 0.5, t, groups), rel=1e-5)
+    assert got != pytest.approx(float(info_nce(z1, z2, 0.5, t)), rel=1e-3)
+    # groups that are all different change nothing
+    distinct = float(info_nce(z1, z2, 0.5, t, torch.arange(10)))
+    assert distinct == pytest.approx(float(info_nce(z1, z2, 0.5, t)), rel=1e-6)
+    with pytest.raises(ValueError, match=r"groups must have shape \(10,\)"):
+        info_nce(z1, z2, 0.5, t, groups[:5])
+
+
+@pytest.mark.parametrize("batching", ["windows", "random"])
+@pytest.mark.parametrize("fuse", [False, True])
+def test_same_user_groups_are_the_views_users(batching, fuse, monkeypatch):
+    """Each user walks its own items, so a target names its user, and so does a positive's."""
+    lists = [[10 * u + 1 + k % 3 for k in range(3 + u % 7)] for u in range(40)]
+    seqs = Sequences.from_lists(lists, num_items=400)
+    split = leave_one_out(seqs, max_len=6)
+    user_of_item = {i: u for u, items in enumerate(lists) for i in items}
+    seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    real = pretraining.info_nce
+
+    def spy(z1, z2, temperature=1.0, targets=None, groups=None):
+        seen.append((targets_box[0], groups))
+        return real(z1, z2, temperature, targets, groups)
+
+    targets_box: list[torch.Tensor] = []
+    real_loss = pretraining.next_item_loss
+
+    def loss_spy(h, w, targets):
+        targets_box[:] = [targets]
+        return real_loss(h, w, targets)
+
+    monkeypatch.setattr(pretraining, "info_nce", spy)
+    monkeypatch.setattr(pretraining, "next_item_loss", loss_spy)
+    cfg = PretrainConfig(
+        epochs=1, batch_size=16, max_len=6, batching=batching, mask_same_user_negatives=True
+    )
+    pretrain(SASRec(400, hidden_size=8, max_len=6), split, cfg, show_progress=False, fuse=fuse)
+    assert seen
+    for targets, groups in seen:
+        assert groups is not None and len(groups) == 2 * len(targets)
+        want = torch.tensor([user_of_item[int(t)] for t in targets])
+        assert torch.equal(groups[: len(targets)], want)
+        assert torch.equal(groups[len(targets) :], want)
 
 
 def test_positive_sampler_draws_same_target_other_pair():
