@@ -387,7 +387,7 @@ def pretrain(
         ret_losses: list[torch.Tensor] = []
         for host in progress(batches, n_batches, f"pretrain epoch {epoch}", show_progress):
             batch = host.to(device)
-            with enc.trusted_inputs():
+            with enc.trusted_inputs():  # batches of the validated split
                 if fuse:
                     h, targets, z1, z2, view_pairs = _fused_views(
                         enc, split, batch, host, windows, causal, rec_loss is None, sampler
@@ -396,26 +396,27 @@ def pretrain(
                     h, targets, pair_rows, second_view = _anchors(
                         enc, batch, host, windows, causal, need_h=rec_loss is None
                     )
-                if rec_loss is None:
-                    assert h is not None
-                    loss_rec = next_item_loss(h, enc.item_weights(), targets)
-                else:
-                    loss_rec = rec_loss(enc, batch)
-                loss = loss_rec
-                if sampler is not None:
-                    if not fuse:
+            if rec_loss is None:
+                assert h is not None
+                loss_rec = next_item_loss(h, enc.item_weights(), targets)
+            else:  # the user's code builds its own inputs: its encoder calls stay checked
+                loss_rec = rec_loss(enc, batch)
+            loss = loss_rec
+            if sampler is not None:
+                if not fuse:
+                    with enc.trusted_inputs():
                         z1 = second_view()
                         pos_rows = sampler.sample(pair_rows)
                         view_pairs = np.concatenate([pair_rows, pos_rows])
                         z2 = _encode_pairs(enc, split, pos_rows, device)
-                    assert z1 is not None and z2 is not None and view_pairs is not None
-                    mask_t = targets if cfg.mask_false_negatives else None
-                    groups = None
-                    if cfg.mask_same_user_negatives:
-                        groups = torch.from_numpy(split.train.users[view_pairs]).to(device)
-                    loss_ret = info_nce(z1, z2, cfg.temperature, mask_t, groups)
-                    loss = loss + cfg.retrieval_weight * loss_ret
-                    ret_losses.append(loss_ret.detach())
+                assert z1 is not None and z2 is not None and view_pairs is not None
+                mask_t = targets if cfg.mask_false_negatives else None
+                groups = None
+                if cfg.mask_same_user_negatives:
+                    groups = torch.from_numpy(split.train.users[view_pairs]).to(device)
+                loss_ret = info_nce(z1, z2, cfg.temperature, mask_t, groups)
+                loss = loss + cfg.retrieval_weight * loss_ret
+                ret_losses.append(loss_ret.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

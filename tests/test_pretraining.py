@@ -181,6 +181,28 @@ def test_custom_rec_loss_is_used():
     assert len(calls) == math.ceil(len(split.train) / 32)
 
 
+@pytest.mark.parametrize("fuse", [False, True])
+def test_own_rec_loss_runs_with_checked_inputs(fuse):
+    """The library trusts its own batches; a user's loss builds inputs itself and stays checked."""
+    split = leave_one_out(synthetic_sequences(40, 20, seed=3), max_len=10)
+    trusted_in_loss: list[int] = []
+
+    def my_loss(enc, batch):
+        trusted_in_loss.append(enc._trusted)
+        h = enc(batch.item_seq, batch.lengths)
+        return nn.functional.cross_entropy(h @ enc.item_weights().t(), batch.targets)
+
+    pretrain(
+        SASRec(20, hidden_size=8, max_len=10),
+        split,
+        PretrainConfig(epochs=1, batch_size=32, max_len=10),
+        rec_loss=my_loss,
+        show_progress=False,
+        fuse=fuse,
+    )
+    assert trusted_in_loss and set(trusted_in_loss) == {0}
+
+
 def test_own_rec_loss_skips_the_unused_anchor_pass():
     """With a backbone's own loss, each batch is encoded by that loss and one InfoNCE view only."""
     seqs = synthetic_sequences(40, 20, seed=3)
