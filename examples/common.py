@@ -56,6 +56,27 @@ class Backbone:
     settings: dict[str, object] | None = None  # recorded in the results files
 
 
+def prefix_length_ranges(text: str) -> tuple[tuple[int, int | None], ...]:
+    """Parses ``"1-2,7-"`` into ``((1, 2), (7, None))`` (``--bank-lengths``).
+
+    Example:
+        >>> prefix_length_ranges("1-6"), prefix_length_ranges("1-2,7-")
+        (((1, 6),), ((1, 2), (7, None)))
+    """
+    ranges = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            if not sep:
+                raise ValueError
+            ranges.append((int(lo), int(hi) if hi.strip() else None))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not a range like '1-6' or '7-' (comma-separated)"
+            ) from None
+    return tuple(ranges)
+
+
 def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     """The command-line options every example shares."""
     p = argparse.ArgumentParser(
@@ -162,6 +183,13 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     )
     g.add_argument("--index", default="IVF128,Flat", help="Faiss index factory string")
     g.add_argument("--nprobe", type=int, default=1, help="IVF lists probed per query")
+    g.add_argument(
+        "--bank-lengths",
+        type=prefix_length_ranges,
+        default=None,
+        help="keep only memories with these prefix lengths, e.g. '1-6' (short and medium) or "
+        "'1-2,7-' (short and long); default: all",
+    )
     g.add_argument("--alpha", type=float, default=0.5, help="weight of the encoder's own h")
     g.add_argument("--beta", type=float, default=1.0, help="weight of RAM channel 1 vs 2")
     g.add_argument("--k", type=int, default=20, help="memories retrieved per query")
@@ -225,7 +253,12 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
         )
         acfg = AugmenterConfig(
             max_len=args.max_len,
-            bank=BankConfig(kind=args.bank, index_factory=args.index, nprobe=args.nprobe),
+            bank=BankConfig(
+                kind=args.bank,
+                index_factory=args.index,
+                nprobe=args.nprobe,
+                prefix_lengths=args.bank_lengths,
+            ),
             ram=RAMConfig(alpha=args.alpha, beta=args.beta, k=args.k),
         )
         aug = RetrievalAugmenter(encoder, acfg, **(backbone.wrap(encoder) if backbone.wrap else {}))

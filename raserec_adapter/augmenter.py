@@ -219,7 +219,9 @@ class RetrievalAugmenter(nn.Module):
                     f"{self.config.max_len}) or AugmenterConfig(max_len={split.max_len})"
                 )
             keys = self._encode_train_pairs(split, device, show_progress)
-            bank.add(keys, table[split.train.targets], split.train.users, split.train.lengths)
+            self._add_kept(
+                bank, keys, table[split.train.targets], split.train.users, split.train.lengths
+            )
             self._train_keys, self._bank_split = keys, split
             if phase == "test":
                 self._add_valid_pairs(bank, split, device)
@@ -234,8 +236,13 @@ class RetrievalAugmenter(nn.Module):
                     )
                 b = batch.to(device)
                 h = self.encoder(b.item_seq, b.lengths).float().cpu()
-                bank.add(h, table[batch.targets], batch.users, batch.prefix_lengths)
+                self._add_kept(bank, h, table[batch.targets], batch.users, batch.prefix_lengths)
             self._bank_phase = "custom"
+        if len(bank) == 0:
+            raise ValueError(
+                "the memory bank is empty: no memory's prefix length lies in "
+                f"BankConfig.prefix_lengths = {self.config.bank.prefix_lengths}; widen the ranges"
+            )
         self.bank = bank
         logger.info("memory bank: %d memories in %.1f s", len(bank), time.perf_counter() - t0)
 
@@ -243,9 +250,31 @@ class RetrievalAugmenter(nn.Module):
         self, bank: MemoryBank, split: LeaveOneOutSplit, device: torch.device | str
     ) -> None:
         keys = self.encode(split.sequences, split.valid, device=device)
-        bank.add(
-            keys, self._item_table()[split.valid.targets], split.valid.users, split.valid.lengths
+        self._add_kept(
+            bank,
+            keys,
+            self._item_table()[split.valid.targets],
+            split.valid.users,
+            split.valid.lengths,
         )
+
+    def _add_kept(
+        self,
+        bank: MemoryBank,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        users: np.ndarray | torch.Tensor,
+        lengths: np.ndarray | torch.Tensor,
+    ) -> None:
+        """Adds the memories whose prefix length ``BankConfig.prefix_lengths`` keeps."""
+        keep = self.config.bank.keeps(np.asarray(lengths))
+        if keep is not None:
+            rows = torch.from_numpy(np.flatnonzero(keep))
+            keys, values = keys[rows.to(keys.device)], values[rows.to(values.device)]
+            users, lengths = users[rows.numpy()], lengths[rows.numpy()]
+            if not len(rows):
+                return
+        bank.add(keys, values, users, lengths)
 
     def _require_bank(self, what: str) -> MemoryBank:
         if self.bank is None or len(self.bank) == 0:

@@ -19,6 +19,8 @@ import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
+import numpy as np
+
 __all__ = ["AugmenterConfig", "BankConfig", "PretrainConfig", "RAFTConfig", "RAMConfig"]
 
 C = TypeVar("C", bound="_Config")
@@ -126,17 +128,54 @@ class BankConfig(_Config):
         index_factory: Faiss factory string; ``"IVF128,Flat"`` is the paper's, ``"Flat"`` exact.
         nprobe: IVF lists probed per query.
         overfetch: Candidates fetched per wanted memory before the exclusion rule filters them.
+        prefix_lengths: Keep only memories whose prefix length (items before the target, before
+            truncation) lies in one of these inclusive ranges ``(lo, hi)``, ``hi = None`` for
+            no upper bound; ``None`` (default) keeps every memory. The paper's partitions
+            (appendix G): short ``(1, 2)``, medium ``(3, 6)``, long ``(7, None)``; it reports
+            that Sports does best with short and medium memories only, ``((1, 6),)``. Applies to
+            every memory, the validation pairs of the test bank included; queries are not
+            filtered.
+
+    Example:
+        >>> BankConfig(prefix_lengths=((1, 2), (7, None))).prefix_lengths
+        ((1, 2), (7, None))
     """
 
     kind: str = "faiss"
     index_factory: str = "IVF128,Flat"
     nprobe: int = 1
     overfetch: int = 4
+    prefix_lengths: tuple[tuple[int, int | None], ...] | None = None
 
     def __post_init__(self) -> None:
         _check(self.kind in ("faiss", "torch"), self, "kind", "'faiss' or 'torch'", self.kind)
         _check(self.nprobe >= 1, self, "nprobe", ">= 1", self.nprobe)
         _check(self.overfetch >= 1, self, "overfetch", ">= 1", self.overfetch)
+        if self.prefix_lengths is not None:
+            want = "ranges (lo, hi) with 1 <= lo <= hi or hi = None, at least one"
+            try:  # JSON gives lists back: store tuples, so configs compare and hash
+                ranges = tuple(
+                    (int(lo), None if hi is None else int(hi)) for lo, hi in self.prefix_lengths
+                )
+            except (TypeError, ValueError):
+                ranges = ()
+            ok = bool(ranges) and all(lo >= 1 and (hi is None or hi >= lo) for lo, hi in ranges)
+            _check(ok, self, "prefix_lengths", want, self.prefix_lengths)
+            object.__setattr__(self, "prefix_lengths", ranges)
+
+    def keeps(self, prefix_lengths: np.ndarray) -> np.ndarray | None:
+        """Boolean mask of the memories this config keeps (``None``: all of them).
+
+        Example:
+            >>> BankConfig(prefix_lengths=((1, 2), (7, None))).keeps(np.array([1, 3, 7, 50]))
+            array([ True, False,  True,  True])
+        """
+        if self.prefix_lengths is None:
+            return None
+        keep = np.zeros(len(prefix_lengths), dtype=bool)
+        for lo, hi in self.prefix_lengths:
+            keep |= (prefix_lengths >= lo) & (True if hi is None else prefix_lengths <= hi)
+        return keep
 
 
 @dataclass(frozen=True)

@@ -199,3 +199,56 @@ def test_failed_raft_gives_the_encoder_back_as_it_was(trained, monkeypatch):
     flags = [p.requires_grad for p in model.parameters()]
     assert flags[0] is False and all(flags[1:])
     first.requires_grad_(True)
+
+
+@pytest.mark.parametrize("kind", ["torch", "faiss"])
+def test_bank_keeps_only_the_chosen_prefix_lengths(trained, kind):
+    """Appendix G's partitions: the bank holds exactly the memories in the ranges."""
+    model, split = trained
+    ranges = ((1, 2), (6, None))
+    cfg = AugmenterConfig(
+        max_len=MAX_LEN,
+        bank=BankConfig(kind=kind, index_factory="Flat", prefix_lengths=ranges),
+        ram=RAMConfig(k=4),
+    )
+    aug = RetrievalAugmenter(model, cfg)
+    aug.build_bank(split, "test", show_progress=False)
+    lengths = torch.cat(
+        [torch.from_numpy(split.train.lengths), torch.from_numpy(split.valid.lengths)]
+    )
+    keep = (lengths <= 2) | (lengths >= 6)  # written out, not through BankConfig.keeps
+    assert 0 < int(keep.sum()) < len(lengths)
+    assert len(aug.bank) == int(keep.sum())
+    all_keys = torch.cat([aug._train_keys, aug.encode(split.sequences, split.valid)])
+    keys, _ = aug.bank.fetch(torch.arange(len(aug.bank)))
+    torch.testing.assert_close(keys, all_keys[keep])
+    # retrieval returns kept memories only; the RAM trains on every training query
+    h = aug.encode(split.sequences, split.test)
+    found = aug.bank.search(
+        h, 4, torch.from_numpy(split.test.users), torch.from_numpy(split.test.lengths)
+    )
+    got, _ = aug.bank.fetch(found.ids)
+    kept_keys = all_keys[keep]
+    assert all(
+        bool((kept_keys == row).all(1).any()) for row in got.reshape(-1, got.shape[-1])[:200]
+    )
+    aug.build_bank(split, show_progress=False)
+    res = aug.fit_raft(split, RAFTConfig(epochs=1, batch_size=64), show_progress=False)
+    assert res.epochs_run == 1 and len(aug.bank) == int(keep[: len(split.train)].sum())
+
+
+def test_a_bank_filtered_to_nothing_is_refused(trained):
+    model, split = trained
+    cfg = AugmenterConfig(
+        max_len=MAX_LEN, bank=BankConfig(kind="torch", prefix_lengths=((10_000, None),))
+    )
+    with pytest.raises(ValueError, match="memory bank is empty.*widen the ranges"):
+        RetrievalAugmenter(model, cfg).build_bank(split, show_progress=False)
+
+
+def test_prefix_length_ranges_survive_a_json_round_trip():
+    cfg = AugmenterConfig(bank=BankConfig(prefix_lengths=[[1, 6]]))  # as JSON gives it back
+    assert cfg.bank.prefix_lengths == ((1, 6),)
+    assert AugmenterConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="BankConfig.prefix_lengths must be ranges"):
+        BankConfig(prefix_lengths=((3, 2),))
