@@ -30,7 +30,12 @@ def last_position(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 class TransformerBlock(nn.Module):
-    """Post-LN Transformer layer: self-attention, then feed-forward; residual + LayerNorm each."""
+    """Post-LN Transformer layer: self-attention, then feed-forward; residual + LayerNorm each.
+
+    As RecBole's ``TransformerLayer``: dropout on the attention weights, on the attention
+    output and on the feed-forward output, each before its residual sum; none inside the
+    feed-forward block.
+    """
 
     def __init__(
         self, hidden: int, heads: int, inner: int, dropout: float, attn_dropout: float, eps: float
@@ -61,7 +66,8 @@ class TransformerBlock(nn.Module):
         )
         a = a.transpose(1, 2).reshape(b, t, d)
         x = self.norm1(x + self.dropout(self.out(a)))
-        y = self.ff2(self.dropout(F.gelu(self.ff1(x))))
+        # RecBole's feed-forward: dense -> GELU -> dense -> dropout (none on the inner layer)
+        y = self.ff2(F.gelu(self.ff1(x)))
         return self.norm2(x + self.dropout(y))
 
 

@@ -246,3 +246,28 @@ def test_bert4rec_example_records_its_stage1_objective(
     result = json.loads((tmp_path / "toy-bert4rec-plain-seed0.json").read_text())
     assert result["backbone_settings"] == {"objective": objective}
     assert bool(seen) == (objective == "cloze")  # next-item never calls the cloze loss
+
+
+def recbole_layer(block, x, p):
+    """RecBole's TransformerLayer written out (no attention dropout): dropout on the attention
+    output and on the feed-forward output only, each before residual + LayerNorm."""
+    b, t, d = x.shape
+    q, k, v = block.qkv(x).view(b, t, 3, block.heads, d // block.heads).permute(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d // block.heads)
+    future = torch.ones(t, t, dtype=torch.bool).triu(1)
+    a = (scores.masked_fill(future, float("-inf")).softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+    x = block.norm1(x + F.dropout(block.out(a), p))
+    hidden = block.ff2(F.gelu(block.ff1(x)))
+    return block.norm2(x + F.dropout(hidden, p))
+
+
+def test_transformer_block_drops_out_where_recbole_does():
+    from examples.models import TransformerBlock
+
+    torch.manual_seed(0)
+    block = TransformerBlock(8, 2, 32, dropout=0.5, attn_dropout=0.0, eps=1e-12).train()
+    x = torch.randn(3, 5, 8)
+    torch.manual_seed(1)
+    got = block(x, causal=True)
+    torch.manual_seed(1)  # the same dropout masks, drawn in the same order
+    torch.testing.assert_close(got, recbole_layer(block, x, 0.5))
