@@ -239,9 +239,15 @@ class RetrievalAugmenter(nn.Module):
                 self._add_kept(bank, h, table[batch.targets], batch.users, batch.prefix_lengths)
             self._bank_phase = "custom"
         if len(bank) == 0:
+            ranges = self.config.bank.prefix_lengths
             raise ValueError(
-                "the memory bank is empty: no memory's prefix length lies in "
-                f"BankConfig.prefix_lengths = {self.config.bank.prefix_lengths}; widen the ranges"
+                "the memory bank is empty: "
+                + (
+                    f"no memory's prefix length lies in BankConfig.prefix_lengths = {ranges}; "
+                    "widen the ranges"
+                    if ranges is not None
+                    else "the source gave no training pairs"
+                )
             )
         self.bank = bank
         logger.info("memory bank: %d memories in %.1f s", len(bank), time.perf_counter() - t0)
