@@ -275,11 +275,11 @@ class RetrievalAugmenter(nn.Module):
         """Adds the memories whose prefix length ``BankConfig.prefix_lengths`` keeps."""
         keep = self.config.bank.keeps(np.asarray(lengths))
         if keep is not None:
-            rows = torch.from_numpy(np.flatnonzero(keep))
-            keys, values = keys[rows.to(keys.device)], values[rows.to(values.device)]
-            users, lengths = users[rows.numpy()], lengths[rows.numpy()]
-            if not len(rows):
+            if not keep.any():
                 return
+            rows = np.flatnonzero(keep)
+            keys, values = keys[torch.from_numpy(rows).to(keys.device)], values[rows]
+            users, lengths = users[rows], lengths[rows]
         bank.add(keys, values, users, lengths)
 
     def _require_bank(self, what: str) -> MemoryBank:
