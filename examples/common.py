@@ -139,6 +139,12 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1e-3, help="pre-training learning rate")
     g.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs)")
     g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted stage 1 from <out>/<run>/pretrain-state.pt (written every "
+        "epoch); same settings required, --epochs may grow",
+    )
+    g.add_argument(
         "--valid-metric",
         default="MRR@10",
         help="validation metric for early stopping and the kept epoch (released code: MRR@10)",
@@ -274,6 +280,8 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 rec_loss=backbone.rec_loss,
                 device=args.device,
                 checkpoint=run_dir / "encoder.pt",
+                state_path=run_dir / "pretrain-state.pt",
+                resume=args.resume,
             )
             details["pretrain"] = {
                 "best_epoch": res.best_epoch,
@@ -281,6 +289,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 "seconds": round(res.seconds, 1),
                 "best_valid": res.best_valid,
                 "config": pcfg.to_dict(),
+                "resumed": bool(args.resume),
             }
         plain_variant = "plain" if args.plain else "pretrained-plain"
         if args.plain:

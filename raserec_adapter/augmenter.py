@@ -115,8 +115,14 @@ class RetrievalAugmenter(nn.Module):
         checkpoint: str | Path | None = None,
         show_progress: bool = True,
         fuse: bool | None = None,
+        state_path: str | Path | None = None,
+        resume: bool = False,
     ) -> TrainResult:
-        """Collaborative pre-training of the encoder (see :func:`~raserec_adapter.pretrain`)."""
+        """Collaborative pre-training of the encoder (see :func:`~raserec_adapter.pretrain`).
+
+        ``state_path`` / ``resume`` make a long run resumable: the training state is written
+        there after every epoch and ``resume=True`` continues from it.
+        """
         self._forget_bank()
         return pretrain(
             self.encoder,
@@ -127,6 +133,8 @@ class RetrievalAugmenter(nn.Module):
             checkpoint=checkpoint,
             show_progress=show_progress,
             fuse=fuse,
+            state_path=state_path,
+            resume=resume,
         )
 
     # ------------------------------------------------------------------ encoding

@@ -329,3 +329,97 @@ def test_random_batching_encodes_uniformly_drawn_prefixes():
 def test_unknown_batching_is_refused():
     with pytest.raises(ValueError, match="batching must be one of"):
         PretrainConfig(batching="sorted")
+
+
+def _state_tensors(path):
+    state = torch.load(path, weights_only=True)
+    opt = state["optimizer"]["state"]
+    return state["model"], [t for i in sorted(opt) for t in opt[i].values()]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_resumed_run_equals_uninterrupted_run(causal, tmp_path):
+    seqs = synthetic_sequences(120, 30, seed=4)
+    split = leave_one_out(seqs, max_len=10)
+
+    def model():
+        torch.manual_seed(0)
+        return SASRec(30, hidden_size=16, max_len=10) if causal else MeanEncoder(30)
+
+    def cfg(epochs):
+        return PretrainConfig(epochs=epochs, batch_size=32, max_len=10, patience=100, seed=3)
+
+    whole = pretrain(model(), split, cfg(4), state_path=tmp_path / "a.pt", show_progress=False)
+    pretrain(model(), split, cfg(2), state_path=tmp_path / "b.pt", show_progress=False)
+    other_init = model()
+    with torch.no_grad():
+        for p in other_init.parameters():
+            p.add_(1.0)  # resuming must overwrite whatever the model held
+    torch.manual_seed(123)  # and the global random state
+    resumed = pretrain(
+        other_init, split, cfg(4), state_path=tmp_path / "b.pt", resume=True, show_progress=False
+    )
+    assert resumed.epochs_run == 4 and len(resumed.history) == 4
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert {k: v for k, v in a.items() if k != "train_seconds"} == {
+            k: v for k, v in b.items() if k != "train_seconds"
+        }
+    assert resumed.best_epoch == whole.best_epoch
+    model_a, opt_a = _state_tensors(tmp_path / "a.pt")
+    model_b, opt_b = _state_tensors(tmp_path / "b.pt")
+    for k in model_a:
+        torch.testing.assert_close(model_a[k], model_b[k], rtol=0, atol=0)
+    for x, y in zip(opt_a, opt_b, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_resume_refuses_other_settings_and_foreign_files(tmp_path):
+    seqs = synthetic_sequences(60, 20, seed=5)
+    split = leave_one_out(seqs, max_len=8)
+    state = tmp_path / "s.pt"
+    cfg = PretrainConfig(epochs=1, batch_size=32, max_len=8)
+    pretrain(MeanEncoder(20), split, cfg, state_path=state, show_progress=False)
+    before = state.read_bytes()
+    with pytest.raises(ValueError, match=r"different settings \(lr: saved 0.001, now 0.01\)"):
+        pretrain(
+            MeanEncoder(20),
+            split,
+            PretrainConfig(epochs=2, batch_size=32, max_len=8, lr=0.01),
+            state_path=state,
+            resume=True,
+            show_progress=False,
+        )
+    with pytest.raises(ValueError, match="different model"):
+        pretrain(
+            MeanEncoder(20, d=8), split, cfg, state_path=state, resume=True, show_progress=False
+        )
+    assert state.read_bytes() == before  # a refused resume leaves the saved state alone
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a pre-training state"):
+        pretrain(MeanEncoder(20), split, cfg, state_path=junk, resume=True, show_progress=False)
+    assert junk.read_bytes() == b"not a torch file"
+    with pytest.raises(ValueError, match="needs state_path"):
+        pretrain(MeanEncoder(20), split, cfg, resume=True, show_progress=False)
+
+
+def test_resume_of_a_finished_run_trains_no_more(tmp_path):
+    seqs = synthetic_sequences(60, 20, seed=6)
+    split = leave_one_out(seqs, max_len=8)
+    state = tmp_path / "s.pt"
+    cfg = PretrainConfig(epochs=2, batch_size=32, max_len=8, patience=1)
+    first = pretrain(MeanEncoder(20), split, cfg, state_path=state, show_progress=False)
+    again = pretrain(
+        MeanEncoder(20), split, cfg, state_path=state, resume=True, show_progress=False
+    )
+    assert again.history == first.history and again.best_valid == first.best_valid
+    # no state yet: resume starts from epoch 1
+    fresh = pretrain(
+        MeanEncoder(20),
+        split,
+        cfg,
+        state_path=tmp_path / "new.pt",
+        resume=True,
+        show_progress=False,
+    )
+    assert fresh.epochs_run >= 1 and (tmp_path / "new.pt").exists()
