@@ -581,7 +581,11 @@ def _load_train_state(
         raise ValueError(
             f"the training state at {path} was written for a different model: {exc}"
         ) from exc
+    # the implementation flags follow this run's device (a GPU run may be resumed on a CPU)
+    flags = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, keep in zip(optimizer.param_groups, flags, strict=True):
+        group.update(keep)
     torch.set_rng_state(state["torch_rng"].cpu())
     if device.type == "cuda" and "cuda_rng" in state:
         torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)

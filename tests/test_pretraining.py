@@ -423,3 +423,37 @@ def test_resume_of_a_finished_run_trains_no_more(tmp_path):
         show_progress=False,
     )
     assert fresh.epochs_run >= 1 and (tmp_path / "new.pt").exists()
+
+
+def test_resume_keeps_this_devices_optimizer_flags(tmp_path, monkeypatch):
+    seqs = synthetic_sequences(60, 20, seed=7)
+    split = leave_one_out(seqs, max_len=8)
+    state = tmp_path / "s.pt"
+    pretrain(
+        MeanEncoder(20),
+        split,
+        PretrainConfig(epochs=1, batch_size=32, max_len=8),
+        state_path=state,
+        show_progress=False,
+    )
+    saved = torch.load(state, weights_only=True)
+    for group in saved["optimizer"]["param_groups"]:
+        group["fused"] = True  # as a CUDA run writes it
+    torch.save(saved, state)
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append([g["fused"] for g in self.param_groups])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    pretrain(
+        MeanEncoder(20),
+        split,
+        PretrainConfig(epochs=2, batch_size=32, max_len=8),
+        state_path=state,
+        resume=True,
+        show_progress=False,
+    )
+    assert seen and all(flags == [False] * len(flags) for flags in seen)
