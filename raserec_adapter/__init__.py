@@ -30,10 +30,11 @@ from raserec_adapter.encoder import EncoderError, SequenceEncoder, WrappedEncode
 from raserec_adapter.evaluation import evaluate_ranking, rank_targets
 from raserec_adapter.faiss_bank import FaissMemoryBank
 from raserec_adapter.metrics import RankingMetrics, target_rank
-from raserec_adapter.pretraining import TrainResult, evaluate_encoder, pretrain
+from raserec_adapter.pretraining import evaluate_encoder, pretrain
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.readers import k_core_filter, read_interactions, read_sequences_txt
 from raserec_adapter.reporting import format_table, write_results
+from raserec_adapter.train_state import TrainResult
 
 __version__ = "0.1.0"
 

@@ -49,8 +49,9 @@ from raserec_adapter.data import (
 from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.losses import frozen_table_cross_entropy
-from raserec_adapter.pretraining import RecLoss, TrainResult, mean_of, pretrain, seed_everything
+from raserec_adapter.pretraining import RecLoss, mean_of, pretrain, seed_everything
 from raserec_adapter.ram import RetrievalAugmentedModule
+from raserec_adapter.train_state import TrainResult
 
 __all__ = ["CheckpointError", "RetrievalAugmenter"]
 

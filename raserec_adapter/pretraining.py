@@ -34,7 +34,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +54,7 @@ from raserec_adapter.data import (
 )
 from raserec_adapter.encoder import WrappedEncoder, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
+from raserec_adapter.train_state import EarlyStopping, TrainingRun, TrainResult, atomic_save
 
 __all__ = ["RecLoss", "TrainResult", "info_nce", "next_item_loss", "pretrain", "seed_everything"]
 
@@ -124,25 +124,6 @@ def info_nce(
         same[torch.arange(2 * b, device=z.device), pos] = False
         sim = sim.masked_fill(same, float("-inf"))
     return F.cross_entropy(sim, pos)
-
-
-@dataclass
-class TrainResult:
-    """What a training run did.
-
-    Attributes:
-        best_epoch: Epoch (1-based) of the best validation score; its weights are loaded.
-        best_valid: Validation metrics of that epoch.
-        history: One dict per epoch: loss parts, validation metrics, seconds.
-        epochs_run: Epochs trained before stopping.
-        seconds: Wall time of the run.
-    """
-
-    best_epoch: int = 0
-    best_valid: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-    epochs_run: int = 0
-    seconds: float = 0.0
 
 
 class _PositiveSampler:
@@ -364,21 +345,26 @@ def pretrain(
     optimizer = torch.optim.Adam(
         enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
     )
-    result = TrainResult()
-    best_state: dict[str, torch.Tensor] | None = None
-    best_score, bad_epochs, first_epoch, seconds_before = -math.inf, 0, 1, 0.0
+    stop = EarlyStopping()
+    run = TrainingRun(
+        json.loads(json.dumps(cfg.to_dict())),  # as the saved JSON has it (tuples -> lists)
+        enc.module,
+        optimizer,
+        sampler.rng if sampler is not None else None,
+        device,
+    )
+    first_epoch = 1
     if resume and state_path is None:
         raise ValueError("resume=True needs state_path: the file the interrupted run wrote")
-    if resume and Path(state_path).exists():  # type: ignore[arg-type]
-        saved = _load_train_state(Path(state_path), cfg, enc, optimizer, sampler, device)  # type: ignore[arg-type]
-        best_state, best_score, bad_epochs = saved.best_state, saved.best_score, saved.bad_epochs
-        result = saved.result
-        first_epoch, seconds_before = result.epochs_run + 1, result.seconds
-        if bad_epochs >= cfg.patience:
+    if resume and state_path is not None and Path(state_path).exists():
+        stop = run.restore(Path(state_path))
+        first_epoch = stop.result.epochs_run + 1
+        if stop.bad_epochs >= cfg.patience:
             first_epoch = cfg.epochs + 1  # the saved run had stopped early: nothing left to do
-        logger.info("resuming pre-training from %s after epoch %d", state_path, result.epochs_run)
-    elif state_path is not None and resume:
+        logger.info("resuming pre-training from %s after epoch %d", state_path, first_epoch - 1)
+    elif resume:
         logger.info("no training state at %s yet: starting from epoch 1", state_path)
+    result, seconds_before = stop.result, stop.result.seconds
     start = time.perf_counter()
     for epoch in range(first_epoch, cfg.epochs + 1):
         enc.train()
@@ -448,7 +434,7 @@ def pretrain(
         }
         result.history.append(record)
         score = valid[cfg.valid_metric]
-        improved = score > best_score
+        improved = score > stop.best_score
         if show_progress:
             logger.info(
                 "pretrain epoch %d: loss_rec %.4f loss_ret %.4f | valid %s %.4f%s | %.1f s",
@@ -461,153 +447,24 @@ def pretrain(
                 train_seconds,
             )
         if improved:
-            best_score, bad_epochs = score, 0
+            stop.best_score, stop.bad_epochs = score, 0
             result.best_epoch, result.best_valid = epoch, valid
-            best_state = {k: v.detach().clone() for k, v in enc.module.state_dict().items()}
+            stop.best_state = {k: v.detach().clone() for k, v in enc.module.state_dict().items()}
             if checkpoint is not None:
-                _atomic_save(best_state, Path(checkpoint))
+                atomic_save(stop.best_state, Path(checkpoint))
         else:
-            bad_epochs += 1
+            stop.bad_epochs += 1
         result.epochs_run = epoch
         result.seconds = seconds_before + time.perf_counter() - start
-        if state_path is not None and best_state is not None:
-            _save_train_state(
-                Path(state_path),
-                cfg,
-                enc,
-                optimizer,
-                sampler,
-                device,
-                result,
-                best_state,
-                best_score,
-                bad_epochs,
-            )
-        if bad_epochs >= cfg.patience:
+        if state_path is not None and stop.best_state is not None:
+            run.save(Path(state_path), stop)
+        if stop.bad_epochs >= cfg.patience:
             break
-    if best_state is not None:
-        enc.module.load_state_dict(best_state)
+    if stop.best_state is not None:
+        enc.module.load_state_dict(stop.best_state)
     enc.eval()
     result.seconds = seconds_before + time.perf_counter() - start
     return result
-
-
-_STATE_FORMAT = "raserec-adapter pretrain state 1"
-
-
-@dataclass
-class _SavedState:
-    result: TrainResult
-    best_state: dict[str, torch.Tensor]
-    best_score: float
-    bad_epochs: int
-
-
-def _save_train_state(
-    path: Path,
-    cfg: PretrainConfig,
-    enc: WrappedEncoder,
-    optimizer: torch.optim.Optimizer,
-    sampler: _PositiveSampler | None,
-    device: torch.device,
-    result: TrainResult,
-    best_state: dict[str, torch.Tensor],
-    best_score: float,
-    bad_epochs: int,
-) -> None:
-    """Writes everything a resumed run needs (tensors and one JSON string: no pickled objects)."""
-    meta = {
-        "format": _STATE_FORMAT,
-        "config": cfg.to_dict(),
-        "best_score": best_score,
-        "bad_epochs": bad_epochs,
-        "result": {
-            "best_epoch": result.best_epoch,
-            "best_valid": result.best_valid,
-            "history": result.history,
-            "epochs_run": result.epochs_run,
-            "seconds": result.seconds,
-        },
-        "sampler_rng": sampler.rng.bit_generator.state if sampler is not None else None,
-    }
-    state: dict[str, object] = {
-        "meta": json.dumps(meta),
-        "model": enc.module.state_dict(),
-        "best_model": best_state,
-        "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-    }
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    _atomic_save(state, path)  # type: ignore[arg-type]
-
-
-def _load_train_state(
-    path: Path,
-    cfg: PretrainConfig,
-    enc: WrappedEncoder,
-    optimizer: torch.optim.Optimizer,
-    sampler: _PositiveSampler | None,
-    device: torch.device,
-) -> _SavedState:
-    """Restores a state written by :func:`_save_train_state` after checking it fits this run."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        meta = json.loads(state["meta"])
-        if meta.get("format") != _STATE_FORMAT:
-            raise KeyError("format")
-    except Exception as exc:  # any unreadable file gets the same advice
-        raise ValueError(
-            f"{path} is not a pre-training state written by pretrain(state_path=...) ({exc!r}); "
-            "pass another state_path or resume=False to start over"
-        ) from exc
-    saved_cfg = {k: v for k, v in meta["config"].items() if k != "epochs"}
-    now = json.loads(json.dumps(cfg.to_dict()))  # tuples become lists, as in the saved JSON
-    now_cfg = {k: v for k, v in now.items() if k != "epochs"}
-    if saved_cfg != now_cfg:
-        diff = sorted(
-            k for k in set(saved_cfg) | set(now_cfg) if saved_cfg.get(k) != now_cfg.get(k)
-        )
-        details = ", ".join(
-            f"{k}: saved {saved_cfg.get(k)!r}, now {now_cfg.get(k)!r}" for k in diff
-        )
-        raise ValueError(
-            f"the training state at {path} comes from different settings ({details}); "
-            "resume with the saved settings (only epochs may change) or use another state_path"
-        )
-    try:
-        enc.module.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ValueError(
-            f"the training state at {path} was written for a different model: {exc}"
-        ) from exc
-    # the implementation flags follow this run's device (a GPU run may be resumed on a CPU)
-    flags = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
-    for group, keep in zip(optimizer.param_groups, flags, strict=True):
-        group.update(keep)
-    torch.set_rng_state(state["torch_rng"].cpu())
-    if device.type == "cuda" and "cuda_rng" in state:
-        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-    if sampler is not None and meta["sampler_rng"] is not None:
-        sampler.rng.bit_generator.state = meta["sampler_rng"]
-    r = meta["result"]
-    result = TrainResult(
-        best_epoch=r["best_epoch"],
-        best_valid=r["best_valid"],
-        history=r["history"],
-        epochs_run=r["epochs_run"],
-        seconds=r["seconds"],
-    )
-    best = {k: v.to(device) for k, v in state["best_model"].items()}
-    return _SavedState(result, best, float(meta["best_score"]), int(meta["bad_epochs"]))
-
-
-def _atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def evaluate_encoder(

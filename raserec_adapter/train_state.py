@@ -1,0 +1,159 @@
+"""What a training run reports, and the state file that lets an interrupted run resume.
+
+:class:`TrainResult` is what :func:`~raserec_adapter.pretrain` and
+:meth:`~raserec_adapter.RetrievalAugmenter.fit_raft` return. :class:`TrainingRun` writes and
+restores everything a pre-training run needs to continue after an interruption: the model's
+weights (current and best), the optimizer, the early-stopping counters, the random states and
+the history. The file holds tensors and one JSON string (no pickled objects); it is written to
+a temporary name and renamed, and read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "raserec-adapter pretrain state 1"
+
+
+@dataclass
+class TrainResult:
+    """What a training run did.
+
+    Attributes:
+        best_epoch: Epoch (1-based) of the best validation score; its weights are loaded.
+        best_valid: Validation metrics of that epoch.
+        history: One dict per epoch: loss parts, validation metrics, seconds.
+        epochs_run: Epochs trained before stopping.
+        seconds: Wall time of the run (of all its resumed parts).
+    """
+
+    best_epoch: int = 0
+    best_valid: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    epochs_run: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class EarlyStopping:
+    """Where a run stands: its result so far, the best weights and the patience counter."""
+
+    result: TrainResult = field(default_factory=TrainResult)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score: float = -math.inf
+    bad_epochs: int = 0
+
+
+def atomic_save(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+@dataclass
+class TrainingRun:
+    """What a state file belongs to: the settings, the model, its optimizer and random draws.
+
+    Args:
+        config: The run's settings as a JSON-able dict; a resumed run must match it in every
+            key but ``epochs``.
+        module: The model being trained.
+        optimizer: Its optimizer.
+        rng: A NumPy generator the run draws from (``None`` if none).
+        device: Where the run trains.
+    """
+
+    config: dict[str, Any]
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    rng: np.random.Generator | None
+    device: torch.device
+
+    def save(self, path: Path, stopping: EarlyStopping) -> None:
+        """Writes the run's state after an epoch."""
+        r = stopping.result
+        meta = {
+            "format": FORMAT,
+            "config": self.config,
+            "best_score": stopping.best_score,
+            "bad_epochs": stopping.bad_epochs,
+            "result": {
+                "best_epoch": r.best_epoch,
+                "best_valid": r.best_valid,
+                "history": r.history,
+                "epochs_run": r.epochs_run,
+                "seconds": r.seconds,
+            },
+            "numpy_rng": self.rng.bit_generator.state if self.rng is not None else None,
+        }
+        state: dict[str, Any] = {
+            "meta": json.dumps(meta),
+            "model": self.module.state_dict(),
+            "best_model": stopping.best_state,
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        atomic_save(state, path)
+
+    def restore(self, path: Path) -> EarlyStopping:
+        """Loads a state written by :meth:`save` into this run after checking that it fits.
+
+        Raises:
+            ValueError: The file is not such a state, or it comes from other settings (any but
+                ``epochs``) or another model. Nothing is changed then.
+        """
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            meta = json.loads(state["meta"])
+            if meta.get("format") != FORMAT:
+                raise KeyError("format")
+        except Exception as exc:  # any unreadable file gets the same advice
+            raise ValueError(
+                f"{path} is not a pre-training state written by pretrain(state_path=...) "
+                f"({exc!r}); pass another state_path or resume=False to start over"
+            ) from exc
+        saved = {k: v for k, v in meta["config"].items() if k != "epochs"}
+        now = {k: v for k, v in self.config.items() if k != "epochs"}
+        if saved != now:
+            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            details = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"the training state at {path} comes from different settings ({details}); "
+                "resume with the saved settings (only epochs may change) or use another state_path"
+            )
+        try:
+            self.module.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ValueError(
+                f"the training state at {path} was written for a different model: {exc}"
+            ) from exc
+        # the implementation flags follow this run's device (a GPU run may be resumed on a CPU)
+        keep = [
+            {k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups
+        ]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, flags in zip(self.optimizer.param_groups, keep, strict=True):
+            group.update(flags)
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        if self.rng is not None and meta["numpy_rng"] is not None:
+            self.rng.bit_generator.state = meta["numpy_rng"]
+        return EarlyStopping(
+            result=TrainResult(**meta["result"]),
+            best_state={k: v.to(self.device) for k, v in state["best_model"].items()},
+            best_score=float(meta["best_score"]),
+            bad_epochs=int(meta["bad_epochs"]),
+        )
