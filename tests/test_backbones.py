@@ -271,3 +271,21 @@ def test_transformer_block_drops_out_where_recbole_does():
     got = block(x, causal=True)
     torch.manual_seed(1)  # the same dropout masks, drawn in the same order
     torch.testing.assert_close(got, recbole_layer(block, x, 0.5))
+
+
+def test_example_resume_continues_stage1(dataset_file, tmp_path):
+    argv = ["--dataset", str(dataset_file), "--out", str(tmp_path), "--max-len", "10"]
+    argv += ["--hidden-size", "16", "--batch-size", "64", "--plain", "--patience", "50"]
+    result_file = tmp_path / "toy-sasrec-plain-seed0.json"
+
+    def pretrain_details():
+        return json.loads(result_file.read_text())["per_seed_details"][0]["pretrain"]
+
+    sasrec.main([*argv, "--epochs", "1"])
+    assert (tmp_path / "toy-sasrec-plain-seed0" / "pretrain-state.pt").is_file()
+    assert pretrain_details()["epochs_run"] == 1
+    sasrec.main([*argv, "--epochs", "3", "--resume"])
+    resumed = pretrain_details()
+    assert resumed["epochs_run"] == 3 and resumed["resumed"] is True
+    with pytest.raises(ValueError, match="different settings"):
+        sasrec.main([*argv, "--epochs", "3", "--resume", "--lr", "0.01"])
