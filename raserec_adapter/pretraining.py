@@ -323,10 +323,38 @@ def pretrain(
         fuse: Encode a step's anchor pass, second view and positives in one padded call
             (default: on an accelerator, not on a CPU). Same losses in distribution; a CPU
             prefers small length-grouped calls, a GPU few large ones.
+        state_path: If given, the whole training state (weights, optimizer, early-stopping
+            counters, random states, history) is written there after every epoch, atomically,
+            so that an interrupted run can continue (see ``resume``).
+        resume: Continue from ``state_path`` when that file exists (start from epoch 1 when it
+            does not). On the same device the resumed run draws the same batches, dropout masks
+            and positives as an uninterrupted one. Every setting but ``epochs`` must equal the
+            saved run's (a larger ``epochs`` extends a run that reached its limit); a run that
+            had stopped early returns its result without training.
 
     Returns:
         A :class:`TrainResult`; the model holds the best epoch's weights afterwards.
+
+    Raises:
+        ValueError: The encoder's item table is too small for the data; ``resume`` without
+            ``state_path``; a state file from other settings, another model, or not a state.
+
+    Example:
+        >>> import tempfile
+        >>> from raserec_adapter import Sequences, leave_one_out
+        >>> from examples.models import SASRec
+        >>> seqs = Sequences.from_lists([[1, 2, 3, 4, 5], [2, 3, 4, 5, 1], [3, 4, 5, 1, 2]] * 4)
+        >>> split = leave_one_out(seqs, max_len=5)
+        >>> state = Path(tempfile.mkdtemp()) / "state.pt"
+        >>> for epochs in (1, 2):  # as if the first call had been interrupted after epoch 1
+        ...     model = SASRec(num_items=5, hidden_size=16, max_len=5)
+        ...     res = pretrain(model, split, PretrainConfig(epochs=epochs, max_len=5),
+        ...                    state_path=state, resume=True, show_progress=False)
+        >>> res.epochs_run, len(res.history)
+        (2, 2)
     """
+    if resume and state_path is None:
+        raise ValueError("resume=True needs state_path: the file the interrupted run wrote")
     cfg = config or PretrainConfig()
     enc = wrap_encoder(encoder)
     if enc.num_items < split.sequences.num_items:
@@ -354,8 +382,6 @@ def pretrain(
         device,
     )
     first_epoch = 1
-    if resume and state_path is None:
-        raise ValueError("resume=True needs state_path: the file the interrupted run wrote")
     if resume and state_path is not None and Path(state_path).exists():
         stop = run.restore(Path(state_path))
         first_epoch = stop.result.epochs_run + 1
