@@ -26,14 +26,16 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.common import Backbone, build_parser, run
+from examples.common import Backbone, build_parser, dropout_kwargs, run
 from examples.models import BERT4Rec
 from raserec_adapter import Batch, WrappedEncoder
 
 
 def build(num_items: int, args: argparse.Namespace) -> BERT4Rec:
     """BERT4Rec with RecBole's settings (2 layers, 2 heads, dropout 0.2, mask ratio 0.2)."""
-    return BERT4Rec(num_items, hidden_size=args.hidden_size, max_len=args.max_len)
+    return BERT4Rec(
+        num_items, hidden_size=args.hidden_size, max_len=args.max_len, **dropout_kwargs(args)
+    )
 
 
 def rec_loss(enc: WrappedEncoder, batch: Batch) -> torch.Tensor:

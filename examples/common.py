@@ -77,6 +77,33 @@ def prefix_length_ranges(text: str) -> tuple[tuple[int, int | None], ...]:
     return tuple(ranges)
 
 
+def probability(text: str) -> float:
+    """Parses a dropout probability in ``[0, 1)`` (``--dropout``, ``--attn-dropout``)."""
+    try:
+        p = float(text)
+    except ValueError:
+        p = float("nan")
+    if not 0.0 <= p < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1)")
+    return p
+
+
+def dropout_kwargs(args: argparse.Namespace, attention: bool = True) -> dict[str, float]:
+    """``dropout=`` / ``attn_dropout=`` for a model's constructor, only those given.
+
+    Raises:
+        SystemExit: ``--attn-dropout`` for a model without attention (``attention=False``).
+    """
+    kwargs = {}
+    if args.dropout is not None:
+        kwargs["dropout"] = args.dropout
+    if args.attn_dropout is not None:
+        if not attention:
+            raise SystemExit("--attn-dropout: this backbone has no attention layers")
+        kwargs["attn_dropout"] = args.attn_dropout
+    return kwargs
+
+
 def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     """The command-line options every example shares."""
     p = argparse.ArgumentParser(
@@ -176,6 +203,19 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--max-len", type=int, default=50, help="inputs keep the last max-len items")
     g.add_argument("--hidden-size", type=int, default=64, help="encoder hidden size")
     g.add_argument(
+        "--dropout",
+        type=probability,
+        default=None,
+        help="encoder dropout on embeddings and hidden states (default: the backbone's own: "
+        "SASRec 0.5, BERT4Rec 0.2, GRU4Rec 0.3, custom 0.2)",
+    )
+    g.add_argument(
+        "--attn-dropout",
+        type=probability,
+        default=None,
+        help="Transformer encoders' dropout on attention weights (default: the backbone's own)",
+    )
+    g.add_argument(
         "--encoder-checkpoint",
         default=None,
         help="load a trained encoder state_dict instead of pre-training",
@@ -234,8 +274,12 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
     logger.info("%s: %s", name, sequences.describe())
     per_variant: dict[str, list[dict[str, float]]] = {}
     extra: dict[str, object] = {"per_seed_details": []}
-    if backbone.settings:
-        extra["backbone_settings"] = dict(backbone.settings)
+    settings = dict(backbone.settings or {})
+    for key in ("dropout", "attn_dropout"):  # recorded only when they override the backbone's
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if settings:
+        extra["backbone_settings"] = settings
     out = Path(args.out)
     tag = f"-{args.tag}" if args.tag else ""
     stage = "plain" if args.plain else "raserec"

@@ -24,7 +24,7 @@ from torch import nn
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.common import Backbone, build_parser, run
+from examples.common import Backbone, build_parser, dropout_kwargs, run
 
 
 class ProductSequenceModel(nn.Module):
@@ -78,7 +78,9 @@ class ProductSequenceModel(nn.Module):
 
 def build(num_items: int, args: argparse.Namespace) -> ProductSequenceModel:
     """The user's model, built as the user's code builds it."""
-    return ProductSequenceModel(num_items, dim=args.hidden_size)
+    return ProductSequenceModel(
+        num_items, dim=args.hidden_size, **dropout_kwargs(args, attention=False)
+    )
 
 
 def wrap(model: nn.Module) -> dict[str, Any]:

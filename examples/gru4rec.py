@@ -14,13 +14,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.common import Backbone, build_parser, run
+from examples.common import Backbone, build_parser, dropout_kwargs, run
 from examples.models import GRU4Rec
 
 
 def build(num_items: int, args: argparse.Namespace) -> GRU4Rec:
     """GRU4Rec with RecBole's settings (1 GRU layer of 128, embedding dropout 0.3)."""
-    return GRU4Rec(num_items, hidden_size=args.hidden_size)
+    return GRU4Rec(num_items, hidden_size=args.hidden_size, **dropout_kwargs(args, attention=False))
 
 
 BACKBONE = Backbone("gru4rec", build)

@@ -14,13 +14,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.common import Backbone, build_parser, run
+from examples.common import Backbone, build_parser, dropout_kwargs, run
 from examples.models import SASRec
 
 
 def build(num_items: int, args: argparse.Namespace) -> SASRec:
     """SASRec with the paper's settings (2 layers, 2 heads, dropout 0.5)."""
-    return SASRec(num_items, hidden_size=args.hidden_size, max_len=args.max_len)
+    return SASRec(
+        num_items, hidden_size=args.hidden_size, max_len=args.max_len, **dropout_kwargs(args)
+    )
 
 
 BACKBONE = Backbone("sasrec", build)

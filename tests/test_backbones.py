@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import synthetic_sequences
 
 from examples import bert4rec, custom_encoder, gru4rec, sasrec
-from examples.common import Backbone
+from examples.common import Backbone, build_parser
 from examples.custom_encoder import ProductSequenceModel
 from examples.models import BERT4Rec, GRU4Rec
 from raserec_adapter import (
@@ -289,3 +289,22 @@ def test_example_resume_continues_stage1(dataset_file, tmp_path):
     assert resumed["epochs_run"] == 3 and resumed["resumed"] is True
     with pytest.raises(ValueError, match="different settings"):
         sasrec.main([*argv, "--epochs", "3", "--resume", "--lr", "0.01"])
+
+
+@pytest.mark.parametrize(
+    "module", [sasrec, gru4rec, bert4rec, custom_encoder], ids=lambda m: m.__name__
+)
+def test_example_dropout_flags_reach_the_model(module):
+    parser = build_parser(module.BACKBONE.name, "")
+    args = parser.parse_args(["--dropout", "0.35"])
+    model = module.build(20, args)
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.35}
+    if module in (sasrec, bert4rec):
+        args = parser.parse_args(["--attn-dropout", "0.15"])
+        assert {layer.attn_dropout for layer in module.build(20, args).layers} == {0.15}
+    else:
+        with pytest.raises(SystemExit, match="no attention"):
+            module.build(20, parser.parse_args(["--attn-dropout", "0.15"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dropout", "1.5"])
