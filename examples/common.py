@@ -89,18 +89,20 @@ def probability(text: str) -> float:
 
 
 def dropout_kwargs(args: argparse.Namespace, attention: bool = True) -> dict[str, float]:
-    """``dropout=`` / ``attn_dropout=`` for a model's constructor, only those given.
+    """``dropout=`` / ``attn_dropout=`` for a model's constructor, only those given (a
+    namespace without these attributes, e.g. built by hand, gives none).
 
     Raises:
         SystemExit: ``--attn-dropout`` for a model without attention (``attention=False``).
     """
     kwargs = {}
-    if args.dropout is not None:
-        kwargs["dropout"] = args.dropout
-    if args.attn_dropout is not None:
+    dropout, attn_dropout = getattr(args, "dropout", None), getattr(args, "attn_dropout", None)
+    if dropout is not None:
+        kwargs["dropout"] = dropout
+    if attn_dropout is not None:
         if not attention:
             raise SystemExit("--attn-dropout: this backbone has no attention layers")
-        kwargs["attn_dropout"] = args.attn_dropout
+        kwargs["attn_dropout"] = attn_dropout
     return kwargs
 
 
