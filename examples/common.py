@@ -276,10 +276,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
     logger.info("%s: %s", name, sequences.describe())
     per_variant: dict[str, list[dict[str, float]]] = {}
     extra: dict[str, object] = {"per_seed_details": []}
-    settings = dict(backbone.settings or {})
-    for key in ("dropout", "attn_dropout"):  # recorded only when they override the backbone's
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
+    settings = {**(backbone.settings or {}), **dropout_kwargs(args)}  # overrides only
     if settings:
         extra["backbone_settings"] = settings
     out = Path(args.out)
@@ -320,13 +317,15 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
             state = torch.load(args.encoder_checkpoint, map_location="cpu", weights_only=True)
             encoder.load_state_dict(state)
         else:
+            state_path = run_dir / "pretrain-state.pt"
+            resumed = args.resume and state_path.exists()  # else --resume starts at epoch 1
             res = aug.pretrain(
                 split,
                 pcfg,
                 rec_loss=backbone.rec_loss,
                 device=args.device,
                 checkpoint=run_dir / "encoder.pt",
-                state_path=run_dir / "pretrain-state.pt",
+                state_path=state_path,
                 resume=args.resume,
             )
             details["pretrain"] = {
@@ -335,7 +334,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 "seconds": round(res.seconds, 1),
                 "best_valid": res.best_valid,
                 "config": pcfg.to_dict(),
-                "resumed": bool(args.resume),
+                "resumed": resumed,
             }
         plain_variant = "plain" if args.plain else "pretrained-plain"
         if args.plain:

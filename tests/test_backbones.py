@@ -281,9 +281,9 @@ def test_example_resume_continues_stage1(dataset_file, tmp_path):
     def pretrain_details():
         return json.loads(result_file.read_text())["per_seed_details"][0]["pretrain"]
 
-    sasrec.main([*argv, "--epochs", "1"])
+    sasrec.main([*argv, "--epochs", "1", "--resume"])  # nothing to resume yet
     assert (tmp_path / "toy-sasrec-plain-seed0" / "pretrain-state.pt").is_file()
-    assert pretrain_details()["epochs_run"] == 1
+    assert pretrain_details()["epochs_run"] == 1 and pretrain_details()["resumed"] is False
     sasrec.main([*argv, "--epochs", "3", "--resume"])
     resumed = pretrain_details()
     assert resumed["epochs_run"] == 3 and resumed["resumed"] is True

@@ -373,69 +373,54 @@ def test_resumed_run_equals_uninterrupted_run(causal, tmp_path):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
-def test_resume_refuses_other_settings_and_foreign_files(tmp_path):
-    seqs = synthetic_sequences(60, 20, seed=5)
-    split = leave_one_out(seqs, max_len=8)
+def _toy_pretrain(split, state, epochs=1, model=None, **kwargs):
+    """One call of the resume tests: a MeanEncoder over 20 items, inputs of up to 8 items."""
+    resume = kwargs.pop("resume", False)
+    cfg = PretrainConfig(epochs=epochs, batch_size=32, max_len=8, **kwargs)
+    return pretrain(
+        model or MeanEncoder(20), split, cfg, state_path=state, resume=resume, show_progress=False
+    )
+
+
+@pytest.fixture
+def toy_split():
+    return leave_one_out(synthetic_sequences(60, 20, seed=5), max_len=8)
+
+
+def test_resume_refuses_other_settings_and_foreign_files(toy_split, tmp_path):
     state = tmp_path / "s.pt"
-    cfg = PretrainConfig(epochs=1, batch_size=32, max_len=8)
-    pretrain(MeanEncoder(20), split, cfg, state_path=state, show_progress=False)
+    _toy_pretrain(toy_split, state)
     before = state.read_bytes()
     with pytest.raises(ValueError, match=r"different settings \(lr: saved 0.001, now 0.01\)"):
-        pretrain(
-            MeanEncoder(20),
-            split,
-            PretrainConfig(epochs=2, batch_size=32, max_len=8, lr=0.01),
-            state_path=state,
-            resume=True,
-            show_progress=False,
-        )
+        _toy_pretrain(toy_split, state, epochs=2, lr=0.01, resume=True)
     with pytest.raises(ValueError, match="different model"):
-        pretrain(
-            MeanEncoder(20, d=8), split, cfg, state_path=state, resume=True, show_progress=False
-        )
+        _toy_pretrain(toy_split, state, model=MeanEncoder(20, d=8), resume=True)
     assert state.read_bytes() == before  # a refused resume leaves the saved state alone
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="not a pre-training state"):
-        pretrain(MeanEncoder(20), split, cfg, state_path=junk, resume=True, show_progress=False)
+        _toy_pretrain(toy_split, junk, resume=True)
     assert junk.read_bytes() == b"not a torch file"
     with pytest.raises(ValueError, match="needs state_path"):
-        pretrain(MeanEncoder(20), split, cfg, resume=True, show_progress=False)
+        _toy_pretrain(toy_split, None, resume=True)
 
 
-def test_resume_of_a_finished_run_trains_no_more(tmp_path):
-    seqs = synthetic_sequences(60, 20, seed=6)
-    split = leave_one_out(seqs, max_len=8)
+def test_resume_of_an_early_stopped_run_trains_no_more(toy_split, tmp_path, monkeypatch):
+    # validation never improves after epoch 1, so patience 1 stops the run after epoch 2
+    monkeypatch.setattr(pretraining, "evaluate_encoder", lambda *a, **k: {"MRR@10": 0.5})
     state = tmp_path / "s.pt"
-    cfg = PretrainConfig(epochs=2, batch_size=32, max_len=8, patience=1)
-    first = pretrain(MeanEncoder(20), split, cfg, state_path=state, show_progress=False)
-    again = pretrain(
-        MeanEncoder(20), split, cfg, state_path=state, resume=True, show_progress=False
-    )
-    assert again.history == first.history and again.best_valid == first.best_valid
+    first = _toy_pretrain(toy_split, state, epochs=10, patience=1)
+    assert first.epochs_run == 2
+    again = _toy_pretrain(toy_split, state, epochs=20, patience=1, resume=True)
+    assert again.history == first.history and again.epochs_run == 2
     # no state yet: resume starts from epoch 1
-    fresh = pretrain(
-        MeanEncoder(20),
-        split,
-        cfg,
-        state_path=tmp_path / "new.pt",
-        resume=True,
-        show_progress=False,
-    )
-    assert fresh.epochs_run >= 1 and (tmp_path / "new.pt").exists()
+    fresh = _toy_pretrain(toy_split, tmp_path / "new.pt", epochs=10, patience=1, resume=True)
+    assert fresh.epochs_run == 2 and (tmp_path / "new.pt").exists()
 
 
-def test_resume_keeps_this_devices_optimizer_flags(tmp_path, monkeypatch):
-    seqs = synthetic_sequences(60, 20, seed=7)
-    split = leave_one_out(seqs, max_len=8)
+def test_resume_keeps_this_devices_optimizer_flags(toy_split, tmp_path, monkeypatch):
     state = tmp_path / "s.pt"
-    pretrain(
-        MeanEncoder(20),
-        split,
-        PretrainConfig(epochs=1, batch_size=32, max_len=8),
-        state_path=state,
-        show_progress=False,
-    )
+    _toy_pretrain(toy_split, state)
     saved = torch.load(state, weights_only=True)
     for group in saved["optimizer"]["param_groups"]:
         group["fused"] = True  # as a CUDA run writes it
@@ -448,12 +433,5 @@ def test_resume_keeps_this_devices_optimizer_flags(tmp_path, monkeypatch):
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
-    pretrain(
-        MeanEncoder(20),
-        split,
-        PretrainConfig(epochs=2, batch_size=32, max_len=8),
-        state_path=state,
-        resume=True,
-        show_progress=False,
-    )
+    _toy_pretrain(toy_split, state, epochs=2, resume=True)
     assert seen and all(flags == [False] * len(flags) for flags in seen)
