@@ -222,3 +222,41 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     assert (site / "results" / "index.html").is_file()
     assert "<svg" in (site / "index.html").read_text(encoding="utf-8")
     assert not list(site.rglob("*.py")), "Python files of docs/ were copied into the site"
+
+
+RESULTS = ROOT / "benchmarks" / "results"
+RESULTS_NAME_RE = re.compile(r"`([A-Za-z0-9][A-Za-z0-9_.*]*-[A-Za-z0-9_.*-]*\.json)`")
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "README.md"], ids=lambda p: p.name)
+def test_results_files_named_in_the_docs_exist(page: Path) -> None:
+    """A results file (or ``*`` pattern) cited in backticks must be in benchmarks/results."""
+    text = page.read_text(encoding="utf-8")
+    missing = [n for n in RESULTS_NAME_RE.findall(text) if not list(RESULTS.glob(n))]
+    assert not missing, f"{page.name} cites results files that do not exist: {missing}"
+
+
+def test_readme_results_table_matches_the_results_files() -> None:
+    """Each README table row that names a results file shows that file's means (4 places)."""
+    metrics = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
+    header_cells: list[str] = []
+    checked = 0
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        if not line.startswith("|"):
+            continue
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        if "HR@5" in cells:
+            header_cells = cells
+            continue
+        names = [c.strip("`") for c in cells if c.startswith("`") and c.endswith(".json`")]
+        if not names or not header_cells:
+            continue
+        record = json.loads((RESULTS / names[0]).read_text(encoding="utf-8"))
+        for metric in metrics:
+            shown = cells[header_cells.index(metric)]
+            assert shown == f"{record['mean'][metric]:.4f}", (
+                f"README row {cells[0]!r}: {metric} shows {shown}, {names[0]} has "
+                f"{record['mean'][metric]:.5f}"
+            )
+        checked += 1
+    assert checked >= 4, "README lost its results table"
