@@ -221,12 +221,7 @@ class RetrievalAugmenter(nn.Module):
         table = self._item_table()
         if isinstance(source, LeaveOneOutSplit):
             split = source
-            if split.max_len != self.config.max_len:
-                raise ValueError(
-                    f"the split truncates to max_len = {split.max_len} but the augmenter uses "
-                    f"{self.config.max_len}; use leave_one_out(sequences, max_len="
-                    f"{self.config.max_len}) or AugmenterConfig(max_len={split.max_len})"
-                )
+            self._check_split(split)
             keys = self._encode_train_pairs(split, device, show_progress)
             self._add_kept(
                 bank, keys, table[split.train.targets], split.train.users, split.train.lengths
@@ -260,6 +255,22 @@ class RetrievalAugmenter(nn.Module):
             )
         self.bank = bank
         logger.info("memory bank: %d memories in %.1f s", len(bank), time.perf_counter() - t0)
+
+    def _check_split(self, split: LeaveOneOutSplit) -> None:
+        """Refuses a split the augmenter cannot use as it is (clear errors, also on CUDA)."""
+        if split.max_len != self.config.max_len:
+            raise ValueError(
+                f"the split truncates to max_len = {split.max_len} but the augmenter uses "
+                f"{self.config.max_len}; use leave_one_out(sequences, max_len="
+                f"{self.config.max_len}) or AugmenterConfig(max_len={split.max_len})"
+            )
+        n = self.encoder.num_items
+        if split.sequences.num_items > n:
+            raise ValueError(
+                f"the encoder's item table covers items 1..{n} but the data has items up to "
+                f"{split.sequences.num_items}; build the model with num_items="
+                f"{split.sequences.num_items}"
+            )
 
     def _add_valid_pairs(
         self, bank: MemoryBank, split: LeaveOneOutSplit, device: torch.device | str
@@ -306,8 +317,19 @@ class RetrievalAugmenter(nn.Module):
     def _use_phase(self, split: LeaveOneOutSplit, which: str, device: torch.device | str) -> None:
         """Makes the bank hold what the RaSeRec protocol prescribes for evaluating ``which``."""
         bank = self._require_bank("evaluation")
-        if self._bank_phase == "custom" or self._bank_split is not split:
+        if self._bank_split is None:  # built from batches or loaded: the user's bank as it is
+            if which == "valid" and self._bank_phase == "test":
+                logger.warning(
+                    "the loaded bank holds validation pairs (it was saved after a test "
+                    "evaluation); the protocol validates with training pairs only: call "
+                    "build_bank(split) for validation metrics of the protocol"
+                )
             return
+        if self._bank_split is not split:
+            raise ValueError(
+                "the memory bank was built from another split than the one evaluated; call "
+                "augmenter.build_bank(split) with this split first"
+            )
         want = "test" if which == "test" else "train"
         if want == self._bank_phase:
             return
@@ -316,7 +338,8 @@ class RetrievalAugmenter(nn.Module):
         else:  # drop the validation pairs again: rebuild from the cached training keys
             assert self._train_keys is not None
             new = self._new_bank(device)
-            new.add(
+            self._add_kept(
+                new,
                 self._train_keys,
                 self._item_table()[split.train.targets],
                 split.train.users,
@@ -364,6 +387,7 @@ class RetrievalAugmenter(nn.Module):
         RAM weights are kept.
         """
         cfg = config or RAFTConfig()
+        self._check_split(split)
         self._require_bank("fit_raft")
         if self._bank_split is not split or self._train_keys is None:
             raise RuntimeError(
@@ -538,6 +562,7 @@ class RetrievalAugmenter(nn.Module):
         """
         if which not in ("valid", "test"):
             raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+        self._check_split(split)
         self.eval()
         out: dict[str, dict[str, float]] = {}
         table = self._item_table().to(device)
@@ -584,7 +609,8 @@ class RetrievalAugmenter(nn.Module):
             k: Items to return per sequence.
             lengths: Lengths when ``sequences`` is a tensor.
             augmented: Use retrieval augmentation (needs a bank).
-            exclude_seen: Never recommend an item already in the sequence.
+            exclude_seen: Never recommend an item already in the sequence (all of it, also
+                the items before the last ``max_len``).
             users: Bank user ids of the sequences' owners, if they are in the bank: their own
                 memories from the same or later positions are then not retrieved.
             device: Where to compute.
@@ -596,9 +622,19 @@ class RetrievalAugmenter(nn.Module):
             >>> # ids, scores = augmenter.recommend([[3, 17, 42]], k=5)
         """
         n = self.encoder.num_items
-        seq, lens, full = _to_padded(sequences, lengths, self.config.max_len, n)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {k!r}")
+        seq, lens, full, seen = _to_padded(sequences, lengths, self.config.max_len, n)
         if k < 1 or k > n:
             raise ValueError(f"k must be in 1..{n}, got {k}")
+        if exclude_seen:
+            unseen = n - torch.tensor([len(set(row.tolist()) - {0}) for row in seen])
+            if int(unseen.min()) < k:
+                i = int(unseen.argmin())
+                raise ValueError(
+                    f"k = {k} but sequence {i} leaves only {int(unseen[i])} unseen items of "
+                    f"{n}; lower k or pass exclude_seen=False"
+                )
         self.eval()
         seq, lens = seq.to(device), lens.to(device)
         h = self.encoder(seq, lens)
@@ -608,7 +644,7 @@ class RetrievalAugmenter(nn.Module):
         scores = h @ self._item_table().to(device).t()
         scores[:, 0] = -math.inf
         if exclude_seen:
-            scores.scatter_(1, seq, -math.inf)
+            scores.scatter_(1, seen.to(device), -math.inf)
         top = scores.topk(k, dim=1)
         return top.indices, top.values
 
@@ -621,6 +657,12 @@ class RetrievalAugmenter(nn.Module):
         half-written checkpoint or destroys an earlier one.
         """
         path = Path(path)
+        if path.exists() and not (path.is_dir() and _is_checkpoint_or_empty(path)):
+            what = "a file" if not path.is_dir() else "a directory that is not a checkpoint"
+            raise FileExistsError(
+                f"{path} is {what}; save() replaces only an earlier augmenter checkpoint (a "
+                "directory with config.json) or an empty directory: choose another path"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
         try:
@@ -635,7 +677,7 @@ class RetrievalAugmenter(nn.Module):
             torch.save(self.ram.state_dict(), tmp / "ram.pt")
             if self.bank is not None:
                 self.bank.save(tmp / "bank")
-            old = path.with_name(path.name + ".old")
+            old = tmp.with_name(tmp.name + ".old")  # unique, like tmp
             if path.exists():
                 path.rename(old)
             tmp.rename(path)
@@ -666,14 +708,18 @@ class RetrievalAugmenter(nn.Module):
             raise CheckpointError(f"{path} is not an augmenter checkpoint: no config.json")
         try:
             meta = json.loads(meta_file.read_text())
-            saved = AugmenterConfig.from_dict(meta["config"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{meta_file} is malformed: {e}") from e
-        if meta.get("format_version") != FORMAT_VERSION:
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{meta_file} is not valid JSON: {e}") from e
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            version = meta.get("format_version") if isinstance(meta, dict) else None
             raise CheckpointError(
-                f"{path} has format version {meta.get('format_version')}, this library reads "
-                f"{FORMAT_VERSION}"
+                f"{path} has format version {version!r}, this library reads {FORMAT_VERSION}: "
+                "load it with the raserec-adapter version that saved it, or retrain"
             )
+        try:
+            saved = AugmenterConfig.from_dict(meta["config"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{meta_file} is malformed: {e!r}") from e
         if config is not None and config.replace(hidden_size=saved.hidden_size) != saved:
             diff = _config_diff(
                 saved.to_dict(), config.replace(hidden_size=saved.hidden_size).to_dict()
@@ -693,16 +739,38 @@ class RetrievalAugmenter(nn.Module):
                 f"{path} was trained with hidden size {saved.hidden_size}, the encoder has "
                 f"{aug.config.hidden_size}"
             )
-        state = torch.load(path / "ram.pt", map_location="cpu", weights_only=True)
+        saved_class = meta.get("encoder_class")
+        if saved_class is not None and saved_class != type(aug.encoder.module).__name__:
+            logger.warning(
+                "%s was saved with a %s encoder, it is loaded with a %s: the bank's keys are "
+                "that encoder's representations; rebuild the bank if the encoder changed",
+                path,
+                saved_class,
+                type(aug.encoder.module).__name__,
+            )
+        try:
+            state = torch.load(path / "ram.pt", map_location="cpu", weights_only=True)
+        except Exception as e:  # missing, truncated or not a tensor file: never unpickle it
+            raise CheckpointError(
+                f"{path / 'ram.pt'} cannot be read ({type(e).__name__}: {e}); the checkpoint is "
+                "incomplete or damaged: save it again"
+            ) from e
         try:
             aug.ram.load_state_dict(state)
-        except RuntimeError as e:
+        except (RuntimeError, TypeError, AttributeError) as e:
             raise CheckpointError(
                 f"{path / 'ram.pt'} does not fit the RAM of this config: {e}"
             ) from e
         if (path / "bank").exists():
-            aug.bank = _load_bank(path / "bank", saved, device)
-            aug._bank_phase = "custom"
+            try:
+                aug.bank = _load_bank(path / "bank", saved, device)
+            except Exception as e:
+                raise CheckpointError(
+                    f"the memory bank in {path / 'bank'} cannot be read ({e}); the checkpoint is "
+                    "incomplete or damaged: save it again or rebuild the bank with build_bank"
+                ) from e
+            phase = meta.get("bank_phase")
+            aug._bank_phase = phase if phase in ("train", "test") else "custom"
         aug.eval()
         return aug
 
@@ -711,6 +779,10 @@ class RetrievalAugmenter(nn.Module):
         ram = sum(p.numel() for p in self.ram.parameters())
         enc = sum(p.numel() for p in self.encoder.parameters())
         return f"RAM parameters: {ram:,} | encoder parameters (frozen in RAFT): {enc:,}"
+
+
+def _is_checkpoint_or_empty(path: Path) -> bool:
+    return (path / "config.json").is_file() or not any(path.iterdir())
 
 
 def _load_bank(path: Path, cfg: AugmenterConfig, device: torch.device | str) -> MemoryBank:
@@ -734,38 +806,84 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 
 def _to_padded(
     sequences: Sequence[Sequence[int]] | torch.Tensor,
-    lengths: torch.Tensor | None,
+    lengths: torch.Tensor | Sequence[int] | None,
     max_len: int,
     num_items: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-aligned ``(B, T)`` block of the last ``max_len`` items, lengths, untruncated lengths."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(block, lengths, full lengths, seen)``: the left-aligned ``(B, T)`` block of the last
+    ``max_len`` items, its lengths, the untruncated lengths and a padded block of all items."""
     if isinstance(sequences, torch.Tensor):
-        if lengths is None:
-            raise ValueError("pass lengths with a padded tensor of sequences")
-        if sequences.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
-                f"sequences must hold integer item ids, got {sequences.dtype}; use .long()"
-            )
-        if sequences.shape[1] > max_len:
-            raise ValueError(
-                f"sequences are {sequences.shape[1]} long, more than max_len = {max_len}; "
-                "pass lists instead (they are truncated to the last max_len items)"
-            )
-        return sequences.long(), lengths.long(), lengths.long().cpu()
+        return _check_padded(sequences, lengths, max_len, num_items)
     full = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     if not len(full) or int(full.min()) == 0:
         raise ValueError("every sequence needs at least one item (got an empty one)")
-    rows = [list(s)[-max_len:] for s in sequences]
     bad = [
-        i for r in rows for i in r if not (isinstance(i, (int, np.integer)) and 1 <= i <= num_items)
+        i
+        for s in sequences
+        for i in s
+        if isinstance(i, bool) or not (isinstance(i, (int, np.integer)) and 1 <= i <= num_items)
     ]
     if bad:
         raise ValueError(
-            f"item ids must lie in 1..{num_items} (0 is padding), got {bad[:5]}; map unknown "
-            "items to known ids or drop them, and add 1 to 0-based ids"
+            f"item ids must be integers in 1..{num_items} (0 is padding), got {bad[:5]}; map "
+            "unknown items to known ids or drop them, and add 1 to 0-based ids"
         )
-    width = max(len(r) for r in rows)
-    block = np.zeros((len(rows), width), dtype=np.int64)
+    seen = np.zeros((len(full), int(full.max())), dtype=np.int64)
+    for i, s in enumerate(sequences):
+        seen[i, : len(s)] = list(s)
+    rows = [list(s)[-max_len:] for s in sequences]
+    block = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int64)
     for i, r in enumerate(rows):
         block[i, : len(r)] = r
-    return torch.from_numpy(block), torch.tensor([len(r) for r in rows]), full
+    lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    return torch.from_numpy(block), lens, full, torch.from_numpy(seen)
+
+
+def _check_padded(
+    sequences: torch.Tensor,
+    lengths: torch.Tensor | Sequence[int] | None,
+    max_len: int,
+    num_items: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validates a left-aligned padded ``(B, T)`` tensor of item ids with its lengths."""
+    if lengths is None:
+        raise ValueError("pass lengths with a padded tensor of sequences")
+    if sequences.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"sequences must hold integer item ids, got {sequences.dtype}; use .long()")
+    if sequences.dim() != 2 or sequences.shape[0] == 0 or sequences.shape[1] == 0:
+        raise ValueError(
+            f"a tensor of sequences must be (batch, length) with both sizes > 0, got shape "
+            f"{tuple(sequences.shape)}; use seq.unsqueeze(0) for a single sequence"
+        )
+    if sequences.shape[1] > max_len:
+        raise ValueError(
+            f"sequences are {sequences.shape[1]} long, more than max_len = {max_len}; "
+            "pass lists instead (they are truncated to the last max_len items)"
+        )
+    lens = torch.as_tensor(lengths)
+    if lens.is_floating_point() or lens.dtype == torch.bool or lens.shape != sequences.shape[:1]:
+        raise ValueError(
+            f"lengths must be {sequences.shape[0]} integers (one per sequence), got "
+            f"{lens.dtype} of shape {tuple(lens.shape)}"
+        )
+    lens = lens.long().cpu()
+    seq = sequences.long()
+    width = seq.shape[1]
+    if int(lens.min()) < 1 or int(lens.max()) > width:
+        raise ValueError(
+            f"lengths must lie in 1..{width} (the tensor's width), got {lens.tolist()}"
+        )
+    inside = torch.arange(width) < lens[:, None]
+    cpu = seq.cpu()
+    bad = cpu[inside & ((cpu < 1) | (cpu > num_items))]
+    if len(bad):
+        raise ValueError(
+            f"item ids within the lengths must lie in 1..{num_items} (0 is padding, items are "
+            f"left-aligned), got {bad[:5].tolist()}; check the padding side and the lengths"
+        )
+    if (cpu[~inside] != 0).any():
+        raise ValueError(
+            "the tensor has non-zero ids after the stated lengths; sequences must be "
+            "left-aligned with padding 0 on the right, or the lengths are too short"
+        )
+    return seq, lens, lens.clone(), cpu

@@ -16,14 +16,23 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 import numpy as np
 
+from raserec_adapter.metrics import DEFAULT_KS
+
 __all__ = ["AugmenterConfig", "BankConfig", "PretrainConfig", "RAFTConfig", "RAMConfig"]
 
 C = TypeVar("C", bound="_Config")
+
+# the keys training looks the validation metric up in: the evaluation's, at its default cut-offs
+VALID_METRICS = tuple(f"{m}@{k}" for k in DEFAULT_KS for m in ("HR", "NDCG", "MRR"))
 
 
 def _check(cond: bool, cls: object, name: str, msg: str, value: object) -> None:
@@ -31,24 +40,104 @@ def _check(cond: bool, cls: object, name: str, msg: str, value: object) -> None:
         raise ValueError(f"{type(cls).__name__}.{name} must be {msg}, got {value!r}")
 
 
+def _type_error(obj: object, name: str, want: str, value: object) -> ValueError:
+    return ValueError(
+        f"{type(obj).__name__}.{name} must be {want}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _as_int(obj: object, name: str, value: object) -> int:
+    """``value`` as a Python int: ints and numpy integers pass, bools, floats and strings not."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    raise _type_error(obj, name, "an int", value)
+
+
+def _config_type(hint: object) -> type[_Config] | None:
+    """``hint`` if it is a config class (a nested section), else ``None``."""
+    plain = isinstance(hint, type) and getattr(hint, "__origin__", None) is None  # not list[int]
+    if plain and isinstance(hint, type) and issubclass(hint, _Config):
+        return hint
+    return None
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The evaluated annotation of each field of a config class."""
+    return typing.get_type_hints(cls)
+
+
+def _check_types(obj: _Config) -> None:
+    """Checks (and normalises to plain Python types) every field whose annotation is ``int``,
+    ``float``, ``bool``, ``str`` or a nested config; fields of other types check themselves."""
+    hints = _field_types(type(obj))
+    for f in fields(obj):
+        hint, value = hints[f.name], getattr(obj, f.name)
+        if hint is int:
+            new: object = _as_int(obj, f.name, value)
+        elif hint is float:
+            ok = isinstance(value, (int, float, np.integer, np.floating))
+            if not ok or isinstance(value, (bool, np.bool_)):
+                raise _type_error(obj, f.name, "a float or an int", value)
+            new = float(value)
+            if not math.isfinite(new):
+                raise _type_error(obj, f.name, "a finite float", value)
+        elif hint is bool:
+            if not isinstance(value, (bool, np.bool_)):
+                raise _type_error(obj, f.name, "a bool (True or False)", value)
+            new = bool(value)
+        elif hint is str:
+            if not isinstance(value, str):
+                raise _type_error(obj, f.name, "a str", value)
+            new = value
+        elif (nested := _config_type(hint)) is not None:
+            if not isinstance(value, nested):
+                raise _type_error(obj, f.name, f"a {nested.__name__}", value)
+            new = value
+        else:
+            continue
+        if new is not value:
+            object.__setattr__(obj, f.name, new)
+
+
 @dataclass(frozen=True)
 class _Config:
+    def __post_init__(self) -> None:
+        _check_types(self)  # first: the value checks below may compare, e.g. ``k >= 1``
+        self._validate()
+
+    def _validate(self) -> None:
+        """Value checks of the subclass, run after every field has its annotated type."""
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"{cls.__name__}.from_dict expects a JSON object (dict) of {cls.__name__} "
+                f"fields, got {data!r} ({type(data).__name__})"
+            )
         known = {f.name: f for f in fields(cls)}
         unknown = set(data) - set(known)
         if unknown:
             raise ValueError(
-                f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}"
+                f"unknown {cls.__name__} fields {sorted(unknown, key=str)}; known: {sorted(known)}"
             )
+        hints = _field_types(cls)
         kwargs = {}
         for name, value in data.items():
-            sub = known[name].type
-            target = _NESTED.get(sub if isinstance(sub, str) else getattr(sub, "__name__", ""))
-            kwargs[name] = target.from_dict(value) if target and isinstance(value, dict) else value
+            target = _config_type(hints[name])
+            if target is not None:
+                if isinstance(value, Mapping):
+                    value = target.from_dict(value)
+                elif not isinstance(value, target):
+                    raise ValueError(
+                        f"{cls.__name__}.{name} must be a JSON object (dict) of "
+                        f"{target.__name__} fields, got {value!r} ({type(value).__name__})"
+                    )
+            kwargs[name] = value
         return cls(**kwargs)
 
     def replace(self: C, **changes: Any) -> C:
@@ -56,8 +145,7 @@ class _Config:
 
 
 def _valid_metric(obj: object, name: str, value: str) -> None:
-    ok = isinstance(value, str) and value.split("@")[0] in ("HR", "NDCG", "MRR") and "@" in value
-    _check(ok, obj, name, "like 'HR@10', 'NDCG@10' or 'MRR@10'", value)
+    _check(value in VALID_METRICS, obj, name, f"one of {VALID_METRICS}", value)
 
 
 BATCHING = ("windows", "bucketed", "random")
@@ -74,14 +162,16 @@ class PretrainConfig(_Config):
         weight_decay: Adam weight decay.
         patience: Stop after this many epochs without a better validation score.
         valid_metric: Validation metric for early stopping and the best checkpoint
-            (``"MRR@10"``, as the released pre-training stage; ``"HR@K"``, ``"NDCG@K"`` too).
+            (``"MRR@10"``, as the released pre-training stage): ``"HR@K"``, ``"NDCG@K"`` or
+            ``"MRR@K"`` with K one of the evaluated cut-offs 5, 10, 20.
         retrieval_weight: lambda in L_rec + lambda * L_ret; 0 trains plain cross-entropy.
         temperature: tau of the InfoNCE loss.
         mask_false_negatives: Drop in-batch "negatives" that share the anchor's target.
         mask_same_user_negatives: Drop in-batch "negatives" from the anchor's own user (its
             other prefixes: a ``"windows"`` batch holds about 12 per anchor on Beauty, a
             ``"random"`` one almost none).
-        max_len: Inputs are the last ``max_len`` items.
+        max_len: Inputs are the last ``max_len`` items; ``None`` (default) takes the
+            split's, any other value must equal it.
         seed: Seed of initialisation-independent randomness (batch order, dropout, positives).
         batching: How training pairs form batches. ``"windows"`` (default): a causal encoder
             sees all prefixes of a user in one pass, windows of similar length batched
@@ -102,11 +192,11 @@ class PretrainConfig(_Config):
     temperature: float = 1.0
     mask_false_negatives: bool = False
     mask_same_user_negatives: bool = False
-    max_len: int = 50
+    max_len: int | None = None
     seed: int = 0
     batching: str = "windows"
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _check(self.epochs >= 1, self, "epochs", ">= 1", self.epochs)
         _check(self.batching in BATCHING, self, "batching", f"one of {BATCHING}", self.batching)
         _check(self.batch_size >= 2, self, "batch_size", ">= 2", self.batch_size)
@@ -115,7 +205,9 @@ class PretrainConfig(_Config):
         _check(self.patience >= 1, self, "patience", ">= 1", self.patience)
         _check(self.retrieval_weight >= 0, self, "retrieval_weight", ">= 0", self.retrieval_weight)
         _check(self.temperature > 0, self, "temperature", "> 0", self.temperature)
-        _check(self.max_len >= 1, self, "max_len", ">= 1", self.max_len)
+        if self.max_len is not None:
+            _as_int(self, "max_len", self.max_len)
+            _check(self.max_len >= 1, self, "max_len", ">= 1", self.max_len)
         _valid_metric(self, "valid_metric", self.valid_metric)
 
 
@@ -147,15 +239,17 @@ class BankConfig(_Config):
     overfetch: int = 4
     prefix_lengths: tuple[tuple[int, int | None], ...] | None = None
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _check(self.kind in ("faiss", "torch"), self, "kind", "'faiss' or 'torch'", self.kind)
         _check(self.nprobe >= 1, self, "nprobe", ">= 1", self.nprobe)
         _check(self.overfetch >= 1, self, "overfetch", ">= 1", self.overfetch)
         if self.prefix_lengths is not None:
-            want = "ranges (lo, hi) with 1 <= lo <= hi or hi = None, at least one"
+            name = "prefix_lengths"
+            want = "ranges (lo, hi) of ints with 1 <= lo <= hi or hi = None, at least one"
             try:  # JSON gives lists back: store tuples, so configs compare and hash
                 ranges = tuple(
-                    (int(lo), None if hi is None else int(hi)) for lo, hi in self.prefix_lengths
+                    (_as_int(self, name, lo), None if hi is None else _as_int(self, name, hi))
+                    for lo, hi in self.prefix_lengths
                 )
             except (TypeError, ValueError):
                 ranges = ()
@@ -203,7 +297,7 @@ class RAMConfig(_Config):
     attn_temperature: float = 1.0
     layers: int = 2
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _check(0 <= self.alpha <= 1, self, "alpha", "in [0, 1]", self.alpha)
         _check(0 <= self.beta <= 1, self, "beta", "in [0, 1]", self.beta)
         _check(self.k >= 1, self, "k", ">= 1", self.k)
@@ -224,7 +318,8 @@ class RAFTConfig(_Config):
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         patience: Early-stopping patience in epochs.
-        valid_metric: Validation metric for early stopping.
+        valid_metric: Validation metric for early stopping: ``"HR@K"``, ``"NDCG@K"`` or
+            ``"MRR@K"`` with K one of 5, 10, 20.
         seed: Seed of batch order and dropout.
         precision: ``"float32"``, or ``"bfloat16"`` for the training step's item scores and
             softmax (about 4x faster on CPUs with AVX512-BF16 and on GPUs; slower on CPUs
@@ -240,7 +335,7 @@ class RAFTConfig(_Config):
     seed: int = 0
     precision: str = "float32"
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _check(self.epochs >= 1, self, "epochs", ">= 1", self.epochs)
         _check(self.batch_size >= 1, self, "batch_size", ">= 1", self.batch_size)
         _check(self.lr > 0, self, "lr", "> 0", self.lr)
@@ -267,14 +362,6 @@ class AugmenterConfig(_Config):
     bank: BankConfig = field(default_factory=BankConfig)
     ram: RAMConfig = field(default_factory=RAMConfig)
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _check(self.hidden_size >= 0, self, "hidden_size", ">= 0", self.hidden_size)
         _check(self.max_len >= 1, self, "max_len", ">= 1", self.max_len)
-
-
-_NESTED: dict[str, type[_Config]] = {
-    "BankConfig": BankConfig,
-    "RAMConfig": RAMConfig,
-    "PretrainConfig": PretrainConfig,
-    "RAFTConfig": RAFTConfig,
-}

@@ -18,6 +18,8 @@ Example:
 from __future__ import annotations
 
 import json
+import operator
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,12 @@ class Sequences:
 
     def __post_init__(self) -> None:
         items, offsets = self.items, self.offsets
+        for name, array in (("items", items), ("offsets", offsets)):
+            if array.dtype.kind not in "iu":
+                raise DataFormatError(
+                    f"{name} must be an integer array, got dtype {array.dtype}; ids and offsets "
+                    "are never rounded: convert them to integers first"
+                )
         if items.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1:
             raise DataFormatError("items and offsets must be 1-D arrays (offsets non-empty)")
         if offsets[0] != 0 or offsets[-1] != len(items) or np.any(np.diff(offsets) < 0):
@@ -85,13 +93,19 @@ class Sequences:
         user_labels: Sequence[str] | None = None,
         item_labels: Sequence[str] | None = None,
     ) -> Sequences:
-        """Builds from Python lists of 1-based item ids (convenient for small data and tests)."""
+        """Builds from Python lists of 1-based item ids (convenient for small data and tests).
+
+        Item ids must be integers (Python or NumPy); floats (even ``2.0``), booleans and strings
+        are refused rather than converted.
+
+        Raises:
+            DataFormatError: If an item id is not an integer (the message names the user and
+                the position), or is not in ``1..num_items``.
+        """
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        items = np.fromiter(
-            (int(i) for s in sequences for i in s), dtype=np.int64, count=int(offsets[-1])
-        )
+        items = np.fromiter(_integer_ids(sequences), dtype=np.int64, count=int(offsets[-1]))
         n = int(num_items if num_items is not None else (items.max() if len(items) else 0))
         return cls(
             items,
@@ -134,17 +148,53 @@ class Sequences:
 
     @classmethod
     def load(cls, path: str | Path) -> Sequences:
-        """Reads a file written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as f:
+        """Reads a file written by :meth:`save` (never unpickles anything).
+
+        Raises:
+            DataFormatError: If the file is not an ``.npz`` archive written by :meth:`save`:
+                another kind of file, arrays missing, holding Python objects, or of the wrong
+                shape or type (e.g. float item ids, which are refused rather than truncated).
+        """
+        expected = "expected an .npz file written by Sequences.save"
+        try:
+            f = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError, zipfile.BadZipFile):
+            raise DataFormatError(
+                f"{path} is not a Sequences file: it is not an .npz archive of arrays; {expected}"
+            ) from None
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise DataFormatError(
+                f"{path} is not a Sequences file: it holds a single array (an .npy file); "
+                f"{expected}"
+            )
+        with f:
             missing = {"items", "offsets", "num_items"} - set(f.files)
             if missing:
-                raise DataFormatError(f"{path} is not a Sequences file: missing {sorted(missing)}")
+                raise DataFormatError(
+                    f"{path} is not a Sequences file: missing {sorted(missing)}; {expected}"
+                )
+
+            def array(name: str, ndim: int | None = None) -> np.ndarray:
+                try:
+                    a = f[name]
+                except (ValueError, zipfile.BadZipFile):
+                    raise DataFormatError(
+                        f"{path}: array {name!r} holds Python objects (dtype object) or is "
+                        f"corrupt, and is not loaded; {expected}"
+                    ) from None
+                if ndim is not None and (a.ndim != ndim or a.dtype.kind not in "iu"):
+                    raise DataFormatError(
+                        f"{path}: array {name!r} must be a {ndim}-D integer array, found a "
+                        f"{a.ndim}-D {a.dtype} array (ids are never rounded); {expected}"
+                    )
+                return a
+
             return cls(
-                f["items"].astype(np.int64),
-                f["offsets"].astype(np.int64),
-                int(f["num_items"]),
-                f["user_labels"] if "user_labels" in f.files else None,
-                f["item_labels"] if "item_labels" in f.files else None,
+                array("items", 1).astype(np.int64),
+                array("offsets", 1).astype(np.int64),
+                int(array("num_items", 0)),
+                array("user_labels") if "user_labels" in f.files else None,
+                array("item_labels") if "item_labels" in f.files else None,
             )
 
     def describe(self) -> dict[str, float]:
@@ -157,6 +207,26 @@ class Sequences:
             "avg_length": self.num_interactions / max(n, 1),
             "sparsity": 1 - self.num_interactions / max(n * self.num_items, 1),
         }
+
+
+def _integer_ids(sequences: Sequence[Sequence[int]]) -> Iterator[int]:
+    """The item ids of all sequences in order; raises on anything that is not an integer."""
+    for user, seq in enumerate(sequences):
+        if isinstance(seq, np.ndarray) and seq.dtype.kind in "iu":
+            yield from seq.tolist()
+            continue
+        for position, item in enumerate(seq):
+            if not isinstance(item, bool | np.bool_):
+                try:
+                    yield operator.index(item)
+                    continue
+                except TypeError:
+                    pass
+            raise DataFormatError(
+                f"item ids must be integers, but user {user}, position {position} holds "
+                f"{item!r} ({type(item).__name__}); ids are never rounded: pass integer ids "
+                "(e.g. int(x) for whole-number floats) or map other ids to 1..N first"
+            )
 
 
 @dataclass(frozen=True)

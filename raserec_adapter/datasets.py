@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DataFormatError, Sequences
-from .readers import read_interactions, read_sequences_txt
+from .readers import _format_suffix, read_interactions, read_sequences_txt
 
 __all__ = [
     "DATASETS",
@@ -180,7 +180,8 @@ def _as_file(name: str | os.PathLike[str] | DatasetInfo) -> Path | None:
     if name.lower() in DATASETS:
         return None
     path = Path(name)
-    if path.is_file() or path.suffix.lower() in (".txt", *_TABLE_SUFFIXES) or len(path.parts) > 1:
+    suffix = _format_suffix(path)
+    if path.is_file() or suffix in (".txt", *_TABLE_SUFFIXES) or len(path.parts) > 1:
         return path
     return None
 
@@ -313,7 +314,8 @@ def load_dataset(
         name: A registered name (``"beauty"``, ``"sports"``, ``"clothing"``), a
             :class:`DatasetInfo`, or a path: ``.txt`` files are read with
             :func:`~raserec_adapter.readers.read_sequences_txt`, ``.csv``/``.tsv``/``.inter``
-            files with :func:`~raserec_adapter.readers.read_interactions` (default columns).
+            files with :func:`~raserec_adapter.readers.read_interactions` (default columns);
+            the same names ending in ``.gz`` are decompressed while reading.
         data_dir: Folder searched first (see :func:`dataset_path` for the search order).
         cache_dir: Download cache.
         download: Whether to download a missing registered dataset.
@@ -335,15 +337,16 @@ def load_dataset(
     """
     path = dataset_path(name, data_dir=data_dir, cache_dir=cache_dir, download=download)
     if isinstance(name, os.PathLike) or _as_file(name) is not None:
-        suffix = path.suffix.lower()
+        suffix = _format_suffix(path)
         if suffix == ".txt":
             return read_sequences_txt(path)
         if suffix in _TABLE_SUFFIXES:
             return read_interactions(path)
+        extension = path.suffix if suffix == path.suffix.lower() else suffix + path.suffix
         raise ValueError(
-            f"{path}: unsupported extension {path.suffix!r}; use .txt ('user item item ...' "
-            "lines) or .csv/.tsv/.inter (user/item/timestamp tables), or call "
-            "read_sequences_txt / read_interactions directly"
+            f"{path}: unsupported extension {extension!r}; use .txt ('user item item ...' "
+            "lines) or .csv/.tsv/.inter (user/item/timestamp tables), optionally gzip-compressed "
+            "(.txt.gz, .csv.gz, ...), or call read_sequences_txt / read_interactions directly"
         )
     info = _lookup(name)
     seqs = read_sequences_txt(path)

@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -356,6 +357,9 @@ def pretrain(
     if resume and state_path is None:
         raise ValueError("resume=True needs state_path: the file the interrupted run wrote")
     cfg = config or PretrainConfig()
+    if cfg.max_len is None:  # recorded (results, state files) as the length actually used
+        cfg = cfg.replace(max_len=split.max_len)
+    _check_inputs(cfg, split, checkpoint, state_path)
     enc = wrap_encoder(encoder)
     if enc.num_items < split.sequences.num_items:
         raise ValueError(
@@ -380,6 +384,7 @@ def pretrain(
         optimizer,
         sampler.rng if sampler is not None else None,
         device,
+        data=data_fingerprint(split),
     )
     first_epoch = 1
     if resume and state_path is not None and Path(state_path).exists():
@@ -491,6 +496,45 @@ def pretrain(
     enc.eval()
     result.seconds = seconds_before + time.perf_counter() - start
     return result
+
+
+def _check_inputs(
+    cfg: PretrainConfig,
+    split: LeaveOneOutSplit,
+    checkpoint: str | Path | None,
+    state_path: str | Path | None,
+) -> None:
+    """Refuses settings that would fail (or mislead) only after an epoch of training."""
+    if cfg.max_len != split.max_len:
+        raise ValueError(
+            f"PretrainConfig.max_len = {cfg.max_len} but the split truncates inputs to "
+            f"{split.max_len}; leave PretrainConfig.max_len at None to take the split's, or "
+            f"split with leave_one_out(sequences, max_len={cfg.max_len})"
+        )
+    if len(split.train) == 0:
+        raise ValueError(
+            "the split has no training pairs: every user's training part (all but the last two "
+            "items) is shorter than two items; pre-training needs longer sequences"
+        )
+    for name, where in (("checkpoint", checkpoint), ("state_path", state_path)):
+        if where is not None and Path(where).is_dir():
+            raise ValueError(
+                f"{name} = {where} is a directory; pass a file path such as "
+                f"{Path(where) / ('encoder.pt' if name == 'checkpoint' else 'pretrain-state.pt')}"
+            )
+
+
+def data_fingerprint(split: LeaveOneOutSplit) -> dict[str, int]:
+    """What identifies a split's training data in a state file (sizes and a CRC of pairs)."""
+    train = split.train
+    crc = zlib.crc32(np.ascontiguousarray(train.targets, dtype=np.int64).tobytes())
+    crc = zlib.crc32(np.ascontiguousarray(train.users, dtype=np.int64).tobytes(), crc)
+    return {
+        "users": split.sequences.num_users,
+        "items": split.sequences.num_items,
+        "train_pairs": len(train),
+        "train_crc32": crc,
+    }
 
 
 def evaluate_encoder(

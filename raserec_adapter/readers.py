@@ -10,7 +10,8 @@ Two formats are supported:
 
 Both keep the original ids as ``user_labels`` / ``item_labels`` so that recommendations can be
 mapped back, and raise :class:`~raserec_adapter.data.DataFormatError` naming the file, the line
-and what to fix when the input is malformed.
+and what to fix when the input is malformed. Files must be UTF-8 (or ASCII) text; files whose
+name ends in ``.gz`` (``Beauty.txt.gz``, ``ratings.csv.gz``) are decompressed while reading.
 
 Example:
     >>> import pathlib, tempfile
@@ -27,8 +28,11 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
+import io
 import os
 import re
+import zlib
 from itertools import chain
 from pathlib import Path
 from typing import NoReturn, TextIO
@@ -46,6 +50,89 @@ _RECBOLE_TYPES = frozenset({"token", "token_seq", "float", "float_seq"})
 _DEFAULT_USER_COLS = ("user_id", "user")
 _DEFAULT_ITEM_COLS = ("item_id", "item")
 _DEFAULT_TIME_COLS = ("timestamp", "time")
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # UTF-32 BOMs start with these too
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+_HEAD = 1024  # bytes looked at to recognise compressed, UTF-16 or binary files
+
+
+# --------------------------------------------------------------------------------------------
+# compression and encoding
+# --------------------------------------------------------------------------------------------
+
+
+def _is_gz(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
+def _format_suffix(path: Path) -> str:
+    """The extension naming the format, ignoring a trailing ``.gz``: ``t.csv.gz`` -> ``.csv``."""
+    return (path.with_suffix("") if _is_gz(path) else path).suffix.lower()
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    """Opens ``path`` for reading bytes, decompressing it on the fly if its name ends in .gz."""
+    return gzip.open(path, "rb") if _is_gz(path) else path.open("rb")
+
+
+def _read_bytes(path: Path, size: int = -1) -> bytes:
+    """The (decompressed) bytes of ``path``: all of them, or the first ``size``."""
+    try:
+        with _open_binary(path) as f:
+            return f.read(size)
+    except _GZIP_ERRORS as e:
+        raise _gzip_error(path, e) from None
+
+
+def _gzip_error(path: Path, error: Exception) -> DataFormatError:
+    """The error for a ``.gz`` file that cannot be decompressed."""
+    with path.open("rb") as f:
+        if f.read(2) != _GZIP_MAGIC:
+            return DataFormatError(
+                f"{path}: the name ends in .gz but the file is not gzip-compressed; rename it "
+                "without the .gz extension"
+            )
+    return DataFormatError(
+        f"{path}: cannot decompress the gzip file ({error}); it is truncated or corrupt, "
+        "download or compress it again"
+    )
+
+
+def _check_text_head(path: Path, head: bytes) -> None:
+    """Raises if the first bytes of a file show that it is compressed, UTF-16 or binary."""
+    if head.startswith(_GZIP_MAGIC):
+        raise DataFormatError(
+            f"{path} is gzip-compressed; give it a .gz extension (e.g. {path.name}.gz) to read "
+            "it as it is, or decompress it first (gunzip)"
+        )
+    if head.startswith(_UTF16_BOMS) or b"\x00" in head:
+        what = (
+            "is UTF-16 (or UTF-32) encoded"
+            if head.startswith(_UTF16_BOMS)
+            else "contains NUL bytes: it is UTF-16/UTF-32 text or a binary file"
+        )
+        raise DataFormatError(
+            f"{path} {what}, not UTF-8 text; re-encode it as UTF-8 (e.g. "
+            "iconv -f UTF-16 -t UTF-8 FILE > NEW_FILE, or save it as 'CSV UTF-8') and read that"
+        )
+
+
+def _not_utf8_error(path: Path) -> DataFormatError:
+    """The error for a file that is not valid UTF-8, naming the line of the first bad byte."""
+    with _open_binary(path) as f:
+        for line_number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return DataFormatError(
+                    f"{path}, line {line_number}: byte {line[e.start]:#04x} (byte {e.start + 1} "
+                    "of the line) is not valid UTF-8; the file is probably Latin-1 or "
+                    "Windows-1252 encoded: re-encode it as UTF-8 (e.g. "
+                    "iconv -f latin1 -t utf-8 FILE > NEW_FILE) and read that"
+                )
+    return DataFormatError(  # pragma: no cover - the decoder and this scan disagree
+        f"{path} is not valid UTF-8 text; re-encode it as UTF-8"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,7 +143,8 @@ _DEFAULT_TIME_COLS = ("timestamp", "time")
 def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
     """Reads a ``user_id item_id item_id ...`` file (one user per line, chronological items).
 
-    Ids must be non-negative integers separated by spaces or tabs; blank lines are skipped.
+    Ids must be non-negative integers separated by spaces or tabs; blank lines are skipped. A
+    name ending in ``.gz`` is decompressed while reading.
     Users keep the file order (internal user ``u`` is the ``u``-th non-blank line). If the item
     ids are exactly ``1..N`` they are kept unchanged (so results match the published files);
     otherwise items are renumbered ``1..N`` in order of first appearance. ``user_labels`` and
@@ -70,8 +158,9 @@ def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
 
     Raises:
         DataFormatError: If the file is empty, holds a token that is not a non-negative
-            integer, a user line without items, or the same user on two lines. The message
-            names the file and the line.
+            integer, a user line without items, or the same user on two lines (the message
+            names the file and the line), or is gzip-compressed without a ``.gz`` name,
+            UTF-16 encoded or a corrupt ``.gz`` file.
 
     Example:
         >>> import pathlib, tempfile
@@ -82,7 +171,8 @@ def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
         (2, 3, [2, 3])
     """
     path = Path(path)
-    data = path.read_bytes()
+    data = _read_bytes(path)
+    _check_text_head(path, data[:_HEAD])
     data = data.removeprefix(codecs.BOM_UTF8)
     bad = _NOT_INT_BYTE.search(data)
     if bad is not None:
@@ -240,9 +330,11 @@ def read_interactions(
 ) -> Sequences:
     """Reads a user / item / timestamp table (CSV, TSV or RecBole ``.inter``) into sequences.
 
-    The first line must be a header. RecBole type suffixes (``user_id:token``) are ignored
-    when matching column names. Each user's interactions are sorted by time with a stable sort,
-    so ties keep the file order; without a time column the file order is used. Users are
+    The file must be UTF-8 text; a name ending in ``.gz`` is decompressed while reading (the
+    extension before it picks the separator). The first line must be a header. RecBole type
+    suffixes (``user_id:token``) are ignored when matching column names. Each user's
+    interactions are sorted by time with a stable sort, so ties keep the file order; without a
+    time column the file order is used. Users are
     numbered ``0..U-1`` in order of first appearance in the file, items ``1..N`` (0 is padding)
     in order of first appearance in the resulting sequences (user by user, chronologically),
     so writing the result as ``user item item ...`` lines and reading it back with
@@ -265,8 +357,10 @@ def read_interactions(
     Raises:
         DataFormatError: If the file has no header or rows, a column is missing (the
             message lists the columns found), a row is too short, an id is empty, a
-            timestamp is not a finite number (the message gives the line), or nothing is left
-            after k-core filtering.
+            timestamp is not a finite number (the message gives the line), nothing is left
+            after k-core filtering, or the file is not UTF-8 text (e.g. Latin-1 or UTF-16; the
+            message gives the line of the first bad byte), gzip-compressed without a ``.gz``
+            name, or a corrupt ``.gz`` file.
 
     Example:
         >>> import pathlib, tempfile
@@ -282,40 +376,46 @@ def read_interactions(
     path = Path(path)
     if k_core is not None and k_core < 0:
         raise ValueError(f"k_core must be >= 0, got {k_core}")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        delimiter = sep if sep is not None else _guess_sep(path, f)
-        reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
-        header = next(reader, None)
-        while header is not None and not any(h.strip() for h in header):
+    _check_text_head(path, _read_bytes(path, _HEAD))
+    try:
+        with io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", newline="") as f:
+            delimiter = sep if sep is not None else _guess_sep(path, f)
+            reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
             header = next(reader, None)
-        if header is None:
-            raise DataFormatError(
-                f"{path} is empty: expected a header line (e.g. 'user_id,item_id,timestamp') "
-                "followed by one interaction per line"
-            )
-        names = [h.strip() for h in header]
-        ui = _find_column(path, names, user_col, _DEFAULT_USER_COLS, "user", delimiter)
-        ii = _find_column(path, names, item_col, _DEFAULT_ITEM_COLS, "item", delimiter)
-        ti = _find_column(path, names, time_col, _DEFAULT_TIME_COLS, "time", delimiter)
-        needed = max(ui, ii, -1 if ti is None else ti) + 1
-        user_ids: list[str] = []
-        item_ids: list[str] = []
-        times: list[str] = []
-        lines: list[int] = []
-        for row in reader:
-            if len(row) < needed:
-                if not row or not "".join(row).strip():
-                    continue
+            while header is not None and not any(h.strip() for h in header):
+                header = next(reader, None)
+            if header is None:
                 raise DataFormatError(
-                    f"{path}, line {reader.line_num}: expected at least {needed} "
-                    f"{_sep_name(delimiter)}-separated fields, found {len(row)}: {row!r}; "
-                    "fix the line or pass sep=... if the separator is wrong"
+                    f"{path} is empty: expected a header line (e.g. 'user_id,item_id,timestamp') "
+                    "followed by one interaction per line"
                 )
-            user_ids.append(row[ui].strip())
-            item_ids.append(row[ii].strip())
-            if ti is not None:
-                times.append(row[ti])
-            lines.append(reader.line_num)
+            names = [h.strip() for h in header]
+            ui = _find_column(path, names, user_col, _DEFAULT_USER_COLS, "user", delimiter)
+            ii = _find_column(path, names, item_col, _DEFAULT_ITEM_COLS, "item", delimiter)
+            ti = _find_column(path, names, time_col, _DEFAULT_TIME_COLS, "time", delimiter)
+            needed = max(ui, ii, -1 if ti is None else ti) + 1
+            user_ids: list[str] = []
+            item_ids: list[str] = []
+            times: list[str] = []
+            lines: list[int] = []
+            for row in reader:
+                if len(row) < needed:
+                    if not row or not "".join(row).strip():
+                        continue
+                    raise DataFormatError(
+                        f"{path}, line {reader.line_num}: expected at least {needed} "
+                        f"{_sep_name(delimiter)}-separated fields, found {len(row)}: {row!r}; "
+                        "fix the line or pass sep=... if the separator is wrong"
+                    )
+                user_ids.append(row[ui].strip())
+                item_ids.append(row[ii].strip())
+                if ti is not None:
+                    times.append(row[ti])
+                lines.append(reader.line_num)
+    except UnicodeDecodeError:
+        raise _not_utf8_error(path) from None
+    except _GZIP_ERRORS as e:
+        raise _gzip_error(path, e) from None
 
     if not user_ids:
         raise DataFormatError(f"{path} has a header but no interactions")
@@ -368,7 +468,8 @@ def read_interactions(
 
 def _guess_sep(path: Path, f: TextIO) -> str:
     """Separator from the file extension, else sniffed from the first line."""
-    sep = _SUFFIX_SEP.get(path.suffix.lower())
+    suffix = _format_suffix(path)
+    sep = _SUFFIX_SEP.get(suffix)
     if sep is not None:
         return sep
     first = f.readline()
@@ -377,7 +478,7 @@ def _guess_sep(path: Path, f: TextIO) -> str:
         return csv.Sniffer().sniff(first, delimiters=",\t;|").delimiter
     except csv.Error:
         raise DataFormatError(
-            f"{path}: cannot tell the field separator from the extension {path.suffix!r} or "
+            f"{path}: cannot tell the field separator from the extension {suffix!r} or "
             f"the header {first.strip()!r}; pass sep=',' or sep='\\t'"
         ) from None
 

@@ -71,6 +71,8 @@ class TrainingRun:
         optimizer: Its optimizer.
         rng: A NumPy generator the run draws from (``None`` if none).
         device: Where the run trains.
+        data: What identifies the training data (a resumed run must train on the same data;
+            states written without it are not checked).
     """
 
     config: dict[str, Any]
@@ -78,6 +80,7 @@ class TrainingRun:
     optimizer: torch.optim.Optimizer
     rng: np.random.Generator | None
     device: torch.device
+    data: dict[str, Any] | None = None
 
     def save(self, path: Path, stopping: EarlyStopping) -> None:
         """Writes the run's state after an epoch."""
@@ -85,6 +88,7 @@ class TrainingRun:
         meta = {
             "format": FORMAT,
             "config": self.config,
+            "data": self.data,
             "best_score": stopping.best_score,
             "bad_epochs": stopping.bad_epochs,
             "result": {
@@ -132,6 +136,13 @@ class TrainingRun:
             raise ValueError(
                 f"the training state at {path} comes from different settings ({details}); "
                 "resume with the saved settings (only epochs may change) or use another state_path"
+            )
+        saved_data = meta.get("data")
+        if saved_data is not None and self.data is not None and saved_data != self.data:
+            raise ValueError(
+                f"the training state at {path} was written for other training data (saved "
+                f"{saved_data}, now {self.data}); resume on the same data or use another "
+                "state_path"
             )
         try:
             self.module.load_state_dict(state["model"])

@@ -154,7 +154,7 @@ def test_recommend_inputs(trained):
     assert not set(ids[0].tolist()) & {1, 2, 3} and 0 not in ids[0].tolist()
     with pytest.raises(ValueError, match="at least one item"):
         aug.recommend([[]], k=5)
-    with pytest.raises(ValueError, match="item ids must lie in 1..30"):
+    with pytest.raises(ValueError, match="item ids must be integers in 1..30"):
         aug.recommend([[0, 1]], k=5)
     with pytest.raises(ValueError, match="k must be in 1..30"):
         aug.recommend([[1]], k=31)
@@ -252,3 +252,128 @@ def test_prefix_length_ranges_survive_a_json_round_trip():
     assert AugmenterConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="BankConfig.prefix_lengths must be ranges"):
         BankConfig(prefix_lengths=((3, 2),))
+
+
+def test_prefix_length_filter_survives_phase_switches(trained):
+    """test -> valid rebuilds the bank from cached keys: the filter must apply again."""
+    model, split = trained
+    cfg = AugmenterConfig(
+        max_len=MAX_LEN,
+        bank=BankConfig(kind="torch", prefix_lengths=((1, 2),)),
+        ram=RAMConfig(k=4),
+    )
+    aug = RetrievalAugmenter(model, cfg)
+    aug.build_bank(split, show_progress=False)
+    n_train = int((split.train.lengths <= 2).sum())
+    n_valid = int((split.valid.lengths <= 2).sum())
+    assert len(aug.bank) == n_train
+    aug.evaluate(split, "test")
+    assert len(aug.bank) == n_train + n_valid
+    aug.evaluate(split, "valid")
+    assert len(aug.bank) == n_train
+    keys, _ = aug.bank.fetch(torch.arange(len(aug.bank)))
+    torch.testing.assert_close(keys, aug._train_keys[torch.from_numpy(split.train.lengths <= 2)])
+
+
+def test_evaluate_and_fit_raft_check_the_split(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    shorter = leave_one_out(split.sequences, max_len=MAX_LEN - 3)
+    with pytest.raises(ValueError, match="max_len = 7 but the augmenter uses 10"):
+        aug.evaluate(shorter, "test")
+    with pytest.raises(ValueError, match="max_len = 7 but the augmenter uses 10"):
+        aug.fit_raft(shorter, RAFTConfig(epochs=1))
+    same_data = leave_one_out(split.sequences, max_len=MAX_LEN)  # another split object
+    with pytest.raises(ValueError, match="bank was built from another split"):
+        aug.evaluate(same_data, "test")
+    assert aug.evaluate(same_data, "test", augmented=(False,))["plain"]["HR@10"] >= 0
+    more_items = leave_one_out(synthetic_sequences(40, 35, seed=2), max_len=MAX_LEN)
+    with pytest.raises(ValueError, match="covers items 1..30 but the data has items up to 3"):
+        aug.evaluate(more_items, "test", augmented=(False,))
+
+
+def test_save_never_replaces_what_is_not_a_checkpoint(trained, tmp_path):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    user_dir = tmp_path / "mine"
+    user_dir.mkdir()
+    (user_dir / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a checkpoint"):
+        aug.save(user_dir)
+    assert (user_dir / "notes.txt").read_text() == "keep me"
+    user_file = tmp_path / "file.txt"
+    user_file.write_text("keep me too")
+    with pytest.raises(FileExistsError, match="is a file"):
+        aug.save(user_file)
+    assert user_file.read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "mine"]
+    (tmp_path / "empty").mkdir()
+    aug.save(tmp_path / "empty")  # an empty directory is fine
+    aug.save(tmp_path / "empty")  # and so is an earlier checkpoint, over and over
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.txt", "mine"]
+    assert RetrievalAugmenter.load(model, tmp_path / "empty")._bank_phase == "train"
+
+
+def test_load_reports_damaged_checkpoints(trained, tmp_path, caplog):
+    model, split = trained
+    aug = make(model, "faiss")
+    aug.build_bank(split, show_progress=False)
+    ck = tmp_path / "ck"
+    aug.save(ck)
+    meta = json.loads((ck / "config.json").read_text())
+
+    def write_meta(**changes):
+        (ck / "config.json").write_text(json.dumps({**meta, **changes}))
+
+    write_meta(format_version=2, config={**meta["config"], "new_field": 1})
+    with pytest.raises(CheckpointError, match="format version 2"):
+        RetrievalAugmenter.load(model, ck)
+    write_meta(config={**meta["config"], "bank": None})
+    with pytest.raises(CheckpointError, match="malformed"):
+        RetrievalAugmenter.load(model, ck)
+    write_meta()
+    (ck / "ram.pt").write_bytes(b"not a tensor file")
+    with pytest.raises(CheckpointError, match=r"(?s)ram.pt cannot be read.*save it again"):
+        RetrievalAugmenter.load(model, ck)
+    (ck / "ram.pt").unlink()
+    with pytest.raises(CheckpointError, match="ram.pt cannot be read"):
+        RetrievalAugmenter.load(model, ck)
+    aug.save(ck)
+    for f in (ck / "bank").iterdir():
+        if f.suffix != ".json":
+            f.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="memory bank in .* cannot be read"):
+        RetrievalAugmenter.load(model, ck)
+    aug.save(ck)
+    from examples.models import GRU4Rec
+
+    with caplog.at_level("WARNING", logger="raserec_adapter"):
+        RetrievalAugmenter.load(GRU4Rec(30, hidden_size=16), ck)
+    assert "saved with a SASRec encoder, it is loaded with a GRU4Rec" in caplog.text
+
+
+def test_recommend_rejects_malformed_tensors_and_excludes_the_whole_history(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    one = torch.tensor([[3, 0, 0]])
+    ids, _ = aug.recommend(one, lengths=[1], k=3)  # lengths as a list is fine
+    ids_list, _ = aug.recommend([[3]], k=3)
+    assert torch.equal(ids, ids_list)
+    with pytest.raises(ValueError, match="non-zero ids after the stated lengths"):
+        aug.recommend(torch.tensor([[3, 0, 5]]), lengths=torch.tensor([1]), k=3)
+    with pytest.raises(ValueError, match="within the lengths must lie in 1..30"):
+        aug.recommend(torch.tensor([[0, 0, 3]]), lengths=torch.tensor([3]), k=3)
+    with pytest.raises(ValueError, match=r"\(batch, length\)"):
+        aug.recommend(torch.tensor([3, 4]), lengths=torch.tensor([2]), k=3)
+    with pytest.raises(ValueError, match="lengths must lie in 1..2"):
+        aug.recommend(torch.tensor([[3, 4]]), lengths=torch.tensor([3]), k=3)
+    with pytest.raises(TypeError, match="k must be an int"):
+        aug.recommend([[3]], k=2.5)
+    history = list(range(1, 25))  # longer than max_len: the early items count as seen too
+    ids, scores = aug.recommend([history], k=6, exclude_seen=True)
+    assert sorted(ids[0].tolist()) == list(range(25, 31)) and torch.isfinite(scores).all()
+    with pytest.raises(ValueError, match="leaves only 6 unseen items of 30"):
+        aug.recommend([history], k=7, exclude_seen=True)

@@ -154,3 +154,77 @@ def test_batch_carries_no_leakage_metadata():
     b = next(iter_batches(s, split.test, 4, max_len=2))
     assert b.lengths.tolist() == [2] and b.prefix_lengths.tolist() == [5]
     assert b.users.tolist() == [0] and torch.equal(b.item_seq, torch.tensor([[4, 5]]))
+
+
+@pytest.mark.parametrize(
+    ("sequences", "words"),
+    [
+        ([[1.7, 2.2, 3.9]], ["user 0, position 0", "1.7", "float"]),
+        ([[1, 2], [3, 2.0]], ["user 1, position 1", "2.0"]),
+        ([[1, True]], ["user 0, position 1", "True", "bool"]),
+        ([[1, "2"]], ["'2'", "str"]),
+        (np.array([[1.7, 2.2, 3.9]]), ["user 0, position 0", "1.7", "float64"]),
+        ([np.array([1, 2]), np.array([1.0, 2.0])], ["user 1, position 0", "float64"]),
+        ([np.array([True, False])], ["user 0, position 0", "bool"]),
+    ],
+    ids=["floats", "whole-float", "bool", "str", "float-array", "float-row", "bool-row"],
+)
+def test_from_lists_refuses_non_integer_ids(sequences, words):
+    with pytest.raises(DataFormatError) as err:
+        Sequences.from_lists(sequences)
+    msg = str(err.value)
+    assert "must be integers" in msg
+    for word in words:
+        assert word in msg
+
+
+def test_from_lists_accepts_numpy_integers():
+    s = Sequences.from_lists([[np.int32(1), np.uint8(2)], np.array([3, 1], dtype=np.int16)])
+    assert s.items.dtype == np.int64 and s.items.tolist() == [1, 2, 3, 1]
+    assert Sequences.from_lists(np.array([[1, 2], [2, 1]])).items.tolist() == [1, 2, 2, 1]
+
+
+def test_constructor_refuses_float_arrays():
+    with pytest.raises(DataFormatError, match="integer"):
+        Sequences(np.array([1.5, 2.0]), np.array([0, 2]), 2)
+    with pytest.raises(DataFormatError, match="integer"):
+        Sequences(np.array([1, 2]), np.array([0.0, 2.0]), 2)
+
+
+def write_bad_file(path, kind):
+    """A file that ``Sequences.load`` must refuse (``path`` or, for ``npy``, a ``.npy`` file)."""
+    items, num_items = np.array([1, 2]), np.array(2)
+    if kind == "text":
+        path.write_text("1 2 3\n")
+        return path
+    if kind == "npy":
+        np.save(path.with_suffix(".npy"), items)
+        return path.with_suffix(".npy")
+    if kind == "float-items":
+        items = np.array([1.7, 2.2])
+    elif kind == "object-items":
+        items = items.astype(object)
+    elif kind == "float-num-items":
+        num_items = np.array(2.5)
+    np.savez(path, items=items, offsets=np.array([0, 2]), num_items=num_items)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("text", ["not a Sequences file", "Sequences.save"]),
+        ("npy", ["not a Sequences file", "Sequences.save"]),
+        ("float-items", ["'items'", "float64", "integer"]),
+        ("object-items", ["'items'", "object", "Sequences.save"]),
+        ("float-num-items", ["'num_items'", "integer"]),
+    ],
+)
+def test_load_refuses_other_files(tmp_path, kind, words):
+    path = write_bad_file(tmp_path / "bad.npz", kind)
+    with pytest.raises(DataFormatError) as err:
+        Sequences.load(path)
+    msg = str(err.value)
+    assert str(path) in msg and "pickle" not in msg
+    for word in words:
+        assert word in msg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import io
 import logging
@@ -293,6 +294,19 @@ def test_load_paths(isolated: Path) -> None:
         load_dataset(isolated / "missing.txt")
     with pytest.raises(DatasetNotFoundError, match="no such data file"):
         load_dataset("missing.csv")
+
+
+def test_load_gzip_paths(isolated: Path) -> None:
+    txt = put(isolated, gzip.compress(TINY), name="seqs.txt.gz")
+    assert load_dataset(txt).num_interactions == 8
+    assert load_dataset(str(txt)).num_users == 3
+    table = gzip.compress(b"user_id,item_id,timestamp\na,x,2\na,y,1\n")
+    csv = put(isolated, table, name="t.CSV.gz")
+    assert load_dataset(csv).item_labels.tolist() == ["y", "x"]
+    with pytest.raises(ValueError, match=r"unsupported extension '\.json\.gz'"):
+        load_dataset(put(isolated, gzip.compress(b"{}"), name="t.json.gz"))
+    with pytest.raises(DatasetNotFoundError, match="no such data file"):
+        load_dataset("missing.txt.gz")
 
 
 # --------------------------------------------------------------------------------------------

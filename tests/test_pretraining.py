@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -232,7 +233,45 @@ def test_own_rec_loss_skips_the_unused_anchor_pass():
 def test_wrong_item_count_is_explained():
     split = leave_one_out(synthetic_sequences(10, 20), max_len=10)
     with pytest.raises(ValueError, match="num_items=20"):
-        pretrain(SASRec(10, hidden_size=8, max_len=10), split, PretrainConfig(epochs=1))
+        pretrain(SASRec(10, hidden_size=8, max_len=10), split, PretrainConfig(epochs=1, max_len=10))
+
+
+def test_settings_that_would_fail_late_are_refused_before_training(tmp_path):
+    split = leave_one_out(synthetic_sequences(10, 20), max_len=10)
+    model = SASRec(20, hidden_size=8, max_len=10)
+    with pytest.raises(ValueError, match="PretrainConfig.max_len = 50 but the split truncates"):
+        pretrain(model, split, PretrainConfig(epochs=1, max_len=50))
+    cfg = PretrainConfig(epochs=1, max_len=10)
+    with pytest.raises(ValueError, match="checkpoint = .* is a directory"):
+        pretrain(model, split, cfg, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="state_path = .* is a directory"):
+        pretrain(model, split, cfg, state_path=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    short = leave_one_out(Sequences.from_lists([[1, 2, 3]] * 4), max_len=10)
+    with pytest.raises(ValueError, match="no training pairs"):
+        pretrain(SASRec(3, hidden_size=8, max_len=10), short, cfg)
+    state = tmp_path / "state.pt"  # max_len None: the split's, recorded as such
+    pretrain(model, split, PretrainConfig(epochs=1), state_path=state, show_progress=False)
+    meta = json.loads(torch.load(state, weights_only=True)["meta"])
+    assert meta["config"]["max_len"] == 10
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+    state = tmp_path / "state.pt"
+    cfg = PretrainConfig(epochs=1, max_len=10, batch_size=32)
+    split = leave_one_out(synthetic_sequences(30, 20, seed=1), max_len=10)
+    pretrain(SASRec(20, hidden_size=8, max_len=10), split, cfg, state_path=state)
+    before = state.read_bytes()
+    other = leave_one_out(synthetic_sequences(30, 20, seed=2), max_len=10)
+    with pytest.raises(ValueError, match="written for other training data"):
+        pretrain(
+            SASRec(20, hidden_size=8, max_len=10),
+            other,
+            cfg.replace(epochs=2),
+            state_path=state,
+            resume=True,
+        )
+    assert state.read_bytes() == before
 
 
 def _no_dropout(backbone: str, n: int):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -387,3 +389,69 @@ def test_k_core_string_ids_and_bad_input() -> None:
         k_core_filter(users, items[:2], 2)
     with pytest.raises(ValueError, match="k must be"):
         k_core_filter(users, items, -1)
+
+
+# --------------------------------------------------------------------------------------------
+# compression and encodings
+# --------------------------------------------------------------------------------------------
+
+TABLE = "user_id,item_id,timestamp\nu1,caf\u00e9,3\nu1,b,1\nu2,caf\u00e9,5\n"
+
+
+@pytest.mark.parametrize("name", ["t.csv.gz", "t.CSV.GZ", "t.tsv.gz", "t.inter.gz", "t.gz"])
+def test_gzip_tables_are_read(tmp_path: Path, name: str) -> None:
+    text = TABLE.replace(",", "\t") if ".csv" not in name.lower() else TABLE
+    (tmp_path / name).write_bytes(gzip.compress(text.encode("utf-8")))
+    plain = write(tmp_path, "plain.csv", TABLE)
+    got = read_interactions(tmp_path / name)
+    assert (
+        labelled(got)
+        == labelled(read_interactions(plain))
+        == {
+            "u1": ["b", "caf\u00e9"],
+            "u2": ["caf\u00e9"],
+        }
+    )
+
+
+def test_gzip_sequences_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "s.txt.gz"
+    path.write_bytes(gzip.compress(b"\xef\xbb\xbf1 1 2\n2 2 3\n"))
+    assert as_lists(read_sequences_txt(path)) == [[1, 2], [2, 3]]
+
+
+@pytest.mark.parametrize("reader", [read_interactions, read_sequences_txt])
+@pytest.mark.parametrize(
+    ("name", "data", "words"),
+    [
+        ("t.csv", gzip.compress(TABLE.encode()), ["gzip-compressed", ".gz", "gunzip"]),
+        ("t.csv", TABLE.encode("utf-16"), ["UTF-16", "re-encode", "UTF-8"]),
+        ("t.csv", TABLE.encode("utf-16-le"), ["NUL", "UTF-16", "UTF-8"]),
+        ("t.csv.gz", TABLE.encode(), ["not gzip-compressed", "rename"]),
+        ("t.csv.gz", gzip.compress(TABLE.encode())[:-12], ["cannot decompress", "gzip"]),
+    ],
+    ids=["gzip-without-gz", "utf16-bom", "utf16le-no-bom", "gz-not-gzip", "truncated-gz"],
+)
+def test_compressed_or_not_utf8(
+    tmp_path: Path, reader: Callable[[Path], Sequences], name: str, data: bytes, words: list[str]
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(DataFormatError) as err:
+        reader(path)
+    msg = str(err.value)
+    assert str(path) in msg
+    for word in words:
+        assert word in msg
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.csv.gz"])
+def test_latin1_table_names_line_and_fix(tmp_path: Path, name: str) -> None:
+    data = ("user_id,item_id\n" + "u,a\n" * 5000 + "u,caf\u00e9\n").encode("latin-1")
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(DataFormatError) as err:
+        read_interactions(path)
+    msg = str(err.value)
+    assert str(path) in msg and "line 5002" in msg and "0xe9" in msg
+    assert "not valid UTF-8" in msg and "re-encode" in msg
