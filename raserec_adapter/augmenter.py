@@ -325,7 +325,7 @@ class RetrievalAugmenter(nn.Module):
                     "build_bank(split) for validation metrics of the protocol"
                 )
             return
-        if self._bank_split is not split:
+        if not _same_split(self._bank_split, split):
             raise ValueError(
                 "the memory bank was built from another split than the one evaluated; call "
                 "augmenter.build_bank(split) with this split first"
@@ -389,7 +389,7 @@ class RetrievalAugmenter(nn.Module):
         cfg = config or RAFTConfig()
         self._check_split(split)
         self._require_bank("fit_raft")
-        if self._bank_split is not split or self._train_keys is None:
+        if self._bank_split is None or self._train_keys is None:
             raise RuntimeError(
                 "fit_raft needs the bank built from the same split: call "
                 "augmenter.build_bank(split) with this split first"
@@ -624,11 +624,13 @@ class RetrievalAugmenter(nn.Module):
         n = self.encoder.num_items
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an int, got {k!r}")
-        seq, lens, full, seen = _to_padded(sequences, lengths, self.config.max_len, n)
+        seq, lens, full, seen = _to_padded(sequences, lengths, self.config.max_len, n, exclude_seen)
         if k < 1 or k > n:
             raise ValueError(f"k must be in 1..{n}, got {k}")
-        if exclude_seen:
-            unseen = n - torch.tensor([len(set(row.tolist()) - {0}) for row in seen])
+        if seen is not None:
+            s = seen.sort(dim=1).values  # distinct non-zero ids per row
+            distinct = (s[:, :1] > 0).sum(1) + ((s[:, 1:] != s[:, :-1]) & (s[:, 1:] > 0)).sum(1)
+            unseen = n - distinct
             if int(unseen.min()) < k:
                 i = int(unseen.argmin())
                 raise ValueError(
@@ -643,7 +645,7 @@ class RetrievalAugmenter(nn.Module):
             h = self.augment(h, u, None if u is None else full)
         scores = h @ self._item_table().to(device).t()
         scores[:, 0] = -math.inf
-        if exclude_seen:
+        if seen is not None:
             scores.scatter_(1, seen.to(device), -math.inf)
         top = scores.topk(k, dim=1)
         return top.indices, top.values
@@ -761,9 +763,15 @@ class RetrievalAugmenter(nn.Module):
             raise CheckpointError(
                 f"{path / 'ram.pt'} does not fit the RAM of this config: {e}"
             ) from e
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device={device!r} but CUDA is not available; load with device='cpu'"
+            )
         if (path / "bank").exists():
             try:
                 aug.bank = _load_bank(path / "bank", saved, device)
+            except ImportError:  # e.g. faiss not installed: the environment, not the checkpoint
+                raise
             except Exception as e:
                 raise CheckpointError(
                     f"the memory bank in {path / 'bank'} cannot be read ({e}); the checkpoint is "
@@ -779,6 +787,19 @@ class RetrievalAugmenter(nn.Module):
         ram = sum(p.numel() for p in self.ram.parameters())
         enc = sum(p.numel() for p in self.encoder.parameters())
         return f"RAM parameters: {ram:,} | encoder parameters (frozen in RAFT): {enc:,}"
+
+
+def _same_split(a: LeaveOneOutSplit, b: LeaveOneOutSplit) -> bool:
+    """The same object, or a split of the same sequences with the same ``max_len``."""
+    if a is b:
+        return True
+    sa, sb = a.sequences, b.sequences
+    same = a.max_len == b.max_len and sa.num_items == sb.num_items
+    pairs = [(sa.offsets, sb.offsets), (sa.items, sb.items)]
+    for name in ("train", "valid", "test"):
+        pa, pb = getattr(a, name), getattr(b, name)
+        pairs += [(pa.users, pb.users), (pa.lengths, pb.lengths)]
+    return same and all(np.array_equal(x, y) for x, y in pairs)
 
 
 def _is_checkpoint_or_empty(path: Path) -> bool:
@@ -809,18 +830,21 @@ def _to_padded(
     lengths: torch.Tensor | Sequence[int] | None,
     max_len: int,
     num_items: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    with_seen: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(block, lengths, full lengths, seen)``: the left-aligned ``(B, T)`` block of the last
-    ``max_len`` items, its lengths, the untruncated lengths and a padded block of all items."""
+    ``max_len`` items, its lengths, the untruncated lengths and (``with_seen``) a padded block
+    of all items, else ``None``. Only the items used are checked, all of them with ``seen``."""
     if isinstance(sequences, torch.Tensor):
-        return _check_padded(sequences, lengths, max_len, num_items)
+        seq, lens, full, cpu = _check_padded(sequences, lengths, max_len, num_items)
+        return seq, lens, full, cpu if with_seen else None
     full = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     if not len(full) or int(full.min()) == 0:
         raise ValueError("every sequence needs at least one item (got an empty one)")
     bad = [
         i
         for s in sequences
-        for i in s
+        for i in (s if with_seen else list(s)[-max_len:])
         if isinstance(i, bool) or not (isinstance(i, (int, np.integer)) and 1 <= i <= num_items)
     ]
     if bad:
@@ -828,15 +852,17 @@ def _to_padded(
             f"item ids must be integers in 1..{num_items} (0 is padding), got {bad[:5]}; map "
             "unknown items to known ids or drop them, and add 1 to 0-based ids"
         )
-    seen = np.zeros((len(full), int(full.max())), dtype=np.int64)
-    for i, s in enumerate(sequences):
-        seen[i, : len(s)] = list(s)
+    seen = None
+    if with_seen:
+        seen = np.zeros((len(full), int(full.max())), dtype=np.int64)
+        for i, s in enumerate(sequences):
+            seen[i, : len(s)] = list(s)
     rows = [list(s)[-max_len:] for s in sequences]
     block = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int64)
     for i, r in enumerate(rows):
         block[i, : len(r)] = r
     lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    return torch.from_numpy(block), lens, full, torch.from_numpy(seen)
+    return torch.from_numpy(block), lens, full, None if seen is None else torch.from_numpy(seen)
 
 
 def _check_padded(

@@ -529,11 +529,11 @@ def data_fingerprint(split: LeaveOneOutSplit) -> dict[str, int]:
     train = split.train
     crc = zlib.crc32(np.ascontiguousarray(train.targets, dtype=np.int64).tobytes())
     crc = zlib.crc32(np.ascontiguousarray(train.users, dtype=np.int64).tobytes(), crc)
-    return {
-        "users": split.sequences.num_users,
-        "items": split.sequences.num_items,
+    return {  # plain ints: the state's meta is JSON (num_items may be a NumPy integer)
+        "users": int(split.sequences.num_users),
+        "items": int(split.sequences.num_items),
         "train_pairs": len(train),
-        "train_crc32": crc,
+        "train_crc32": int(crc),
     }
 
 

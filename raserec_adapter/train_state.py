@@ -128,8 +128,11 @@ class TrainingRun:
                 f"{path} is not a pre-training state written by pretrain(state_path=...) "
                 f"({exc!r}); pass another state_path or resume=False to start over"
             ) from exc
-        saved = {k: v for k, v in meta["config"].items() if k != "epochs"}
-        now = {k: v for k, v in self.config.items() if k != "epochs"}
+        free = {"epochs"}
+        if "data" not in meta:  # written before states recorded their data: max_len was then
+            free.add("max_len")  # recorded as 50 whatever the split used
+        saved = {k: v for k, v in meta["config"].items() if k not in free}
+        now = {k: v for k, v in self.config.items() if k not in free}
         if saved != now:
             diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             details = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in diff)

@@ -284,10 +284,14 @@ def test_evaluate_and_fit_raft_check_the_split(trained):
         aug.evaluate(shorter, "test")
     with pytest.raises(ValueError, match="max_len = 7 but the augmenter uses 10"):
         aug.fit_raft(shorter, RAFTConfig(epochs=1))
-    same_data = leave_one_out(split.sequences, max_len=MAX_LEN)  # another split object
+    same_data = leave_one_out(split.sequences, max_len=MAX_LEN)  # another object, same split
+    assert aug.evaluate(same_data, "test") == aug.evaluate(split, "test")
+    other = leave_one_out(synthetic_sequences(120, 30, seed=3), max_len=MAX_LEN)
     with pytest.raises(ValueError, match="bank was built from another split"):
-        aug.evaluate(same_data, "test")
-    assert aug.evaluate(same_data, "test", augmented=(False,))["plain"]["HR@10"] >= 0
+        aug.evaluate(other, "test")
+    with pytest.raises(ValueError, match="bank was built from another split"):
+        aug.fit_raft(other, RAFTConfig(epochs=1))
+    assert aug.evaluate(other, "test", augmented=(False,))["plain"]["HR@10"] >= 0
     more_items = leave_one_out(synthetic_sequences(40, 35, seed=2), max_len=MAX_LEN)
     with pytest.raises(ValueError, match="covers items 1..30 but the data has items up to 3"):
         aug.evaluate(more_items, "test", augmented=(False,))
@@ -349,6 +353,9 @@ def test_load_reports_damaged_checkpoints(trained, tmp_path, caplog):
     aug.save(ck)
     from examples.models import GRU4Rec
 
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available; load with device='cpu'"):
+            RetrievalAugmenter.load(model, ck, device="cuda")
     with caplog.at_level("WARNING", logger="raserec_adapter"):
         RetrievalAugmenter.load(GRU4Rec(30, hidden_size=16), ck)
     assert "saved with a SASRec encoder, it is loaded with a GRU4Rec" in caplog.text
@@ -377,3 +384,10 @@ def test_recommend_rejects_malformed_tensors_and_excludes_the_whole_history(trai
     assert sorted(ids[0].tolist()) == list(range(25, 31)) and torch.isfinite(scores).all()
     with pytest.raises(ValueError, match="leaves only 6 unseen items of 30"):
         aug.recommend([history], k=7, exclude_seen=True)
+    # an unknown item beyond the last max_len is not used, unless it must be excluded
+    old_unknown = [99, *range(1, 11)]
+    assert torch.equal(
+        aug.recommend([old_unknown], k=3)[0], aug.recommend([[*range(1, 11)]], k=3)[0]
+    )
+    with pytest.raises(ValueError, match=r"got \[99\]"):
+        aug.recommend([old_unknown], k=3, exclude_seen=True)

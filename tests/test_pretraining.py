@@ -256,6 +256,40 @@ def test_settings_that_would_fail_late_are_refused_before_training(tmp_path):
     assert meta["config"]["max_len"] == 10
 
 
+def test_state_files_from_before_the_data_fingerprint_still_resume(tmp_path):
+    """Such states recorded max_len 50 whatever the split used, and no "data"."""
+    state = tmp_path / "state.pt"
+    split = leave_one_out(synthetic_sequences(30, 20, seed=1), max_len=10)
+    cfg = PretrainConfig(epochs=1, batch_size=32)
+    pretrain(SASRec(20, hidden_size=8, max_len=10), split, cfg, state_path=state)
+    saved = torch.load(state, weights_only=True)
+    meta = json.loads(saved["meta"])
+    del meta["data"]
+    meta["config"]["max_len"] = 50
+    saved["meta"] = json.dumps(meta)
+    torch.save(saved, state)
+    res = pretrain(
+        SASRec(20, hidden_size=8, max_len=10),
+        split,
+        cfg.replace(epochs=2),
+        state_path=state,
+        resume=True,
+        show_progress=False,
+    )
+    assert res.epochs_run == 2
+
+
+def test_state_file_with_numpy_item_count(tmp_path):
+    seqs = synthetic_sequences(30, 20, seed=1)
+    seqs = Sequences(seqs.items, seqs.offsets, seqs.items.max())  # num_items a NumPy integer
+    split = leave_one_out(seqs, max_len=10)
+    cfg = PretrainConfig(epochs=1, batch_size=32)
+    pretrain(SASRec(20, hidden_size=8, max_len=10), split, cfg, state_path=tmp_path / "s.pt")
+    assert (
+        json.loads(torch.load(tmp_path / "s.pt", weights_only=True)["meta"])["data"]["items"] == 20
+    )
+
+
 def test_resume_on_other_data_is_refused(tmp_path):
     state = tmp_path / "state.pt"
     cfg = PretrainConfig(epochs=1, max_len=10, batch_size=32)
