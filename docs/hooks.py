@@ -515,6 +515,9 @@ def _machine(m: Any) -> str:
     return _cell(", ".join(parts))
 
 
+NOTE_KEYS = ("model_note", "note", "run_history", "wall_seconds_note")  # free text in results
+
+
 def _provenance(path: Path, rec: dict, root: Path) -> list[str]:
     rel = path.relative_to(root) if path.is_relative_to(root) else path
     lines = [f"- file: `{rel}`"]
@@ -522,12 +525,25 @@ def _provenance(path: Path, rec: dict, root: Path) -> list[str]:
         lines.append(f"- command: `{rec['command']}`")
     if rec.get("git_commit"):
         lines.append(f"- commit: `{rec['git_commit']}`")
+    runs = rec.get("runs") if isinstance(rec.get("runs"), list) else []  # merge_seeds' list
+    runs = [r for r in runs if isinstance(r, dict)]
     if rec.get("machine"):
-        lines.append(f"- machine: {_machine(rec['machine'])}")
+        label = "merged on" if runs else "machine"
+        lines.append(f"- {label}: {_machine(rec['machine'])}")
     if rec.get("wall_seconds") is not None:
         lines.append(f"- wall time: {rec['wall_seconds']} s")
     if rec.get("finished_at"):
         lines.append(f"- finished: {rec['finished_at']}")
+    for run in runs:  # a merged file: each seed's own run
+        seeds = ", ".join(str(s) for s in run.get("seeds") or [])
+        where = _machine(run["machine"]) if run.get("machine") else "?"
+        lines.append(
+            f"- run of seed {seeds}: `{run.get('command')}` at `{run.get('git_commit')}`; "
+            f"{where}; {run.get('wall_seconds')} s"
+        )
+    for key in NOTE_KEYS:
+        if rec.get(key):
+            lines.append(f"- {key.replace('_', ' ')}: {_cell(rec[key])}")
     return lines
 
 

@@ -172,6 +172,12 @@ def test_results_rendering(tmp_path: Path) -> None:
                 **provenance,
             },
         )
+    merged = json.loads((results / "beauty-sasrec-raserec.json").read_text())
+    merged["runs"] = [
+        {"command": "python run0", "git_commit": "c0", "machine": {"cpu": "CPU A"}, "seeds": [0]}
+    ]
+    merged["model_note"] = "an older model"
+    _write(results / "beauty-sasrec-raserec.json", merged)
     _write(
         results / "speed-sasrec.json",
         {"benchmark": "speed", "epoch_seconds": [1.5, 2.0], **provenance},
@@ -185,6 +191,8 @@ def test_results_rendering(tmp_path: Path) -> None:
     assert "<svg" in md and "0.0600</text>" in md
     assert "`python examples/sasrec.py --dataset beauty`" in md and "`abc123`" in md
     assert "Test CPU (2 cores)" in md
+    assert "- run of seed 0: `python run0` at `c0`; CPU A; None s" in md
+    assert "- merged on: Test CPU" in md and "- model note: an older model" in md
     assert "## Other benchmark files" in md and "| `epoch_seconds` | 1.5, 2 |" in md
 
 
