@@ -49,7 +49,13 @@ from raserec_adapter.data import (
 from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.losses import frozen_table_cross_entropy
-from raserec_adapter.pretraining import RecLoss, mean_of, pretrain, seed_everything
+from raserec_adapter.pretraining import (
+    RecLoss,
+    check_item_count,
+    mean_of,
+    pretrain,
+    seed_everything,
+)
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.train_state import TrainResult
 
@@ -264,13 +270,7 @@ class RetrievalAugmenter(nn.Module):
                 f"{self.config.max_len}; use leave_one_out(sequences, max_len="
                 f"{self.config.max_len}) or AugmenterConfig(max_len={split.max_len})"
             )
-        n = self.encoder.num_items
-        if split.sequences.num_items > n:
-            raise ValueError(
-                f"the encoder's item table covers items 1..{n} but the data has items up to "
-                f"{split.sequences.num_items}; build the model with num_items="
-                f"{split.sequences.num_items}"
-            )
+        check_item_count(self.encoder.num_items, split)
 
     def _add_valid_pairs(
         self, bank: MemoryBank, split: LeaveOneOutSplit, device: torch.device | str
@@ -841,10 +841,11 @@ def _to_padded(
     full = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     if not len(full) or int(full.min()) == 0:
         raise ValueError("every sequence needs at least one item (got an empty one)")
+    rows = [list(s)[-max_len:] for s in sequences]
     bad = [
         i
-        for s in sequences
-        for i in (s if with_seen else list(s)[-max_len:])
+        for s, r in zip(sequences, rows, strict=True)
+        for i in (s if with_seen else r)
         if isinstance(i, bool) or not (isinstance(i, (int, np.integer)) and 1 <= i <= num_items)
     ]
     if bad:
@@ -857,7 +858,6 @@ def _to_padded(
         seen = np.zeros((len(full), int(full.max())), dtype=np.int64)
         for i, s in enumerate(sequences):
             seen[i, : len(s)] = list(s)
-    rows = [list(s)[-max_len:] for s in sequences]
     block = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int64)
     for i, r in enumerate(rows):
         block[i, : len(r)] = r

@@ -55,10 +55,8 @@ def _as_int(obj: object, name: str, value: object) -> int:
 
 def _config_type(hint: object) -> type[_Config] | None:
     """``hint`` if it is a config class (a nested section), else ``None``."""
-    plain = isinstance(hint, type) and getattr(hint, "__origin__", None) is None  # not list[int]
-    if plain and isinstance(hint, type) and issubclass(hint, _Config):
-        return hint
-    return None
+    is_class = isinstance(hint, type) and getattr(hint, "__origin__", None) is None  # not list[int]
+    return hint if is_class and issubclass(hint, _Config) else None
 
 
 @functools.cache

@@ -361,12 +361,7 @@ def pretrain(
         cfg = cfg.replace(max_len=split.max_len)
     _check_inputs(cfg, split, checkpoint, state_path)
     enc = wrap_encoder(encoder)
-    if enc.num_items < split.sequences.num_items:
-        raise ValueError(
-            f"the encoder's item table covers items 1..{enc.num_items} but the data has items up "
-            f"to {split.sequences.num_items}; build the model with num_items="
-            f"{split.sequences.num_items}"
-        )
+    check_item_count(enc.num_items, split)
     device = torch.device(device)
     fuse = device.type != "cpu" if fuse is None else fuse
     enc.to(device)
@@ -384,7 +379,7 @@ def pretrain(
         optimizer,
         sampler.rng if sampler is not None else None,
         device,
-        data=data_fingerprint(split),
+        data=_data_fingerprint(split),
     )
     first_epoch = 1
     if resume and state_path is not None and Path(state_path).exists():
@@ -524,7 +519,18 @@ def _check_inputs(
             )
 
 
-def data_fingerprint(split: LeaveOneOutSplit) -> dict[str, int]:
+def check_item_count(num_items: int, split: LeaveOneOutSplit) -> None:
+    """Refuses data with items beyond the encoder's table (on CUDA that would be a device
+    assert deep inside the embedding lookup)."""
+    if split.sequences.num_items > num_items:
+        raise ValueError(
+            f"the encoder's item table covers items 1..{num_items} but the data has items up to "
+            f"{split.sequences.num_items}; build the model with num_items="
+            f"{split.sequences.num_items}"
+        )
+
+
+def _data_fingerprint(split: LeaveOneOutSplit) -> dict[str, int]:
     """What identifies a split's training data in a state file (sizes and a CRC of pairs)."""
     train = split.train
     crc = zlib.crc32(np.ascontiguousarray(train.targets, dtype=np.int64).tobytes())
