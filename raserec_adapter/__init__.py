@@ -1,7 +1,8 @@
 """raserec-adapter: retrieval augmentation (RaSeRec) for any PyTorch sequential recommender."""
 
-from raserec_adapter.augmenter import CheckpointError, RetrievalAugmenter
+from raserec_adapter.augmenter import RetrievalAugmenter
 from raserec_adapter.bank import MemoryBank, SearchResult, TorchMemoryBank, admissible
+from raserec_adapter.checkpoint import CheckpointError
 from raserec_adapter.config import (
     AugmenterConfig,
     BankConfig,

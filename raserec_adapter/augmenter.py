@@ -18,11 +18,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,6 +32,14 @@ from torch import nn
 
 from raserec_adapter._progress import progress
 from raserec_adapter.bank import MemoryBank, TorchMemoryBank
+from raserec_adapter.checkpoint import (
+    CheckpointError,
+    checkpoint_meta,
+    read_bank,
+    read_meta,
+    read_ram_state,
+    write_checkpoint,
+)
 from raserec_adapter.config import AugmenterConfig, PretrainConfig, RAFTConfig
 from raserec_adapter.data import (
     Batch,
@@ -48,6 +53,7 @@ from raserec_adapter.data import (
 )
 from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
+from raserec_adapter.inputs import to_padded
 from raserec_adapter.losses import frozen_table_cross_entropy
 from raserec_adapter.pretraining import (
     RecLoss,
@@ -59,15 +65,9 @@ from raserec_adapter.pretraining import (
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.train_state import TrainResult
 
-__all__ = ["CheckpointError", "RetrievalAugmenter"]
+__all__ = ["RetrievalAugmenter"]
 
 logger = logging.getLogger("raserec_adapter")
-
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A saved augmenter does not match the encoder or config it is loaded with."""
 
 
 class RetrievalAugmenter(nn.Module):
@@ -624,7 +624,7 @@ class RetrievalAugmenter(nn.Module):
         n = self.encoder.num_items
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an int, got {k!r}")
-        seq, lens, full, seen = _to_padded(sequences, lengths, self.config.max_len, n, exclude_seen)
+        seq, lens, full, seen = to_padded(sequences, lengths, self.config.max_len, n, exclude_seen)
         if k < 1 or k > n:
             raise ValueError(f"k must be in 1..{n}, got {k}")
         if seen is not None:
@@ -657,36 +657,17 @@ class RetrievalAugmenter(nn.Module):
         The encoder is not saved (it is the user's; save it your own way). The directory is
         written to a temporary place and moved in at the end, so a failure never leaves a
         half-written checkpoint or destroys an earlier one.
+
+        Raises:
+            FileExistsError: If ``path`` is a file or a directory that is not a checkpoint.
         """
-        path = Path(path)
-        if path.exists() and not (path.is_dir() and _is_checkpoint_or_empty(path)):
-            what = "a file" if not path.is_dir() else "a directory that is not a checkpoint"
-            raise FileExistsError(
-                f"{path} is {what}; save() replaces only an earlier augmenter checkpoint (a "
-                "directory with config.json) or an empty directory: choose another path"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
-        try:
-            meta = {
-                "format_version": FORMAT_VERSION,
-                "config": self.config.to_dict(),
-                "num_items": self.encoder.num_items,
-                "encoder_class": type(self.encoder.module).__name__,
-                "bank_phase": self._bank_phase,
-            }
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            torch.save(self.ram.state_dict(), tmp / "ram.pt")
-            if self.bank is not None:
-                self.bank.save(tmp / "bank")
-            old = tmp.with_name(tmp.name + ".old")  # unique, like tmp
-            if path.exists():
-                path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        meta = checkpoint_meta(
+            self.config,
+            self.encoder.num_items,
+            type(self.encoder.module).__name__,
+            self._bank_phase,
+        )
+        write_checkpoint(path, meta, self.ram.state_dict(), self.bank)
 
     @classmethod
     def load(
@@ -705,31 +686,7 @@ class RetrievalAugmenter(nn.Module):
                 config than ``config`` (when given), or does not fit the encoder.
         """
         path = Path(path)
-        meta_file = path / "config.json"
-        if not meta_file.is_file():
-            raise CheckpointError(f"{path} is not an augmenter checkpoint: no config.json")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{meta_file} is not valid JSON: {e}") from e
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-            version = meta.get("format_version") if isinstance(meta, dict) else None
-            raise CheckpointError(
-                f"{path} has format version {version!r}, this library reads {FORMAT_VERSION}: "
-                "load it with the raserec-adapter version that saved it, or retrain"
-            )
-        try:
-            saved = AugmenterConfig.from_dict(meta["config"])
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{meta_file} is malformed: {e!r}") from e
-        if config is not None and config.replace(hidden_size=saved.hidden_size) != saved:
-            diff = _config_diff(
-                saved.to_dict(), config.replace(hidden_size=saved.hidden_size).to_dict()
-            )
-            raise CheckpointError(
-                f"{path} was saved with another config ({'; '.join(diff)}); load it without "
-                "`config` to use the saved one, or retrain with the new config"
-            )
+        meta, saved = read_meta(path, config)
         aug = cls(encoder, saved.replace(hidden_size=0), **wrap_kwargs)
         if aug.encoder.num_items != meta.get("num_items"):
             raise CheckpointError(
@@ -751,14 +708,7 @@ class RetrievalAugmenter(nn.Module):
                 type(aug.encoder.module).__name__,
             )
         try:
-            state = torch.load(path / "ram.pt", map_location="cpu", weights_only=True)
-        except Exception as e:  # missing, truncated or not a tensor file: never unpickle it
-            raise CheckpointError(
-                f"{path / 'ram.pt'} cannot be read ({type(e).__name__}: {e}); the checkpoint is "
-                "incomplete or damaged: save it again"
-            ) from e
-        try:
-            aug.ram.load_state_dict(state)
+            aug.ram.load_state_dict(read_ram_state(path))
         except (RuntimeError, TypeError, AttributeError) as e:
             raise CheckpointError(
                 f"{path / 'ram.pt'} does not fit the RAM of this config: {e}"
@@ -767,16 +717,8 @@ class RetrievalAugmenter(nn.Module):
             raise RuntimeError(
                 f"device={device!r} but CUDA is not available; load with device='cpu'"
             )
-        if (path / "bank").exists():
-            try:
-                aug.bank = _load_bank(path / "bank", saved, device)
-            except ImportError:  # e.g. faiss not installed: the environment, not the checkpoint
-                raise
-            except Exception as e:
-                raise CheckpointError(
-                    f"the memory bank in {path / 'bank'} cannot be read ({e}); the checkpoint is "
-                    "incomplete or damaged: save it again or rebuild the bank with build_bank"
-                ) from e
+        aug.bank = read_bank(path, saved, device)
+        if aug.bank is not None:
             phase = meta.get("bank_phase")
             aug._bank_phase = phase if phase in ("train", "test") else "custom"
         aug.eval()
@@ -800,116 +742,3 @@ def _same_split(a: LeaveOneOutSplit, b: LeaveOneOutSplit) -> bool:
         pa, pb = getattr(a, name), getattr(b, name)
         pairs += [(pa.users, pb.users), (pa.lengths, pb.lengths)]
     return same and all(np.array_equal(x, y) for x, y in pairs)
-
-
-def _is_checkpoint_or_empty(path: Path) -> bool:
-    return (path / "config.json").is_file() or not any(path.iterdir())
-
-
-def _load_bank(path: Path, cfg: AugmenterConfig, device: torch.device | str) -> MemoryBank:
-    if cfg.bank.kind == "torch":
-        return TorchMemoryBank.load(path, device=device)
-    from raserec_adapter.faiss_bank import FaissMemoryBank
-
-    return FaissMemoryBank.load(path)
-
-
-def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: saved {va!r}, given {vb!r}")
-    return out
-
-
-def _to_padded(
-    sequences: Sequence[Sequence[int]] | torch.Tensor,
-    lengths: torch.Tensor | Sequence[int] | None,
-    max_len: int,
-    num_items: int,
-    with_seen: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(block, lengths, full lengths, seen)``: the left-aligned ``(B, T)`` block of the last
-    ``max_len`` items, its lengths, the untruncated lengths and (``with_seen``) a padded block
-    of all items, else ``None``. Only the items used are checked, all of them with ``seen``."""
-    if isinstance(sequences, torch.Tensor):
-        seq, lens, full, cpu = _check_padded(sequences, lengths, max_len, num_items)
-        return seq, lens, full, cpu if with_seen else None
-    full = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    if not len(full) or int(full.min()) == 0:
-        raise ValueError("every sequence needs at least one item (got an empty one)")
-    rows = [list(s)[-max_len:] for s in sequences]
-    bad = [
-        i
-        for s, r in zip(sequences, rows, strict=True)
-        for i in (s if with_seen else r)
-        if isinstance(i, bool) or not (isinstance(i, (int, np.integer)) and 1 <= i <= num_items)
-    ]
-    if bad:
-        raise ValueError(
-            f"item ids must be integers in 1..{num_items} (0 is padding), got {bad[:5]}; map "
-            "unknown items to known ids or drop them, and add 1 to 0-based ids"
-        )
-    seen = None
-    if with_seen:
-        seen = np.zeros((len(full), int(full.max())), dtype=np.int64)
-        for i, s in enumerate(sequences):
-            seen[i, : len(s)] = list(s)
-    block = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int64)
-    for i, r in enumerate(rows):
-        block[i, : len(r)] = r
-    lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    return torch.from_numpy(block), lens, full, None if seen is None else torch.from_numpy(seen)
-
-
-def _check_padded(
-    sequences: torch.Tensor,
-    lengths: torch.Tensor | Sequence[int] | None,
-    max_len: int,
-    num_items: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validates a left-aligned padded ``(B, T)`` tensor of item ids with its lengths."""
-    if lengths is None:
-        raise ValueError("pass lengths with a padded tensor of sequences")
-    if sequences.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"sequences must hold integer item ids, got {sequences.dtype}; use .long()")
-    if sequences.dim() != 2 or sequences.shape[0] == 0 or sequences.shape[1] == 0:
-        raise ValueError(
-            f"a tensor of sequences must be (batch, length) with both sizes > 0, got shape "
-            f"{tuple(sequences.shape)}; use seq.unsqueeze(0) for a single sequence"
-        )
-    if sequences.shape[1] > max_len:
-        raise ValueError(
-            f"sequences are {sequences.shape[1]} long, more than max_len = {max_len}; "
-            "pass lists instead (they are truncated to the last max_len items)"
-        )
-    lens = torch.as_tensor(lengths)
-    if lens.is_floating_point() or lens.dtype == torch.bool or lens.shape != sequences.shape[:1]:
-        raise ValueError(
-            f"lengths must be {sequences.shape[0]} integers (one per sequence), got "
-            f"{lens.dtype} of shape {tuple(lens.shape)}"
-        )
-    lens = lens.long().cpu()
-    seq = sequences.long()
-    width = seq.shape[1]
-    if int(lens.min()) < 1 or int(lens.max()) > width:
-        raise ValueError(
-            f"lengths must lie in 1..{width} (the tensor's width), got {lens.tolist()}"
-        )
-    inside = torch.arange(width) < lens[:, None]
-    cpu = seq.cpu()
-    bad = cpu[inside & ((cpu < 1) | (cpu > num_items))]
-    if len(bad):
-        raise ValueError(
-            f"item ids within the lengths must lie in 1..{num_items} (0 is padding, items are "
-            f"left-aligned), got {bad[:5].tolist()}; check the padding side and the lengths"
-        )
-    if (cpu[~inside] != 0).any():
-        raise ValueError(
-            "the tensor has non-zero ids after the stated lengths; sequences must be "
-            "left-aligned with padding 0 on the right, or the lengths are too short"
-        )
-    return seq, lens, lens.clone(), cpu

@@ -39,17 +39,23 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from raserec_adapter.bank_format import (
+    BANK_FORMAT,
+    BANK_FORMAT_VERSION,
+    MemoryBankFormatError,
+    bank_arrays,
+    bank_meta,
+    read_bank_dir,
+    write_bank_dir,
+)
 
 __all__ = [
     "BANK_FORMAT",
@@ -60,16 +66,6 @@ __all__ = [
     "TorchMemoryBank",
     "admissible",
 ]
-
-BANK_FORMAT = "raserec_adapter.memory_bank"
-BANK_FORMAT_VERSION = 1
-_JSON_NAME = "bank.json"
-_ARRAYS_NAME = "arrays.npz"
-_ARRAY_FIELDS = ("keys", "values", "users", "lengths")
-
-
-class MemoryBankFormatError(ValueError):
-    """A saved memory bank directory is missing, malformed or of another class/dim/version."""
 
 
 @dataclass(frozen=True)
@@ -375,157 +371,6 @@ def _users_to_remove(users: Any, device: torch.device) -> torch.Tensor:
     return _as_int_vector(t.reshape(-1), "users", device)
 
 
-# --------------------------------------------------------------------------------------------
-# Saving and loading (shared).
-# --------------------------------------------------------------------------------------------
-
-
-def _write_bank_dir(
-    path: str | os.PathLike[str],
-    meta: dict[str, Any],
-    arrays: dict[str, np.ndarray],
-    extra: Any = None,
-) -> None:
-    """Write ``bank.json`` + ``arrays.npz`` (+ ``extra(tmpdir)``) to a temp dir, then rename.
-
-    An existing bank at ``path`` is replaced only after the new one is completely written.
-    """
-    target = Path(path)
-    if target.exists():
-        if not target.is_dir():
-            raise FileExistsError(f"cannot save a memory bank to {target}: it is a file")
-        if any(target.iterdir()) and not (target / _JSON_NAME).is_file():
-            raise FileExistsError(
-                f"refusing to overwrite {target}: it is a non-empty directory that does not "
-                f"hold a saved memory bank (no {_JSON_NAME}); choose another path"
-            )
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-    backup: Path | None = None
-    try:
-        with open(tmp / _ARRAYS_NAME, "wb") as fh:
-            np.savez(fh, **arrays)
-        if extra is not None:
-            extra(tmp)
-        with open(tmp / _JSON_NAME, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        if target.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
-            backup.rmdir()
-            os.replace(target, backup)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if backup is not None:
-                os.replace(backup, target)
-                backup = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def _read_bank_dir(
-    path: str | os.PathLike[str], cls_name: str, dim: int | None
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read and validate ``bank.json`` and ``arrays.npz`` of a saved bank."""
-    root = Path(path)
-    meta_path = root / _JSON_NAME
-    if not meta_path.is_file():
-        raise MemoryBankFormatError(f"{root} is not a saved memory bank: {_JSON_NAME} not found")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MemoryBankFormatError(f"{meta_path} is not valid JSON: {err}") from err
-    if not isinstance(meta, dict) or meta.get("format") != BANK_FORMAT:
-        raise MemoryBankFormatError(f"{meta_path} is not a {BANK_FORMAT} file")
-    version = meta.get("format_version")
-    if version != BANK_FORMAT_VERSION:
-        raise MemoryBankFormatError(
-            f"{meta_path} has format version {version!r}; this library reads version "
-            f"{BANK_FORMAT_VERSION}"
-        )
-    if meta.get("class") != cls_name:
-        raise MemoryBankFormatError(
-            f"{root} holds a {meta.get('class')!r}, not a {cls_name!r}; load it with "
-            f"{meta.get('class')}.load(...)"
-        )
-    saved_dim = meta.get("dim")
-    if isinstance(saved_dim, bool) or not isinstance(saved_dim, int) or saved_dim < 1:
-        raise MemoryBankFormatError(
-            f"{meta_path}: dim must be a positive integer, got {saved_dim!r}"
-        )
-    if dim is not None and saved_dim != dim:
-        raise MemoryBankFormatError(f"{root} holds a bank of dim {saved_dim}, expected dim {dim}")
-    count = meta.get("count")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise MemoryBankFormatError(f"{meta_path}: count must be an integer >= 0, got {count!r}")
-    if not isinstance(meta.get("config", {}), dict):
-        raise MemoryBankFormatError(f"{meta_path}: config must be a JSON object")
-    arrays_path = root / _ARRAYS_NAME
-    if not arrays_path.is_file():
-        raise MemoryBankFormatError(f"{root} is missing {_ARRAYS_NAME}")
-    try:
-        with np.load(arrays_path, allow_pickle=False) as npz:
-            missing = [f for f in _ARRAY_FIELDS if f not in npz.files]
-            if missing:
-                raise MemoryBankFormatError(f"{arrays_path} lacks arrays {missing}")
-            arrays = {f: npz[f] for f in _ARRAY_FIELDS}
-    except (OSError, ValueError) as err:
-        if isinstance(err, MemoryBankFormatError):
-            raise
-        raise MemoryBankFormatError(f"cannot read {arrays_path}: {err}") from err
-    expected = {
-        "keys": (count, saved_dim),
-        "values": (count, saved_dim),
-        "users": (count,),
-        "lengths": (count,),
-    }
-    for name, shape in expected.items():
-        if arrays[name].shape != shape:
-            raise MemoryBankFormatError(
-                f"{arrays_path}: {name} has shape {arrays[name].shape}, expected {shape} "
-                f"(count {count}, dim {saved_dim} in {_JSON_NAME})"
-            )
-    for name in ("keys", "values"):
-        if arrays[name].dtype.kind != "f":
-            raise MemoryBankFormatError(
-                f"{arrays_path}: {name} must be float, got {arrays[name].dtype}"
-            )
-    for name in ("users", "lengths"):
-        if arrays[name].dtype.kind not in "iu":
-            raise MemoryBankFormatError(
-                f"{arrays_path}: {name} must be integer, got {arrays[name].dtype}"
-            )
-    return meta, arrays
-
-
-def _bank_meta(cls_name: str, dim: int, count: int, config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": BANK_FORMAT,
-        "format_version": BANK_FORMAT_VERSION,
-        "class": cls_name,
-        "dim": dim,
-        "count": count,
-        "config": config,
-    }
-
-
-def _bank_arrays(
-    keys: torch.Tensor, values: torch.Tensor, users: torch.Tensor, lengths: torch.Tensor
-) -> dict[str, np.ndarray]:
-    return {
-        "keys": keys.detach().cpu().numpy(),
-        "values": values.detach().cpu().numpy(),
-        "users": users.detach().cpu().numpy(),
-        "lengths": lengths.detach().cpu().numpy(),
-    }
-
-
 class _TensorStore:
     """Raw keys/values/users/lengths with cheap appends (chunks are concatenated lazily)."""
 
@@ -802,13 +647,13 @@ class TorchMemoryBank:
             2
         """
         s = self._store
-        meta = _bank_meta(
+        meta = bank_meta(
             type(self).__name__,
             self.dim,
             len(s),
             {"query_chunk": self.query_chunk, "max_chunk_elements": self.max_chunk_elements},
         )
-        _write_bank_dir(path, meta, _bank_arrays(s.keys, s.values, s.users, s.lengths))
+        write_bank_dir(path, meta, bank_arrays(s.keys, s.values, s.users, s.lengths))
 
     @classmethod
     def load(
@@ -827,7 +672,7 @@ class TorchMemoryBank:
         Raises:
             MemoryBankFormatError: missing files, another class/version/dim, bad shapes.
         """
-        meta, arrays = _read_bank_dir(path, cls.__name__, dim)
+        meta, arrays = read_bank_dir(path, cls.__name__, dim)
         config = meta.get("config", {})
         bank = cls(
             meta["dim"],

@@ -36,21 +36,23 @@ import numpy as np
 import torch
 
 from .bank import (
-    MemoryBankFormatError,
     SearchResult,
-    _bank_arrays,
-    _bank_meta,
     _check_dim,
     _check_ids,
     _exact_search,
     _normalize,
-    _read_bank_dir,
     _TensorStore,
     _users_to_remove,
     _validate_add,
     _validate_search,
-    _write_bank_dir,
     admissible,
+)
+from .bank_format import (
+    MemoryBankFormatError,
+    bank_arrays,
+    bank_meta,
+    read_bank_dir,
+    write_bank_dir,
 )
 
 __all__ = ["FaissMemoryBank"]
@@ -413,14 +415,14 @@ class FaissMemoryBank:
         faiss = _import_faiss()
         index = self._get_index() if len(self) else None
         s = self._store
-        meta = _bank_meta(type(self).__name__, self.dim, len(s), self._config())
+        meta = bank_meta(type(self).__name__, self.dim, len(s), self._config())
 
         def write_index(tmp: Path) -> None:
             if index is not None:
                 faiss.write_index(index, str(tmp / _INDEX_NAME))
 
-        _write_bank_dir(
-            path, meta, _bank_arrays(s.keys, s.values, s.users, s.lengths), extra=write_index
+        write_bank_dir(
+            path, meta, bank_arrays(s.keys, s.values, s.users, s.lengths), extra=write_index
         )
 
     @classmethod
@@ -447,7 +449,7 @@ class FaissMemoryBank:
                 "TorchMemoryBank for GPU search"
             )
         faiss = _import_faiss()
-        meta, arrays = _read_bank_dir(path, cls.__name__, dim)
+        meta, arrays = read_bank_dir(path, cls.__name__, dim)
         config = meta.get("config", {})
         try:
             bank = cls(

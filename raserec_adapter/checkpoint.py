@@ -1,0 +1,196 @@
+"""The augmenter's checkpoint directory: ``config.json``, ``ram.pt`` and ``bank/``.
+
+:meth:`RetrievalAugmenter.save <raserec_adapter.RetrievalAugmenter.save>` and
+:meth:`~raserec_adapter.RetrievalAugmenter.load` use these functions; the format is documented
+in ``docs/checkpoints.md``. Nothing is pickled: the metadata and config are JSON, the RAM
+weights a state dict read with ``weights_only=True``, the bank its own directory format.
+
+Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from raserec_adapter import AugmenterConfig
+    >>> path = Path(tempfile.mkdtemp()) / "ckpt"
+    >>> meta = checkpoint_meta(AugmenterConfig(hidden_size=16), 30, "MyEncoder", None)
+    >>> write_checkpoint(path, meta, {}, bank=None)
+    >>> meta, saved = read_meta(path, config=None)
+    >>> meta["num_items"], saved.hidden_size
+    (30, 16)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raserec_adapter.bank import MemoryBank, TorchMemoryBank
+from raserec_adapter.config import AugmenterConfig
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "checkpoint_meta",
+    "read_bank",
+    "read_meta",
+    "read_ram_state",
+    "write_checkpoint",
+]
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A saved augmenter does not match the encoder or config it is loaded with."""
+
+
+def checkpoint_meta(
+    config: AugmenterConfig, num_items: int, encoder_class: str, bank_phase: str | None
+) -> dict[str, Any]:
+    """The content of ``config.json``: format version, config and what the RAM was fit to."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "num_items": num_items,
+        "encoder_class": encoder_class,
+        "bank_phase": bank_phase,
+    }
+
+
+def write_checkpoint(
+    path: str | Path,
+    meta: dict[str, Any],
+    ram_state: dict[str, torch.Tensor],
+    bank: MemoryBank | None,
+) -> None:
+    """Writes ``config.json``, ``ram.pt`` and (with a bank) ``bank/`` as the directory ``path``.
+
+    The directory is written to a temporary place and moved in at the end, so a failure never
+    leaves a half-written checkpoint or destroys an earlier one. Only an earlier checkpoint (a
+    directory with ``config.json``) or an empty directory is replaced.
+
+    Raises:
+        FileExistsError: If ``path`` is a file or a directory that is not a checkpoint.
+    """
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and _is_checkpoint_or_empty(path)):
+        what = "a file" if not path.is_dir() else "a directory that is not a checkpoint"
+        raise FileExistsError(
+            f"{path} is {what}; save() replaces only an earlier augmenter checkpoint (a "
+            "directory with config.json) or an empty directory: choose another path"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        torch.save(ram_state, tmp / "ram.pt")
+        if bank is not None:
+            bank.save(tmp / "bank")
+        old = tmp.with_name(tmp.name + ".old")  # unique, like tmp
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_meta(
+    path: str | Path, config: AugmenterConfig | None
+) -> tuple[dict[str, Any], AugmenterConfig]:
+    """``config.json``'s content and the saved config, checked against ``config`` when given.
+
+    Raises:
+        CheckpointError: If ``config.json`` is missing or malformed, has another format
+            version, or ``config`` differs from the saved one (other than ``hidden_size``).
+    """
+    path = Path(path)
+    meta_file = path / "config.json"
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path} is not an augmenter checkpoint: no config.json")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_file} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointError(
+            f"{path} has format version {version!r}, this library reads {FORMAT_VERSION}: "
+            "load it with the raserec-adapter version that saved it, or retrain"
+        )
+    try:
+        saved = AugmenterConfig.from_dict(meta["config"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{meta_file} is malformed: {e!r}") from e
+    if config is not None:
+        given = config.replace(hidden_size=saved.hidden_size)
+        if given != saved:
+            diff = _config_diff(saved.to_dict(), given.to_dict())
+            raise CheckpointError(
+                f"{path} was saved with another config ({'; '.join(diff)}); load it without "
+                "`config` to use the saved one, or retrain with the new config"
+            )
+    return meta, saved
+
+
+def read_ram_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The RAM's state dict from ``path/ram.pt``, never unpickling anything.
+
+    Raises:
+        CheckpointError: If the file is missing, truncated or not a tensor file.
+    """
+    file = Path(path) / "ram.pt"
+    try:
+        state: dict[str, torch.Tensor] = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing, truncated or not a tensor file: never unpickle it
+        raise CheckpointError(
+            f"{file} cannot be read ({type(e).__name__}: {e}); the checkpoint is "
+            "incomplete or damaged: save it again"
+        ) from e
+    return state
+
+
+def read_bank(
+    path: str | Path, config: AugmenterConfig, device: torch.device | str
+) -> MemoryBank | None:
+    """The bank saved in ``path/bank`` (of ``config.bank.kind``), ``None`` when there is none.
+
+    Raises:
+        CheckpointError: If the bank's files cannot be read.
+        ImportError: If a Faiss bank is saved and faiss is not installed.
+    """
+    where = Path(path) / "bank"
+    if not where.exists():
+        return None
+    try:
+        if config.bank.kind == "torch":
+            return TorchMemoryBank.load(where, device=device)
+        from raserec_adapter.faiss_bank import FaissMemoryBank
+
+        return FaissMemoryBank.load(where)
+    except ImportError:  # e.g. faiss not installed: the environment, not the checkpoint
+        raise
+    except Exception as e:
+        raise CheckpointError(
+            f"the memory bank in {where} cannot be read ({e}); the checkpoint is "
+            "incomplete or damaged: save it again or rebuild the bank with build_bank"
+        ) from e
+
+
+def _is_checkpoint_or_empty(path: Path) -> bool:
+    return (path / "config.json").is_file() or not any(path.iterdir())
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: saved {va!r}, given {vb!r}")
+    return out

@@ -1,0 +1,106 @@
+"""Sequences a user passes to ``recommend``: item-id lists or a padded tensor, validated.
+
+Example:
+    >>> block, lengths, full, seen = to_padded([[3, 1, 2], [4]], None, max_len=2, num_items=5)
+    >>> block.tolist(), lengths.tolist(), full.tolist(), seen
+    ([[1, 2], [4, 0]], [2, 1], [3, 1], None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["check_padded", "to_padded"]
+
+
+def to_padded(
+    sequences: Sequence[Sequence[int]] | torch.Tensor,
+    lengths: torch.Tensor | Sequence[int] | None,
+    max_len: int,
+    num_items: int,
+    with_seen: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(block, lengths, full lengths, seen)``: the left-aligned ``(B, T)`` block of the last
+    ``max_len`` items, its lengths, the untruncated lengths and (``with_seen``) a padded block
+    of all items, else ``None``. Only the items used are checked, all of them with ``seen``."""
+    if isinstance(sequences, torch.Tensor):
+        seq, lens, full, cpu = check_padded(sequences, lengths, max_len, num_items)
+        return seq, lens, full, cpu if with_seen else None
+    full = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    if not len(full) or int(full.min()) == 0:
+        raise ValueError("every sequence needs at least one item (got an empty one)")
+    rows = [list(s)[-max_len:] for s in sequences]
+    bad = [
+        i
+        for s, r in zip(sequences, rows, strict=True)
+        for i in (s if with_seen else r)
+        if isinstance(i, bool) or not (isinstance(i, (int, np.integer)) and 1 <= i <= num_items)
+    ]
+    if bad:
+        raise ValueError(
+            f"item ids must be integers in 1..{num_items} (0 is padding), got {bad[:5]}; map "
+            "unknown items to known ids or drop them, and add 1 to 0-based ids"
+        )
+    seen = None
+    if with_seen:
+        seen = np.zeros((len(full), int(full.max())), dtype=np.int64)
+        for i, s in enumerate(sequences):
+            seen[i, : len(s)] = list(s)
+    block = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int64)
+    for i, r in enumerate(rows):
+        block[i, : len(r)] = r
+    lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    return torch.from_numpy(block), lens, full, None if seen is None else torch.from_numpy(seen)
+
+
+def check_padded(
+    sequences: torch.Tensor,
+    lengths: torch.Tensor | Sequence[int] | None,
+    max_len: int,
+    num_items: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validates a left-aligned padded ``(B, T)`` tensor of item ids with its lengths."""
+    if lengths is None:
+        raise ValueError("pass lengths with a padded tensor of sequences")
+    if sequences.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"sequences must hold integer item ids, got {sequences.dtype}; use .long()")
+    if sequences.dim() != 2 or sequences.shape[0] == 0 or sequences.shape[1] == 0:
+        raise ValueError(
+            f"a tensor of sequences must be (batch, length) with both sizes > 0, got shape "
+            f"{tuple(sequences.shape)}; use seq.unsqueeze(0) for a single sequence"
+        )
+    if sequences.shape[1] > max_len:
+        raise ValueError(
+            f"sequences are {sequences.shape[1]} long, more than max_len = {max_len}; "
+            "pass lists instead (they are truncated to the last max_len items)"
+        )
+    lens = torch.as_tensor(lengths)
+    if lens.is_floating_point() or lens.dtype == torch.bool or lens.shape != sequences.shape[:1]:
+        raise ValueError(
+            f"lengths must be {sequences.shape[0]} integers (one per sequence), got "
+            f"{lens.dtype} of shape {tuple(lens.shape)}"
+        )
+    lens = lens.long().cpu()
+    seq = sequences.long()
+    width = seq.shape[1]
+    if int(lens.min()) < 1 or int(lens.max()) > width:
+        raise ValueError(
+            f"lengths must lie in 1..{width} (the tensor's width), got {lens.tolist()}"
+        )
+    inside = torch.arange(width) < lens[:, None]
+    cpu = seq.cpu()
+    bad = cpu[inside & ((cpu < 1) | (cpu > num_items))]
+    if len(bad):
+        raise ValueError(
+            f"item ids within the lengths must lie in 1..{num_items} (0 is padding, items are "
+            f"left-aligned), got {bad[:5].tolist()}; check the padding side and the lengths"
+        )
+    if (cpu[~inside] != 0).any():
+        raise ValueError(
+            "the tensor has non-zero ids after the stated lengths; sequences must be "
+            "left-aligned with padding 0 on the right, or the lengths are too short"
+        )
+    return seq, lens, lens.clone(), cpu
