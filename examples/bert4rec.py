@@ -4,6 +4,7 @@ python examples/bert4rec.py --dataset beauty             # full schedule, one se
 python examples/bert4rec.py --dataset beauty --demo      # a few minutes on a laptop CPU
 python examples/bert4rec.py --dataset beauty --plain     # plain BERT4Rec (cloze task) only
 python examples/bert4rec.py --objective next-item        # stage 1 with next-item cross-entropy
+python examples/bert4rec.py --no-head                    # score the last layer's output directly
 
 Stage 1 trains BERT4Rec's own cloze objective (plus the retrieval loss unless ``--plain``) on
 each training prefix followed by its next item; ``--objective next-item`` trains the library's
@@ -34,7 +35,11 @@ from raserec_adapter import Batch, WrappedEncoder
 def build(num_items: int, args: argparse.Namespace) -> BERT4Rec:
     """BERT4Rec with RecBole's settings (2 layers, 2 heads, dropout 0.2, mask ratio 0.2)."""
     return BERT4Rec(
-        num_items, hidden_size=args.hidden_size, max_len=args.max_len, **dropout_kwargs(args)
+        num_items,
+        hidden_size=args.hidden_size,
+        max_len=args.max_len,
+        head=getattr(args, "head", True),
+        **dropout_kwargs(args),
     )
 
 
@@ -65,8 +70,18 @@ def main(argv: list[str] | None = None) -> None:
         default="cloze",
         help="stage-1 recommendation loss: BERT4Rec's cloze task or next-item cross-entropy",
     )
+    parser.add_argument(
+        "--head",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score through BERT4Rec's prediction head (linear -> GELU -> LayerNorm); "
+        "--no-head scores the last layer's output directly (RecBole before 1.1)",
+    )
     args = parser.parse_args(argv)
-    run(BACKBONE if args.objective == "cloze" else NEXT_ITEM, args)
+    backbone = BACKBONE if args.objective == "cloze" else NEXT_ITEM
+    if not args.head:  # recorded in the results files; the default is left out of them
+        backbone = replace(backbone, settings={**(backbone.settings or {}), "head": False})
+    run(backbone, args)
 
 
 if __name__ == "__main__":

@@ -220,6 +220,9 @@ class BERT4Rec(nn.Module):
         attn_dropout: Dropout on attention weights.
         mask_prob: Probability that the cloze task masks an item.
         layer_norm_eps: LayerNorm epsilon.
+        head: Apply the prediction head (linear -> GELU -> LayerNorm) before scoring;
+            ``False`` scores the last layer's output directly, as RecBole's BERT4Rec did before
+            version 1.1.
 
     Example:
         >>> import torch
@@ -242,6 +245,7 @@ class BERT4Rec(nn.Module):
         attn_dropout: float = 0.2,
         mask_prob: float = 0.2,
         layer_norm_eps: float = 1e-12,
+        head: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 < mask_prob < 1.0:
@@ -260,10 +264,14 @@ class BERT4Rec(nn.Module):
             )
             for _ in range(num_layers)
         )
-        self.head = nn.Sequential(
-            nn.Linear(hidden_size, hidden_size),
-            nn.GELU(),
-            nn.LayerNorm(hidden_size, eps=layer_norm_eps),
+        self.head: nn.Module = (
+            nn.Sequential(
+                nn.Linear(hidden_size, hidden_size),
+                nn.GELU(),
+                nn.LayerNorm(hidden_size, eps=layer_norm_eps),
+            )
+            if head
+            else nn.Identity()
         )
         init_weights(self)
 

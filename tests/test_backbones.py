@@ -308,3 +308,24 @@ def test_example_dropout_flags_reach_the_model(module):
             module.build(20, parser.parse_args(["--attn-dropout", "0.15"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--dropout", "1.5"])
+
+
+def test_bert4rec_without_head_scores_the_last_layer(monkeypatch):
+    torch.manual_seed(0)
+    plain = BERT4Rec(num_items=12, hidden_size=8, max_len=5, head=False).eval()
+    seq, lens = torch.tensor([[3, 4, 5, 0], [7, 0, 0, 0]]), torch.tensor([3, 1])
+    tokens = torch.tensor([[3, 4, 5, 13, 0], [7, 13, 0, 0, 0]])  # [mask] = 13 after the items
+    expected = plain.encode_tokens(tokens)[torch.arange(2), lens]
+    assert torch.allclose(plain(seq, lens), expected)
+    with_head = BERT4Rec(num_items=12, hidden_size=8, max_len=5).eval()
+    with_head.load_state_dict(plain.state_dict(), strict=False)  # same encoder, plus a head
+    assert not torch.allclose(with_head(seq, lens), expected, atol=1e-3)
+
+    seen = {}
+    monkeypatch.setattr(bert4rec, "run", lambda backbone, args: seen.update(b=backbone, a=args))
+    bert4rec.main(["--objective", "next-item", "--no-head"])
+    assert seen["b"].settings == {"objective": "next-item", "head": False}
+    assert isinstance(bert4rec.build(12, seen["a"]).head, torch.nn.Identity)
+    bert4rec.main([])
+    assert seen["b"].settings == {"objective": "cloze"}
+    assert isinstance(bert4rec.build(12, seen["a"]).head, torch.nn.Sequential)
