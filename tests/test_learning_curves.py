@@ -1,0 +1,59 @@
+"""benchmarks/learning_curves.py: curves read back from pre-training state files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import synthetic_sequences
+
+from examples.models import SASRec
+from raserec_adapter import PretrainConfig, leave_one_out, pretrain
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _common
+import learning_curves
+
+
+def test_curves_match_the_training_history(tmp_path: Path, monkeypatch, capsys) -> None:
+    split = leave_one_out(synthetic_sequences(30, 20, seed=1), max_len=10)
+    results = {}
+    for name, epochs in (("a", 3), ("b", 2)):
+        torch.manual_seed(0)
+        model = SASRec(20, hidden_size=8, max_len=10)
+        cfg = PretrainConfig(epochs=epochs, seed=len(name), lr=0.01 if name == "a" else 0.001)
+        state = tmp_path / f"{name}.pt"
+        results[name] = pretrain(model, split, cfg, state_path=state, show_progress=False)
+    monkeypatch.setattr(_common, "RESULTS", tmp_path / "out")
+    learning_curves.main(
+        ["--name", "probe", "--what", "two learning rates"]
+        + [f"--arm={n}={tmp_path / n}.pt" for n in "ab"]
+        + ["--command", "a=python train.py --lr 0.01"]
+    )
+    out = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert out["compared_epochs"] == 2
+    assert out["arms"]["a"]["command"] == "python train.py --lr 0.01"
+    for name, res in results.items():
+        got = out["arms"][name]["epochs"]
+        assert [e["epoch"] for e in got] == [e["epoch"] for e in res.history]
+        want = [round(e["valid_MRR@10"], 4) for e in res.history]
+        assert [e["valid_MRR@10"] for e in got] == want
+    second = [round(results[n].history[1]["valid_MRR@10"], 4) for n in "ab"]
+    printed = capsys.readouterr().out.splitlines()  # header, epoch 1, epoch 2, "wrote ..."
+    assert printed[2].split() == ["2", *(f"{v:.4f}" for v in second)]
+    assert {"git_commit", "machine", "command"} <= set(out)
+
+
+def test_refuses_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        learning_curves.main(["--name", "x", "--what", "y", "--arm", "no-equals-sign"])
+    with pytest.raises(SystemExit, match="at least two"):
+        learning_curves.main(["--name", "x", "--what", "y", "--arm", f"a={tmp_path}/a.pt"])
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="not a pre-training state file"):
+        learning_curves.main(
+            ["--name", "x", "--what", "y"] + [f"--arm={n}={tmp_path}/other.pt" for n in "ab"]
+        )
