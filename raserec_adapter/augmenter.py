@@ -262,6 +262,97 @@ class RetrievalAugmenter(nn.Module):
         self.bank = bank
         logger.info("memory bank: %d memories in %.1f s", len(bank), time.perf_counter() - t0)
 
+    @torch.no_grad()
+    def add_memories(
+        self,
+        sequences: Sequence[Sequence[int]],
+        users: Sequence[int],
+        *,
+        start_lengths: Sequence[int] | int = 1,
+        device: torch.device | str = "cpu",
+    ) -> int:
+        """Adds users' new interactions to the memory bank as memories, without retraining.
+
+        RaSeRec's memory is explicit: when users interact again, their new <prefix, next item>
+        pairs join the bank at once and the RAM retrieves them for every query (the paper's
+        answer to preference drift); the encoder and the RAM stay as they are. For each
+        sequence ``s`` (a user's whole history, oldest first) every pair ``(s[:n], s[n])`` with
+        ``n >= start_length`` is encoded by the frozen encoder (its last ``max_len`` items) and
+        added with the user's id and prefix length ``n``, so the no-leakage rule keeps applying
+        (``BankConfig.prefix_lengths`` filters them as in :meth:`build_bank`).
+
+        The bank then no longer follows the split protocol: :meth:`evaluate` uses it as it is,
+        and :meth:`fit_raft` needs :meth:`build_bank` again.
+
+        Args:
+            sequences: Each user's item ids (1-based), oldest first.
+            users: The users' bank ids (for a split's users: their row in the split).
+            start_lengths: Prefix length of each sequence's first new pair, i.e. how many of
+                its items the bank already covers (a split's bank covers the training part, or
+                training part + validation item after a test evaluation); ``1`` (default)
+                adds every pair of a user new to the bank. One int applies to all.
+            device: Where the encoder runs.
+
+        Returns:
+            The number of memories added.
+
+        Example:
+            >>> # user 7 had 12 items in the bank's pairs and has interacted twice since
+            >>> # augmenter.add_memories([history_of_7], users=[7], start_lengths=12)
+            >>> # -> 2 (the pairs with prefix lengths 12 and 13)
+        """
+        bank = self._require_bank("add_memories")
+        n = len(sequences)
+        if isinstance(users, (str, bytes)) or len(users) != n:
+            raise ValueError(f"give one user id per sequence: {n} sequences, {len(users)} users")
+        starts = [start_lengths] * n if isinstance(start_lengths, int) else list(start_lengths)
+        if len(starts) != n:
+            raise ValueError(f"start_lengths has {len(starts)} entries for {n} sequences")
+        for name, values, low in (("users", users, 0), ("start_lengths", starts, 1)):
+            bad = [
+                v
+                for v in values
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low
+            ]
+            if bad:
+                raise ValueError(f"{name} must be integers >= {low}, got {bad[:5]}")
+        seqs = Sequences.from_lists(sequences, num_items=self.encoder.num_items)
+        rows = [
+            (i, length)
+            for i, (s, start) in enumerate(zip(sequences, starts, strict=True))
+            for length in range(start, len(s))
+        ]
+        if not rows:
+            return 0
+        index, lengths = (np.array(x, dtype=np.int64) for x in zip(*rows, strict=True))
+        targets = seqs.items[seqs.offsets[index] + lengths]
+        keys = self.encode(seqs, PrefixSet(index, lengths, targets), device=device)
+        before = len(bank)
+        bank_users = np.asarray(users, dtype=np.int64)[index]
+        self._add_kept(bank, keys, self._item_table()[targets], bank_users, lengths)
+        # the split's protocol (which pairs the bank holds per phase) no longer applies
+        self._bank_phase, self._bank_split, self._train_keys = "custom", None, None
+        added = len(bank) - before
+        logger.info("added %d memories (%d users); bank: %d", added, n, len(bank))
+        return added
+
+    def remove_memories(self, users: Sequence[int]) -> int:
+        """Removes every memory of the given users from the bank (e.g. deleted accounts).
+
+        As after :meth:`add_memories`, the bank no longer follows the split protocol.
+
+        Returns:
+            The number of memories removed.
+
+        Example:
+            >>> # augmenter.remove_memories([7, 42])
+        """
+        bank = self._require_bank("remove_memories")
+        removed = bank.remove(torch.as_tensor(list(users), dtype=torch.long))
+        self._bank_phase, self._bank_split, self._train_keys = "custom", None, None
+        logger.info("removed %d memories of %d users; bank: %d", removed, len(users), len(bank))
+        return removed
+
     def _check_split(self, split: LeaveOneOutSplit) -> None:
         """Refuses a split the augmenter cannot use as it is (clear errors, also on CUDA)."""
         if split.max_len != self.config.max_len:

@@ -391,3 +391,90 @@ def test_recommend_rejects_malformed_tensors_and_excludes_the_whole_history(trai
     )
     with pytest.raises(ValueError, match=r"got \[99\]"):
         aug.recommend([old_unknown], k=3, exclude_seen=True)
+
+
+def test_add_memories_encodes_new_pairs_of_a_users_history(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    before = len(aug.bank)
+    seqs = split.sequences
+    u = 5
+    history = seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]].tolist()
+    covered = int(split.valid.lengths[u])  # the training part: what the bank's pairs cover
+    assert aug.add_memories([history], [u], start_lengths=covered) == 2
+    assert len(aug.bank) == before + 2
+    keys, values = aug.bank.fetch(torch.tensor([before, before + 1]))
+    model.eval()
+    with torch.no_grad():
+        for row, n in enumerate((covered, covered + 1)):  # reference: the encoder by hand
+            prefix = torch.tensor([history[:n][-MAX_LEN:]])
+            want = model(prefix, torch.tensor([prefix.shape[1]]))[0]
+            assert torch.allclose(keys[row], want, atol=1e-5)
+            assert torch.equal(values[row], model.item_embedding.weight[history[n]])
+    # the new memories are found by other users' queries, and never by u's earlier prefixes
+    other = aug.bank.search(
+        keys, 1, users=torch.tensor([u + 1, u + 1]), lengths=torch.tensor([3, 3])
+    )
+    assert other.ids[:, 0].tolist() == [before, before + 1]
+    own = aug.bank.search(keys, 4, users=torch.tensor([u, u]), lengths=torch.tensor([covered] * 2))
+    assert not ({before, before + 1} & set(own.ids.flatten().tolist()))
+    later = aug.bank.search(
+        keys[:1], 1, users=torch.tensor([u]), lengths=torch.tensor([covered + 1])
+    )
+    assert later.ids.tolist() == [[before]]  # u's next prefix may see the pair of length covered
+    # the bank no longer follows the split's protocol: RAFT wants it rebuilt, evaluation uses it
+    with pytest.raises(RuntimeError, match=r"build_bank\(split\)"):
+        aug.fit_raft(split, RAFTConfig(epochs=1))
+    assert set(aug.evaluate(split, "test")) == {"plain", "raserec"}
+    assert len(aug.bank) == before + 2
+
+
+def test_add_memories_new_users_filters_and_bad_input(trained):
+    model, split = trained
+    with pytest.raises(RuntimeError, match="build_bank"):
+        make(model).add_memories([[1, 2, 3]], [0])
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    before = len(aug.bank)
+    # a new user: every pair of each sequence (default start 1); one-item sequences have none
+    assert aug.add_memories([[1, 2, 3, 4], [7]], [500, 501]) == 3
+    assert aug.bank.fetch(torch.arange(before, before + 3))[0].shape == (3, 16)
+    assert aug.add_memories([[1, 2, 3]], [500], start_lengths=3) == 0
+    with pytest.raises(ValueError, match="one user id per sequence"):
+        aug.add_memories([[1, 2, 3]], [1, 2])
+    with pytest.raises(ValueError, match="start_lengths must be integers >= 1"):
+        aug.add_memories([[1, 2, 3]], [1], start_lengths=0)
+    with pytest.raises(ValueError, match="users must be integers >= 0"):
+        aug.add_memories([[1, 2, 3]], [-1])
+    with pytest.raises(ValueError, match="2 entries for 1 sequences"):
+        aug.add_memories([[1, 2, 3]], [1], start_lengths=[1, 2])
+    with pytest.raises(ValueError, match="1..30"):
+        aug.add_memories([[1, 2, 31]], [1])
+    assert len(aug.bank) == before + 3  # refused calls added nothing
+    short = RetrievalAugmenter(
+        model,
+        AugmenterConfig(
+            max_len=MAX_LEN,
+            bank=BankConfig(kind="torch", prefix_lengths=((1, 2),)),
+            ram=RAMConfig(k=4),
+        ),
+    )
+    short.build_bank(split, show_progress=False)
+    assert short.add_memories([[1, 2, 3, 4, 5]], [600]) == 2  # prefix lengths 1 and 2 only
+
+
+def test_remove_memories_drops_a_users_memories_for_good(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    mine = int((split.train.users == 3).sum()) + int((split.train.users == 4).sum())
+    assert mine > 0
+    assert aug.remove_memories([3, 4]) == mine
+    assert len(aug.bank) == len(split.train) - mine
+    # not restored behind the user's back by a later evaluation's bank phase switch
+    aug.evaluate(split, "valid")
+    aug.evaluate(split, "test")
+    assert len(aug.bank) == len(split.train) - mine
+    with pytest.raises(RuntimeError, match=r"build_bank\(split\)"):
+        aug.fit_raft(split, RAFTConfig(epochs=1))
