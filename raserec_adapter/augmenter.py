@@ -407,7 +407,7 @@ class RetrievalAugmenter(nn.Module):
 
     def _use_phase(self, split: LeaveOneOutSplit, which: str, device: torch.device | str) -> None:
         """Makes the bank hold what the RaSeRec protocol prescribes for evaluating ``which``."""
-        bank = self._require_bank("evaluation")
+        self._require_bank("evaluation")
         if self._bank_split is None:  # built from batches or loaded: the user's bank as it is
             if which == "valid" and self._bank_phase == "test":
                 logger.warning(
@@ -424,19 +424,20 @@ class RetrievalAugmenter(nn.Module):
         want = "test" if which == "test" else "train"
         if want == self._bank_phase:
             return
+        # a new bank from the cached training keys (+ validation pairs): its index is trained
+        # on exactly the memories of the phase, as build_bank(split, phase) would train it
+        assert self._train_keys is not None
+        new = self._new_bank(device)
+        self._add_kept(
+            new,
+            self._train_keys,
+            self._item_table()[split.train.targets],
+            split.train.users,
+            split.train.lengths,
+        )
         if want == "test":
-            self._add_valid_pairs(bank, split, device)
-        else:  # drop the validation pairs again: rebuild from the cached training keys
-            assert self._train_keys is not None
-            new = self._new_bank(device)
-            self._add_kept(
-                new,
-                self._train_keys,
-                self._item_table()[split.train.targets],
-                split.train.users,
-                split.train.lengths,
-            )
-            self.bank = new
+            self._add_valid_pairs(new, split, device)
+        self.bank = new
         self._bank_phase = want
 
     # ------------------------------------------------------------------ retrieval + RAM

@@ -372,72 +372,84 @@ def _users_to_remove(users: Any, device: torch.device) -> torch.Tensor:
 
 
 class _TensorStore:
-    """Raw keys/values/users/lengths with cheap appends (chunks are concatenated lazily)."""
+    """Raw keys/values/users/lengths plus the L2-normalised keys (for the search), in buffers
+    that grow by doubling: an append costs O(new memories), not O(bank)."""
+
+    _FLOAT = ("keys", "values", "normed")
+    _INT = ("users", "lengths")
 
     def __init__(self, dim: int, device: torch.device) -> None:
         self.dim = dim
         self.device = device
-        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._size = 0
-        self._set(
-            torch.empty((0, dim), dtype=torch.float32, device=device),
-            torch.empty((0, dim), dtype=torch.float32, device=device),
-            torch.empty((0,), dtype=torch.int64, device=device),
-            torch.empty((0,), dtype=torch.int64, device=device),
-        )
-
-    def _set(self, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, n: torch.Tensor) -> None:
-        self._keys, self._values, self._users, self._lengths = k, v, u, n
-        self._size = k.shape[0]
-        self._parts = []
+        self._cols = self._alloc(0)
         self._user_order: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def append(self, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, n: torch.Tensor) -> None:
-        if k.shape[0]:
-            self._parts.append((k, v, u, n))
-            self._size += k.shape[0]
-            self._user_order = None
+    def _alloc(self, capacity: int) -> dict[str, torch.Tensor]:
+        f32 = torch.float32
+        cols = {
+            c: torch.empty((capacity, self.dim), dtype=f32, device=self.device) for c in self._FLOAT
+        }
+        for c in self._INT:
+            cols[c] = torch.empty((capacity,), dtype=torch.int64, device=self.device)
+        return cols
 
-    def _consolidate(self) -> None:
-        if self._parts:
-            parts = [(self._keys, self._values, self._users, self._lengths), *self._parts]
-            self._set(*(torch.cat(cols) for cols in zip(*parts, strict=True)))
+    def append(self, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor, n: torch.Tensor) -> None:
+        m = k.shape[0]
+        if not m:
+            return
+        end = self._size + m
+        capacity = self._cols["keys"].shape[0]
+        if end > capacity:
+            grown = self._alloc(max(end, 2 * capacity))
+            for c, t in self._cols.items():
+                grown[c][: self._size] = t[: self._size]
+            self._cols = grown
+        new = {"keys": k, "values": v, "normed": _normalize(k), "users": u, "lengths": n}
+        for c, t in new.items():
+            self._cols[c][self._size : end] = t
+        self._size = end
+        self._user_order = None
 
     def __len__(self) -> int:
         return self._size
 
+    def _col(self, name: str) -> torch.Tensor:
+        return self._cols[name][: self._size]
+
     @property
     def keys(self) -> torch.Tensor:
-        self._consolidate()
-        return self._keys
+        return self._col("keys")
 
     @property
     def values(self) -> torch.Tensor:
-        self._consolidate()
-        return self._values
+        return self._col("values")
+
+    @property
+    def normed(self) -> torch.Tensor:
+        """``(n, dim)`` L2-normalised keys."""
+        return self._col("normed")
 
     @property
     def users(self) -> torch.Tensor:
-        self._consolidate()
-        return self._users
+        return self._col("users")
 
     @property
     def lengths(self) -> torch.Tensor:
-        self._consolidate()
-        return self._lengths
+        return self._col("lengths")
 
     @property
     def user_order(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Memories' users sorted stably, and the permutation (cached until the next change)."""
-        self._consolidate()
         if self._user_order is None:
-            res = torch.sort(self._users, stable=True)
+            res = torch.sort(self.users, stable=True)
             self._user_order = (res.values, res.indices)
         return self._user_order
 
     def keep(self, mask: torch.Tensor) -> None:
-        self._consolidate()
-        self._set(self._keys[mask], self._values[mask], self._users[mask], self._lengths[mask])
+        self._cols = {c: self._col(c)[mask] for c in self._cols}
+        self._size = self._cols["keys"].shape[0]
+        self._user_order = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,7 +508,6 @@ class TorchMemoryBank:
         self.max_chunk_elements = max_chunk_elements
         self._device = torch.device(device)
         self._store = _TensorStore(self.dim, self._device)
-        self._normed: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -536,13 +547,6 @@ class TorchMemoryBank:
         """
         k, v, u, n = _validate_add(keys, values, users, lengths, self.dim, self._device)
         self._store.append(k, v, u, n)
-        if k.shape[0]:
-            self._normed = None
-
-    def _keys_normed(self) -> torch.Tensor:
-        if self._normed is None:
-            self._normed = _normalize(self._store.keys)
-        return self._normed
 
     def search(
         self,
@@ -573,7 +577,7 @@ class TorchMemoryBank:
             [[1]]
         """
         q, qu, ql = _validate_search(queries, k, users, lengths, self.dim, len(self), self._device)
-        keys_normed = self._keys_normed()
+        keys_normed = self._store.normed
         chunk = max(1, min(self.query_chunk, self.max_chunk_elements // max(1, len(self))))
         scores, ids = _exact_search(
             _normalize(q),
@@ -631,7 +635,6 @@ class TorchMemoryBank:
         removed = int(drop.sum())
         if removed:
             self._store.keep(~drop)
-            self._normed = None
         return removed
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -142,7 +142,7 @@ class FaissMemoryBank:
             faiss.omp_set_num_threads(self.num_threads)
         self._store = _TensorStore(self.dim, _CPU)
         self._index: Any = None
-        self._normed: torch.Tensor | None = None
+        self._trained_on = 0  # memories when the index was last built
         self.index_description: str | None = None
 
     @property
@@ -169,7 +169,12 @@ class FaissMemoryBank:
         users: torch.Tensor,
         lengths: torch.Tensor,
     ) -> None:
-        """Append memories (the index is rebuilt at the next search).
+        """Append memories.
+
+        A built index takes the new keys as they come (an IVF index files them under its
+        trained lists, as Faiss does); it is trained again at the next search only when it is
+        an exact fallback for too few entries, or once the bank has grown to twice the size it
+        was trained on.
 
         Args:
             keys: ``(n, dim)`` raw sequence representations ``h_k``.
@@ -184,19 +189,19 @@ class FaissMemoryBank:
             2
         """
         k, v, u, n = _validate_add(keys, values, users, lengths, self.dim, _CPU)
-        if k.shape[0]:
-            self._store.append(k, v, u, n)
+        if not k.shape[0]:
+            return
+        self._store.append(k, v, u, n)
+        grown = len(self._store) > 2 * self._trained_on
+        if self._index is None or self.index_description != self.index_factory or grown:
             self._invalidate()
+            return
+        new = self._store.normed[-k.shape[0] :]
+        self._index.add(np.ascontiguousarray(new.numpy(), dtype=np.float32))
 
     def _invalidate(self) -> None:
         self._index = None
-        self._normed = None
         self.index_description = None
-
-    def _keys_normed(self) -> torch.Tensor:
-        if self._normed is None:
-            self._normed = _normalize(self._store.keys)
-        return self._normed
 
     def _set_nprobe(self, index: Any) -> None:
         faiss = _import_faiss()
@@ -209,7 +214,7 @@ class FaissMemoryBank:
     def _build(self) -> Any:
         """Train and fill the index over the normalised keys (falls back to exact Flat)."""
         faiss = _import_faiss()
-        x = np.ascontiguousarray(self._keys_normed().numpy(), dtype=np.float32)
+        x = np.ascontiguousarray(self._store.normed.numpy(), dtype=np.float32)
         n = x.shape[0]
         description = self.index_factory
         index = faiss.index_factory(self.dim, description, faiss.METRIC_INNER_PRODUCT)
@@ -241,6 +246,7 @@ class FaissMemoryBank:
         index.add(x)
         self._set_nprobe(index)
         self._index = index
+        self._trained_on = n
         self.index_description = description
         return index
 
@@ -330,7 +336,7 @@ class FaissMemoryBank:
         """Exact fallback for the given query rows (normalised queries)."""
         return _exact_search(
             qn[rows],
-            self._keys_normed(),
+            self._store.normed,
             k,
             None if qu is None else qu[rows],
             None if ql is None else ql[rows],
@@ -481,6 +487,7 @@ class FaissMemoryBank:
                 )
             bank._set_nprobe(index)
             bank._index = index
+            bank._trained_on = len(bank)
             desc = config.get("index_description")
             bank.index_description = desc if isinstance(desc, str) else bank.index_factory
         return bank

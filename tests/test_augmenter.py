@@ -478,3 +478,27 @@ def test_remove_memories_drops_a_users_memories_for_good(trained):
     assert len(aug.bank) == len(split.train) - mine
     with pytest.raises(RuntimeError, match=r"build_bank\(split\)"):
         aug.fit_raft(split, RAFTConfig(epochs=1))
+
+
+def test_phase_switches_train_the_ivf_index_on_the_phases_memories(trained):
+    """Evaluating the test after validation gives what a bank built for the test gives."""
+    model, split = trained
+
+    def ivf():
+        cfg = AugmenterConfig(
+            max_len=MAX_LEN, bank=BankConfig(index_factory="IVF8,Flat"), ram=RAMConfig(k=4)
+        )
+        return RetrievalAugmenter(model, cfg)
+
+    switched = ivf()
+    switched.build_bank(split, show_progress=False)
+    switched.fit_raft(split, RAFTConfig(epochs=1, batch_size=64), show_progress=False)
+    got = switched.evaluate(split, "test")["raserec"]
+    direct = ivf()
+    direct.ram.load_state_dict(switched.ram.state_dict())
+    direct.build_bank(split, "test", show_progress=False)
+    assert direct.evaluate(split, "test")["raserec"] == got
+    assert switched.bank.index_description == "IVF8,Flat"
+    # approximate search over the whole bank: same centroids, same lists, same answers
+    q = torch.randn(2000, 16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(switched.bank.search(q, 4).ids, direct.bank.search(q, 4).ids)

@@ -231,6 +231,47 @@ def test_incremental_adds_equal_one_add() -> None:
     np.testing.assert_array_equal(fv.reshape(30, 5).numpy(), values)
 
 
+def test_faiss_adds_to_a_built_index_without_retraining(tmp_path: Path) -> None:
+    keys, values, users, lens = make_data(6000, 16, 300, seed=3, max_len=40)
+    q, qu, ql = keys[:80], users[:80], lens[:80]
+    # exact Flat: memories added after the index was built are searched like the others
+    flat = fill(
+        FaissMemoryBank(16, index_factory="Flat"),
+        keys[:4000],
+        values[:4000],
+        users[:4000],
+        lens[:4000],
+    )
+    flat.search(torch.from_numpy(q), 3)  # builds the index
+    fill(flat, keys[4000:], values[4000:], users[4000:], lens[4000:])
+    res = flat.search(torch.from_numpy(q), 10, torch.from_numpy(qu), torch.from_numpy(ql))
+    check_result(res, 10, keys, q, qu, ql, users, lens, exact=True)
+    # IVF: a few new memories are filed under the trained lists (no retraining); each is found
+    # by a query equal to its key, as the best match of its own list
+    ivf = fill(FaissMemoryBank(16), keys[:5000], values[:5000], users[:5000], lens[:5000])
+    before = ivf.search(torch.from_numpy(q), 5)
+    fill(ivf, keys[5000:5010], values[5000:5010], users[5000:5010], lens[5000:5010])
+    found = ivf.search(torch.from_numpy(keys[5000:5010]), 1).ids[:, 0]
+    assert found.tolist() == list(range(5000, 5010))
+    # the trained lists did not change: old queries see the same old memories (or new ones)
+    after = ivf.search(torch.from_numpy(q), 5)
+    old = after.ids < 5000
+    assert torch.equal(after.ids[old.all(1)], before.ids[old.all(1)])
+    # saved and loaded with the added memories
+    ivf.save(tmp_path / "bank")
+    loaded = FaissMemoryBank.load(tmp_path / "bank")
+    assert torch.equal(loaded.search(torch.from_numpy(q), 5).ids, after.ids)
+    # once the bank has doubled since training, the index is trained again on everything:
+    # then it answers as a bank built from all memories at once
+    small = fill(FaissMemoryBank(16), keys[:2000], values[:2000], users[:2000], lens[:2000])
+    small.search(torch.from_numpy(q), 1)
+    fill(small, keys[2000:], values[2000:], users[2000:], lens[2000:])
+    whole = fill(FaissMemoryBank(16), keys, values, users, lens)
+    assert torch.equal(
+        small.search(torch.from_numpy(q), 5).ids, whole.search(torch.from_numpy(q), 5).ids
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Faiss IVF: recall, fallbacks, determinism.
 # ----------------------------------------------------------------------------------------------
