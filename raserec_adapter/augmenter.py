@@ -53,7 +53,7 @@ from raserec_adapter.data import (
 )
 from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
-from raserec_adapter.inputs import to_padded
+from raserec_adapter.inputs import as_id_array, to_padded
 from raserec_adapter.losses import frozen_table_cross_entropy
 from raserec_adapter.pretraining import (
     RecLoss,
@@ -265,10 +265,10 @@ class RetrievalAugmenter(nn.Module):
     @torch.no_grad()
     def add_memories(
         self,
-        sequences: Sequence[Sequence[int]],
-        users: Sequence[int],
+        sequences: Sequence[Sequence[int]] | Sequences,
+        users: Sequence[int] | np.ndarray | torch.Tensor,
         *,
-        start_lengths: Sequence[int] | int = 1,
+        start_lengths: Sequence[int] | np.ndarray | int = 1,
         device: torch.device | str = "cpu",
     ) -> int:
         """Adds users' new interactions to the memory bank as memories, without retraining.
@@ -282,11 +282,14 @@ class RetrievalAugmenter(nn.Module):
         (``BankConfig.prefix_lengths`` filters them as in :meth:`build_bank`).
 
         The bank then no longer follows the split protocol: :meth:`evaluate` uses it as it is,
-        and :meth:`fit_raft` needs :meth:`build_bank` again.
+        and :meth:`fit_raft` needs :meth:`build_bank` again. Pairs already in the bank are not
+        detected: a ``start_length`` below what the bank covers adds them a second time.
 
         Args:
-            sequences: Each user's item ids (1-based), oldest first.
-            users: The users' bank ids (for a split's users: their row in the split).
+            sequences: Each user's item ids (1-based), oldest first (lists, or a
+                :class:`~raserec_adapter.Sequences`).
+            users: The users' bank ids, integers >= 0 (for a split's users: their row in the
+                split).
             start_lengths: Prefix length of each sequence's first new pair, i.e. how many of
                 its items the bank already covers (a split's bank covers the training part, or
                 training part + validation item after a test evaluation); ``1`` (default)
@@ -301,45 +304,46 @@ class RetrievalAugmenter(nn.Module):
             >>> # augmenter.add_memories([history_of_7], users=[7], start_lengths=12)
             >>> # -> 2 (the pairs with prefix lengths 12 and 13)
         """
-        bank = self._require_bank("add_memories")
-        n = len(sequences)
-        if isinstance(users, (str, bytes)) or len(users) != n:
-            raise ValueError(f"give one user id per sequence: {n} sequences, {len(users)} users")
-        starts = [start_lengths] * n if isinstance(start_lengths, int) else list(start_lengths)
-        if len(starts) != n:
-            raise ValueError(f"start_lengths has {len(starts)} entries for {n} sequences")
-        for name, values, low in (("users", users, 0), ("start_lengths", starts, 1)):
-            bad = [
-                v
-                for v in values
-                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low
-            ]
-            if bad:
-                raise ValueError(f"{name} must be integers >= {low}, got {bad[:5]}")
-        seqs = Sequences.from_lists(sequences, num_items=self.encoder.num_items)
-        rows = [
-            (i, length)
-            for i, (s, start) in enumerate(zip(sequences, starts, strict=True))
-            for length in range(start, len(s))
-        ]
-        if not rows:
+        if self.bank is None:  # an emptied bank (every user removed) still takes memories
+            self._require_bank("add_memories")
+        bank = self.bank
+        assert bank is not None
+        if isinstance(sequences, Sequences):
+            seqs = sequences
+            if seqs.num_items > self.encoder.num_items:
+                raise ValueError(
+                    f"the sequences have {seqs.num_items} items, the encoder knows "
+                    f"{self.encoder.num_items}; item ids must lie in 1..{self.encoder.num_items}"
+                )
+        else:
+            seqs = Sequences.from_lists(list(sequences), num_items=self.encoder.num_items)
+        n = seqs.num_users
+        bank_ids = as_id_array(users, "users", n, low=0)
+        if isinstance(start_lengths, (int, np.integer)) and not isinstance(start_lengths, bool):
+            start_lengths = [int(start_lengths)] * n
+        starts = as_id_array(start_lengths, "start_lengths", n, low=1)
+        # pairs (s[:length], s[length]) for start <= length < len(s), vectorised
+        counts = np.maximum(np.diff(seqs.offsets) - starts, 0)
+        index = np.repeat(np.arange(n), counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        lengths = starts[index] + np.arange(len(index)) - first
+        if not len(index):
             return 0
-        index, lengths = (np.array(x, dtype=np.int64) for x in zip(*rows, strict=True))
         targets = seqs.items[seqs.offsets[index] + lengths]
         keys = self.encode(seqs, PrefixSet(index, lengths, targets), device=device)
         before = len(bank)
-        bank_users = np.asarray(users, dtype=np.int64)[index]
-        self._add_kept(bank, keys, self._item_table()[targets], bank_users, lengths)
-        # the split's protocol (which pairs the bank holds per phase) no longer applies
-        self._bank_phase, self._bank_split, self._train_keys = "custom", None, None
+        self._add_kept(bank, keys, self._item_table()[targets], bank_ids[index], lengths)
         added = len(bank) - before
+        if added:  # the split's protocol (which pairs the bank holds per phase) no longer applies
+            self._bank_phase, self._bank_split, self._train_keys = "custom", None, None
         logger.info("added %d memories (%d users); bank: %d", added, n, len(bank))
         return added
 
-    def remove_memories(self, users: Sequence[int]) -> int:
+    def remove_memories(self, users: Sequence[int] | np.ndarray | torch.Tensor | int) -> int:
         """Removes every memory of the given users from the bank (e.g. deleted accounts).
 
-        As after :meth:`add_memories`, the bank no longer follows the split protocol.
+        As after :meth:`add_memories`, the bank no longer follows the split protocol (when
+        anything was removed). Unknown user ids remove nothing.
 
         Returns:
             The number of memories removed.
@@ -348,9 +352,15 @@ class RetrievalAugmenter(nn.Module):
             >>> # augmenter.remove_memories([7, 42])
         """
         bank = self._require_bank("remove_memories")
-        removed = bank.remove(torch.as_tensor(list(users), dtype=torch.long))
-        self._bank_phase, self._bank_split, self._train_keys = "custom", None, None
-        logger.info("removed %d memories of %d users; bank: %d", removed, len(users), len(bank))
+        if isinstance(users, (torch.Tensor, np.ndarray)) and users.ndim == 0:
+            users = users.reshape(1)
+        elif isinstance(users, (int, np.integer)) and not isinstance(users, bool):
+            users = [int(users)]
+        ids = as_id_array(users, "users", None, low=None)
+        removed = bank.remove(torch.from_numpy(ids))
+        if removed:
+            self._bank_phase, self._bank_split, self._train_keys = "custom", None, None
+        logger.info("removed %d memories of %d users; bank: %d", removed, len(ids), len(bank))
         return removed
 
     def _check_split(self, split: LeaveOneOutSplit) -> None:
@@ -427,7 +437,7 @@ class RetrievalAugmenter(nn.Module):
         # a new bank from the cached training keys (+ validation pairs): its index is trained
         # on exactly the memories of the phase, as build_bank(split, phase) would train it
         assert self._train_keys is not None
-        new = self._new_bank(device)
+        new = self._new_bank(self.bank.device if self.bank is not None else device)
         self._add_kept(
             new,
             self._train_keys,

@@ -373,7 +373,9 @@ def _users_to_remove(users: Any, device: torch.device) -> torch.Tensor:
 
 class _TensorStore:
     """Raw keys/values/users/lengths plus the L2-normalised keys (for the search), in buffers
-    that grow by doubling: an append costs O(new memories), not O(bank)."""
+    that grow by a quarter when full: an append costs amortised O(new memories), not O(bank),
+    and the buffers hold at most 25% spare rows (a split's test-phase bank, built as training
+    pairs then validation pairs, about 7% on Beauty)."""
 
     _FLOAT = ("keys", "values", "normed")
     _INT = ("users", "lengths")
@@ -401,7 +403,7 @@ class _TensorStore:
         end = self._size + m
         capacity = self._cols["keys"].shape[0]
         if end > capacity:
-            grown = self._alloc(max(end, 2 * capacity))
+            grown = self._alloc(max(end, capacity + capacity // 4))
             for c, t in self._cols.items():
                 grown[c][: self._size] = t[: self._size]
             self._cols = grown

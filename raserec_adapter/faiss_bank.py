@@ -2,7 +2,9 @@
 
 :class:`FaissMemoryBank` keeps the raw keys, values, users and prefix lengths in CPU tensors
 beside a Faiss index of the L2-normalised keys (inner product = cosine). The index is built
-(trained + filled) lazily at the first search after any ``add``/``remove``.
+(trained + filled) lazily at the first search; later additions go into the built index as they
+come, and the index is trained again (at the next search) after a ``remove`` or once the bank
+has doubled since the last training.
 
 Search over-fetches ``overfetch * k`` candidates, drops inadmissible ones (the exclusion rule of
 :func:`raserec_adapter.bank.admissible`) and Faiss's ``-1`` padding, and keeps the best ``k``.
@@ -402,6 +404,7 @@ class FaissMemoryBank:
             "seed": self.seed,
             "exact_chunk": self.exact_chunk,
             "index_description": self.index_description,
+            "trained_on": self._trained_on,
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -487,7 +490,9 @@ class FaissMemoryBank:
                 )
             bank._set_nprobe(index)
             bank._index = index
-            bank._trained_on = len(bank)
+            trained = config.get("trained_on")  # banks saved before it was recorded: all
+            ok = isinstance(trained, int) and not isinstance(trained, bool)
+            bank._trained_on = trained if ok and 0 < trained <= len(bank) else len(bank)
             desc = config.get("index_description")
             bank.index_description = desc if isinstance(desc, str) else bank.index_factory
         return bank

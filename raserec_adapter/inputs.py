@@ -9,11 +9,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["check_padded", "to_padded"]
+__all__ = ["as_id_array", "check_padded", "to_padded"]
 
 
 def to_padded(
@@ -104,3 +105,43 @@ def check_padded(
             "left-aligned with padding 0 on the right, or the lengths are too short"
         )
     return seq, lens, lens.clone(), cpu
+
+
+def as_id_array(values: Any, name: str, count: int | None, low: int | None) -> np.ndarray:
+    """A 1-D int64 array of integer ids (lists, NumPy arrays, tensors), checked.
+
+    Args:
+        values: The ids.
+        name: The argument's name, for errors.
+        count: Required number of ids (``None``: any).
+        low: Smallest allowed id (``None``: any that fits int64).
+
+    Raises:
+        ValueError: If an id is not an integer, is below ``low`` or does not fit int64, or the
+            count differs.
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must be integers, got {values!r}")
+    try:
+        arr = np.asarray(values if isinstance(values, np.ndarray) else list(values))
+    except TypeError as e:
+        raise ValueError(f"{name} must be a sequence of integers, got {values!r}") from e
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a flat sequence of integers, got shape {arr.shape}")
+    if count is not None and len(arr) != count:
+        raise ValueError(f"{name} has {len(arr)} entries for {count} sequences; give one each")
+    if not len(arr):
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind not in "iuO":  # bool, float, str...
+        raise ValueError(f"{name} must be integers, got {arr[:5].tolist()}")
+    items = arr.tolist()  # Python ints, exact also for uint64
+    bad = [v for v in items if not isinstance(v, int) or isinstance(v, bool)]
+    if bad:
+        raise ValueError(f"{name} must be integers, got {bad[:5]}")
+    floor, top = (-(2**63) if low is None else low), 2**63 - 1
+    lo, hi = min(items), max(items)
+    if lo < floor or hi > top:
+        raise ValueError(f"{name} must lie in {floor}..{top}, got {lo if lo < floor else hi}")
+    return np.asarray(items, dtype=np.int64)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import synthetic_sequences
@@ -441,14 +442,20 @@ def test_add_memories_new_users_filters_and_bad_input(trained):
     assert aug.add_memories([[1, 2, 3, 4], [7]], [500, 501]) == 3
     assert aug.bank.fetch(torch.arange(before, before + 3))[0].shape == (3, 16)
     assert aug.add_memories([[1, 2, 3]], [500], start_lengths=3) == 0
-    with pytest.raises(ValueError, match="one user id per sequence"):
+    with pytest.raises(ValueError, match="users has 2 entries for 1 sequences"):
         aug.add_memories([[1, 2, 3]], [1, 2])
-    with pytest.raises(ValueError, match="start_lengths must be integers >= 1"):
+    with pytest.raises(ValueError, match=r"start_lengths must lie in 1\.\..*, got 0"):
         aug.add_memories([[1, 2, 3]], [1], start_lengths=0)
-    with pytest.raises(ValueError, match="users must be integers >= 0"):
+    with pytest.raises(ValueError, match=r"users must lie in 0\.\..*, got -1"):
         aug.add_memories([[1, 2, 3]], [-1])
-    with pytest.raises(ValueError, match="2 entries for 1 sequences"):
+    with pytest.raises(ValueError, match="start_lengths has 2 entries for 1 sequences"):
         aug.add_memories([[1, 2, 3]], [1], start_lengths=[1, 2])
+    with pytest.raises(ValueError, match=r"users must lie in 0\.\..*, got 9223372036854775813"):
+        aug.add_memories([[1, 2, 3]], np.array([2**63 + 5], dtype=np.uint64))
+    with pytest.raises(ValueError, match=r"users must be integers, got \[1.5\]"):
+        aug.add_memories([[1, 2, 3]], [1.5])
+    with pytest.raises(ValueError, match="users must be a sequence of integers"):
+        aug.add_memories([[1, 2, 3]], 7)
     with pytest.raises(ValueError, match="1..30"):
         aug.add_memories([[1, 2, 31]], [1])
     assert len(aug.bank) == before + 3  # refused calls added nothing
@@ -502,3 +509,35 @@ def test_phase_switches_train_the_ivf_index_on_the_phases_memories(trained):
     # approximate search over the whole bank: same centroids, same lists, same answers
     q = torch.randn(2000, 16, generator=torch.Generator().manual_seed(1))
     assert torch.equal(switched.bank.search(q, 4).ids, direct.bank.search(q, 4).ids)
+
+
+def test_add_and_remove_memories_take_arrays_tensors_and_keep_the_protocol_on_no_ops(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    n_train = len(split.train)
+    # calls that change nothing leave the split's protocol in place
+    assert aug.remove_memories([]) == 0
+    assert aug.remove_memories([10_000]) == 0
+    assert aug.add_memories([[1, 2, 3]], [700], start_lengths=3) == 0
+    aug.evaluate(split, "test")
+    assert len(aug.bank) == n_train + len(split.valid)  # validation pairs joined as usual
+    aug.evaluate(split, "valid")
+    assert len(aug.bank) == n_train
+    # ids as tensors / NumPy, one NumPy int for all start lengths, a Sequences object
+    history = [[1, 2, 3, 4], [5, 6, 7]]
+    assert aug.add_memories(history, torch.tensor([700, 701]), start_lengths=np.int64(2)) == 3
+    seqs = split.sequences
+    assert aug.add_memories(seqs, np.arange(seqs.num_users) + 1000, start_lengths=1) == sum(
+        max(int(seqs.offsets[u + 1] - seqs.offsets[u]) - 1, 0) for u in range(seqs.num_users)
+    )
+    # removal: one int, a 0-d tensor, a generator; floats are refused, nothing removed
+    assert aug.remove_memories(700) == 2 and aug.remove_memories(torch.tensor(701)) == 1
+    size = len(aug.bank)
+    with pytest.raises(ValueError, match=r"users must be integers, got \[1.7\]"):
+        aug.remove_memories([1.7])
+    assert len(aug.bank) == size
+    assert aug.remove_memories(u for u in range(1000, 1000 + seqs.num_users)) == size - n_train
+    # a bank emptied by removals still takes memories
+    assert aug.remove_memories(np.arange(seqs.num_users)) == n_train and len(aug.bank) == 0
+    assert aug.add_memories([[1, 2, 3]], [5]) == 2

@@ -272,6 +272,26 @@ def test_faiss_adds_to_a_built_index_without_retraining(tmp_path: Path) -> None:
     )
 
 
+def test_faiss_saved_bank_remembers_what_its_index_was_trained_on(tmp_path: Path) -> None:
+    keys, values, users, lens = make_data(4020, 8, 100, seed=4)
+    q = torch.from_numpy(keys[:50])
+    bank = fill(
+        FaissMemoryBank(8, "IVF16,Flat"), keys[:2000], values[:2000], users[:2000], lens[:2000]
+    )
+    bank.search(q, 1)  # trained on 2000
+    fill(bank, keys[2000:2010], values[2000:2010], users[2000:2010], lens[2000:2010])
+    bank.save(tmp_path / "bank")
+    meta = json.loads((tmp_path / "bank" / "bank.json").read_text())
+    assert meta["config"]["trained_on"] == 2000
+    loaded = FaissMemoryBank.load(tmp_path / "bank")
+    # 4010 > 2 x 2000: trained again on all of them, so it answers like a bank built at once
+    fill(loaded, keys[2010:4010], values[2010:4010], users[2010:4010], lens[2010:4010])
+    whole = fill(
+        FaissMemoryBank(8, "IVF16,Flat"), keys[:4010], values[:4010], users[:4010], lens[:4010]
+    )
+    assert torch.equal(loaded.search(q, 5).ids, whole.search(q, 5).ids)
+
+
 # ----------------------------------------------------------------------------------------------
 # Faiss IVF: recall, fallbacks, determinism.
 # ----------------------------------------------------------------------------------------------
