@@ -304,10 +304,7 @@ class RetrievalAugmenter(nn.Module):
             >>> # augmenter.add_memories([history_of_7], users=[7], start_lengths=12)
             >>> # -> 2 (the pairs with prefix lengths 12 and 13)
         """
-        if self.bank is None:  # an emptied bank (every user removed) still takes memories
-            self._require_bank("add_memories")
-        bank = self.bank
-        assert bank is not None
+        bank = self._require_bank("add_memories", allow_empty=True)  # emptied by removals
         if isinstance(sequences, Sequences):
             seqs = sequences
             if seqs.num_items > self.encoder.num_items:
@@ -352,15 +349,12 @@ class RetrievalAugmenter(nn.Module):
             >>> # augmenter.remove_memories([7, 42])
         """
         bank = self._require_bank("remove_memories")
-        if isinstance(users, (torch.Tensor, np.ndarray)) and users.ndim == 0:
-            users = users.reshape(1)
-        elif isinstance(users, (int, np.integer)) and not isinstance(users, bool):
-            users = [int(users)]
-        ids = as_id_array(users, "users", None, low=None)
-        removed = bank.remove(torch.from_numpy(ids))
+        if not isinstance(users, (torch.Tensor, np.ndarray, int, np.integer)):
+            users = list(users)  # generators too; the bank checks the ids
+        removed = bank.remove(users)
         if removed:
             self._bank_phase, self._bank_split, self._train_keys = "custom", None, None
-        logger.info("removed %d memories of %d users; bank: %d", removed, len(ids), len(bank))
+        logger.info("removed %d memories; bank: %d", removed, len(bank))
         return removed
 
     def _check_split(self, split: LeaveOneOutSplit) -> None:
@@ -403,8 +397,8 @@ class RetrievalAugmenter(nn.Module):
             users, lengths = users[rows], lengths[rows]
         bank.add(keys, values, users, lengths)
 
-    def _require_bank(self, what: str) -> MemoryBank:
-        if self.bank is None or len(self.bank) == 0:
+    def _require_bank(self, what: str, allow_empty: bool = False) -> MemoryBank:
+        if self.bank is None or (len(self.bank) == 0 and not allow_empty):
             hint = {
                 "retrieval": " (or recommend(..., augmented=False) for the encoder alone)",
                 "evaluation": " (or evaluate(..., augmented=(False,)) for the encoder alone)",
@@ -417,7 +411,7 @@ class RetrievalAugmenter(nn.Module):
 
     def _use_phase(self, split: LeaveOneOutSplit, which: str, device: torch.device | str) -> None:
         """Makes the bank hold what the RaSeRec protocol prescribes for evaluating ``which``."""
-        self._require_bank("evaluation")
+        bank = self._require_bank("evaluation")
         if self._bank_split is None:  # built from batches or loaded: the user's bank as it is
             if which == "valid" and self._bank_phase == "test":
                 logger.warning(
@@ -437,7 +431,7 @@ class RetrievalAugmenter(nn.Module):
         # a new bank from the cached training keys (+ validation pairs): its index is trained
         # on exactly the memories of the phase, as build_bank(split, phase) would train it
         assert self._train_keys is not None
-        new = self._new_bank(self.bank.device if self.bank is not None else device)
+        new = self._new_bank(bank.device)
         self._add_kept(
             new,
             self._train_keys,
