@@ -62,7 +62,8 @@ BACKBONE = Backbone(
 NEXT_ITEM = replace(BACKBONE, rec_loss=None, settings={"objective": "next-item"})
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """This example's command line: the shared options plus ``--objective`` and ``--head``."""
     parser = build_parser("BERT4Rec", __doc__.splitlines()[0])
     parser.add_argument(
         "--objective",
@@ -77,7 +78,11 @@ def main(argv: list[str] | None = None) -> None:
         help="score through BERT4Rec's prediction head (linear -> GELU -> LayerNorm); "
         "--no-head scores the last layer's output directly (RecBole before 1.1)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     backbone = BACKBONE if args.objective == "cloze" else NEXT_ITEM
     if not args.head:  # recorded in the results files; the default is left out of them
         backbone = replace(backbone, settings={**(backbone.settings or {}), "head": False})

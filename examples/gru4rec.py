@@ -26,9 +26,13 @@ def build(num_items: int, args: argparse.Namespace) -> GRU4Rec:
 BACKBONE = Backbone("gru4rec", build)
 
 
+def parser() -> argparse.ArgumentParser:
+    """This example's command line (the options every example shares)."""
+    return build_parser("GRU4Rec", __doc__.splitlines()[0])
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser("GRU4Rec", __doc__.splitlines()[0])
-    run(BACKBONE, parser.parse_args(argv))
+    run(BACKBONE, parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,13 @@ def build(num_items: int, args: argparse.Namespace) -> SASRec:
 BACKBONE = Backbone("sasrec", build)
 
 
+def parser() -> argparse.ArgumentParser:
+    """This example's command line (the options every example shares)."""
+    return build_parser("SASRec", __doc__.splitlines()[0])
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser("SASRec", __doc__.splitlines()[0])
-    run(BACKBONE, parser.parse_args(argv))
+    run(BACKBONE, parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from raserec_adapter.checkpoint import (
     read_ram_state,
     write_checkpoint,
 )
-from raserec_adapter.config import AugmenterConfig, PretrainConfig, RAFTConfig
+from raserec_adapter.config import AugmenterConfig, PretrainConfig, RAFTConfig, RAMConfig
 from raserec_adapter.data import (
     Batch,
     LeaveOneOutSplit,
@@ -468,6 +468,37 @@ class RetrievalAugmenter(nn.Module):
         return self.ram(h, keys.to(dev), values.to(dev))
 
     # ------------------------------------------------------------------ stage 2
+    def reset_ram(self, ram: RAMConfig | None = None, *, seed: int | None = None) -> None:
+        """Replaces the RAM head with a freshly initialised one; keeps the encoder and the bank.
+
+        For tuning the RAM (alpha, beta, K, ...) over one frozen encoder: the memory bank and
+        its cached keys stay, so each setting costs only its ``fit_raft``, with no re-encoding.
+
+        Args:
+            ram: New RAM settings (default: the current ones, re-initialised).
+            seed: Seeds the new head's initial weights (the global random state is left as
+                it was); default: drawn from the global random state.
+
+        Example:
+            >>> import torch
+            >>> from raserec_adapter import RAMConfig, RetrievalAugmenter
+            >>> from examples.models import SASRec
+            >>> aug = RetrievalAugmenter(SASRec(num_items=30))
+            >>> aug.reset_ram(RAMConfig(alpha=0.7, k=10), seed=0)
+            >>> aug.config.ram.alpha, aug.config.ram.k
+            (0.7, 10)
+        """
+        cfg = self.config.ram if ram is None else ram
+        if not isinstance(cfg, RAMConfig):
+            raise TypeError(f"ram must be a RAMConfig, got {type(cfg).__name__}")
+        device = next(self.ram.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            head = RetrievalAugmentedModule(self.config.hidden_size, cfg)
+        self.ram = head.to(device)
+        self.config = self.config.replace(ram=cfg)
+
     def fit_raft(
         self,
         split: LeaveOneOutSplit,
