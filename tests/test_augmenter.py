@@ -541,3 +541,35 @@ def test_add_and_remove_memories_take_arrays_tensors_and_keep_the_protocol_on_no
     # a bank emptied by removals still takes memories
     assert aug.remove_memories(np.arange(seqs.num_users)) == n_train and len(aug.bank) == 0
     assert aug.add_memories([[1, 2, 3]], [5]) == 2
+
+
+def test_reset_ram_gives_a_fresh_seeded_head_and_keeps_the_bank(trained, tmp_path):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    bank, keys = aug.bank, aug._train_keys
+    rcfg = RAFTConfig(epochs=2, batch_size=64, seed=3)
+    aug.reset_ram(RAMConfig(k=4, alpha=0.3), seed=5)
+    first = aug.fit_raft(split, rcfg, show_progress=False)
+    trained_head = {k: v.clone() for k, v in aug.ram.state_dict().items()}
+    rng_before = torch.get_rng_state()
+    aug.reset_ram(RAMConfig(k=4, alpha=0.3), seed=5)  # the same setting again, from scratch
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the global random state is untouched
+    assert any(not torch.equal(v, trained_head[k]) for k, v in aug.ram.state_dict().items())
+    assert aug.bank is bank and aug._train_keys is keys  # nothing re-encoded
+    again = aug.fit_raft(split, rcfg, show_progress=False)
+    assert again.best_valid == first.best_valid  # same seed, same fresh head: same run
+    for k, v in aug.ram.state_dict().items():
+        assert torch.equal(v, trained_head[k])
+    aug.reset_ram(RAMConfig(k=6, alpha=0.9, beta=0.5), seed=5)
+    assert (aug.config.ram.k, aug.config.ram.alpha, aug.config.ram.beta) == (6, 0.9, 0.5)
+    assert aug.ram.config.alpha == 0.9  # the head mixes with the new weights
+    aug.fit_raft(split, rcfg, show_progress=False)
+    ids, _ = aug.recommend([[1, 2, 3]], k=5)
+    assert ids.shape == (1, 5)
+    aug.save(tmp_path / "ck")  # the checkpoint records the new settings
+    with pytest.raises(CheckpointError, match="ram.k: saved 6, given 4"):
+        RetrievalAugmenter.load(model, tmp_path / "ck", make(model).config)
+    assert RetrievalAugmenter.load(model, tmp_path / "ck").config.ram.k == 6
+    with pytest.raises(TypeError, match="ram must be a RAMConfig"):
+        aug.reset_ram({"k": 3})  # type: ignore[arg-type]

@@ -1,0 +1,130 @@
+"""benchmarks/sensitivity.py: a RAM sweep over one frozen encoder, and its summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import synthetic_sequences
+
+from examples import sasrec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import sensitivity
+
+TINY = "--hidden-size 8 --max-len 10"
+
+
+@pytest.fixture(scope="module")
+def encoder_and_data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sens")
+    seqs = synthetic_sequences(50, 20, seed=2)
+    lines = [" ".join(map(str, [u + 1, *seqs[u].tolist()])) for u in range(seqs.num_users)]
+    (tmp / "tiny.txt").write_text("\n".join(lines) + "\n")
+    torch.manual_seed(0)
+    model = sasrec.BACKBONE.build(20, sasrec.parser().parse_args(TINY.split()))
+    torch.save(model.state_dict(), tmp / "encoder.pt")
+    return tmp
+
+
+def _sweep(tmp: Path, out: Path, *extra: str) -> dict:
+    args = ["--backbone", "sasrec", f"--backbone-args={TINY}", "--dataset", str(tmp / "tiny.txt")]
+    args += ["--encoder", str(tmp / "encoder.pt"), "--index", "Flat", "--seed", "1"]
+    args += ["--alphas", "0.2", "--betas", "", "--ks", "3", "--raft-epochs", "2"]
+    args += ["--patience", "1", "--threads", "1", "--out", str(out), *extra]
+    return sensitivity.main(args)
+
+
+def test_sweep_runs_every_setting_and_a_resumed_setting_repeats_exactly(encoder_and_data):
+    tmp = encoder_and_data
+    record = _sweep(tmp, tmp / "a.json")
+    on_disk = json.loads((tmp / "a.json").read_text())
+    assert on_disk["settings"] == record["settings"]
+    got = [r["setting"] for r in on_disk["settings"]]
+    assert got == [
+        {"alpha": 0.5, "beta": 1.0, "k": 20},
+        {"alpha": 0.2, "beta": 1.0, "k": 20},
+        {"alpha": 0.5, "beta": 1.0, "k": 3},
+    ]
+    for row in on_disk["settings"]:
+        assert 1 <= row["best_epoch"] <= row["epochs_run"] <= 2
+        assert {"HR@5", "NDCG@10"} <= set(row["valid"]) and {"HR@5", "NDCG@10"} <= set(row["test"])
+    assert set(on_disk["plain"]) == {"valid", "test"}
+    assert {"command", "git_commit", "machine", "wall_seconds"} <= set(on_disk)
+    # drop the middle setting and resume: only it is run again, with the same result
+    cut = {**on_disk, "settings": [on_disk["settings"][0], on_disk["settings"][2]]}
+    (tmp / "b.json").write_text(json.dumps(cut))
+    resumed = _sweep(tmp, tmp / "b.json", "--resume")
+    assert resumed["settings"] == on_disk["settings"]
+    with pytest.raises(SystemExit, match="another encoder or seed"):
+        sensitivity.main(
+            ["--encoder", "x.pt", "--out", str(tmp / "b.json"), "--resume", "--seed", "1"]
+        )
+
+
+def _fake(seed: int, valid: list[float], test: list[float], backbone: str = "sasrec") -> dict:
+    grid = sensitivity.settings([0.2], [], [], sensitivity.BASE)
+    metrics = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
+    return {
+        "what": "w",
+        "dataset": "beauty",
+        "backbone": backbone,
+        "backbone_args": "",
+        "seed": seed,
+        "encoder": f"e{seed}.pt",
+        "plain": {w: dict.fromkeys(metrics, 0.01) for w in ("valid", "test")},
+        "settings": [
+            {
+                "setting": s,
+                "best_epoch": 1,
+                "valid": dict.fromkeys(metrics, v),
+                "test": dict.fromkeys(metrics, t),
+            }
+            for s, v, t in zip(grid, valid, test, strict=True)
+        ],
+        **{k: "x" for k in ("command", "git_commit", "machine", "wall_seconds")},
+    }
+
+
+def test_summary_means_over_seeds_and_selects_by_validation_only(tmp_path):
+    # the base setting wins on validation, alpha 0.2 on the test: the summary picks the base
+    files = []
+    for seed, valid, test in ((0, [0.30, 0.20], [0.10, 0.40]), (1, [0.10, 0.15], [0.20, 0.50])):
+        files.append(tmp_path / f"s{seed}.json")
+        files[-1].write_text(json.dumps(_fake(seed, valid, test)))
+    out = tmp_path / "sum.json"
+    record = sensitivity.main(["--summarise", *map(str, files), "--out", str(out)])
+    assert json.loads(out.read_text()) == record
+    assert record["selected_by_valid"]["setting"] == sensitivity.BASE
+    base, alt = record["settings"]
+    assert base["valid"]["HR@10"] == pytest.approx(0.20) and alt["valid"]["HR@10"] == 0.175
+    assert base["test"]["HR@5"] == pytest.approx(0.15) and alt["test"]["HR@5"] == 0.45
+    assert record["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        (_fake(0, [0.1, 0.2], [0.1, 0.2]), "a seed appears twice"),
+        (_fake(1, [0.1, 0.2], [0.1, 0.2], backbone="gru4rec"), "different datasets or backbones"),
+    ],
+)
+def test_summary_refuses_files_that_do_not_belong_together(tmp_path, second, message):
+    (tmp_path / "a.json").write_text(json.dumps(_fake(0, [0.1, 0.2], [0.1, 0.2])))
+    (tmp_path / "b.json").write_text(json.dumps(second))
+    files = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    with pytest.raises(SystemExit, match=message):
+        sensitivity.main(["--summarise", *files, "--out", str(tmp_path / "o.json")])
+
+
+def test_summary_refuses_different_grids(tmp_path):
+    a, b = _fake(0, [0.1, 0.2], [0.1, 0.2]), _fake(1, [0.1, 0.2], [0.1, 0.2])
+    b["settings"][1]["setting"] = {"alpha": 0.9, "beta": 1.0, "k": 20}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    files = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    with pytest.raises(SystemExit, match="different settings"):
+        sensitivity.main(["--summarise", *files, "--out", str(tmp_path / "o.json")])
