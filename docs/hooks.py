@@ -618,6 +618,46 @@ def _num(v: Any) -> str:
     return str(v)
 
 
+SWEEP_METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
+
+
+def sweep_table(rec: dict) -> list[str]:
+    """Markdown table of a RAM sweep (``benchmarks/sensitivity.py``); ``[]`` for other files."""
+    rows = rec.get("settings")
+    plain = rec.get("plain")
+    if not (isinstance(rows, list) and rows and isinstance(plain, dict)):
+        return []
+    if not all(isinstance(r, dict) and {"setting", "valid", "test"} <= set(r) for r in rows):
+        return []
+    metric = str(rec.get("selection_metric", "valid HR@10")).removeprefix("valid ")
+    if "selected_by_valid" in rec:
+        metric = str(rec["selected_by_valid"].get("metric", metric)).removeprefix("valid ")
+    chosen = rec.get("selected_by_valid", {}).get("setting")
+
+    def fmt(d: dict, key: str) -> str:
+        v = d.get(key)
+        return f"{v:.4f}" if isinstance(v, (int, float)) else ""
+
+    head = ["setting", f"valid {metric}", *(f"test {m}" for m in SWEEP_METRICS)]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out.append(
+        "| frozen encoder, no RAM | "
+        + " | ".join(
+            [fmt(plain.get("valid", {}), metric)]
+            + [fmt(plain.get("test", {}), m) for m in SWEEP_METRICS]
+        )
+        + " |"
+    )
+    for r in rows:
+        s = r["setting"]
+        label = ", ".join(f"{k} {v}" for k, v in s.items()) if isinstance(s, dict) else str(s)
+        if s == chosen:
+            label = f"**{label}** (selected)"
+        cells = [fmt(r["valid"], metric)] + [fmt(r["test"], m) for m in SWEEP_METRICS]
+        out.append(f"| {_cell(label)} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
 def render_results(root: Path = ROOT) -> str:
     """Results tables, chart and provenance from ``benchmarks/results/*.json``."""
     results_dir = root / "benchmarks" / "results"
@@ -690,7 +730,10 @@ def render_results(root: Path = ROOT) -> str:
         for path, rec in other:
             out += [f"### {_cell(path.stem)} {{ #{_slug(path)} }}", ""]
             out += [*_provenance(path, rec, root), ""]
-            scalars = _flat_scalars(rec)
+            table = sweep_table(rec)
+            out += table
+            shown = {"plain", "settings"} if table else set()  # already in the table
+            scalars = _flat_scalars({k: v for k, v in rec.items() if k not in shown})
             if scalars:
                 out += ["| field | value |", "|---|---|"]
                 out += [f"| `{k}` | {_cell(v)} |" for k, v in scalars]

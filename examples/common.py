@@ -358,6 +358,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 "epochs_run": raft.epochs_run,
                 "seconds": round(raft.seconds, 1),
                 "best_valid": raft.best_valid,
+                "baseline_valid": raft.baseline_valid,  # the frozen encoder alone
                 "config": rcfg.to_dict(),
                 "augmenter_config": acfg.to_dict(),
             }

@@ -511,7 +511,9 @@ class RetrievalAugmenter(nn.Module):
 
         Query representations and their K neighbours are computed once before the first epoch.
         Early stopping on ``config.valid_metric`` over the validation users; the best epoch's
-        RAM weights are kept.
+        RAM weights are kept. The result's ``baseline_valid`` holds the frozen encoder's own
+        validation metrics, and a warning is logged when the RAM's best epoch does not beat
+        them.
         """
         cfg = config or RAFTConfig()
         self._check_split(split)
@@ -583,6 +585,14 @@ class RetrievalAugmenter(nn.Module):
         )
         gen = torch.Generator().manual_seed(cfg.seed)
         result = TrainResult()
+        result.baseline_valid = evaluate_ranking(  # the score the RAM has to beat
+            lambda b: valid_h[b.index.to(dev)],
+            table,
+            split.sequences,
+            split.valid,
+            max_len=split.max_len,
+            device=dev,
+        )
         best_state, best, bad = None, -math.inf, 0
         n_steps = math.ceil(len(train) / cfg.batch_size)
         for epoch in range(1, cfg.epochs + 1):
@@ -641,6 +651,16 @@ class RetrievalAugmenter(nn.Module):
             self.ram.load_state_dict(best_state)
         self.ram.eval()
         result.seconds = time.perf_counter() - t_start
+        plain = result.baseline_valid[cfg.valid_metric]
+        if best <= plain:
+            logger.warning(
+                "RAFT: the RAM's best validation %s (%.4f) does not beat the frozen encoder "
+                "alone (%.4f); try a larger RAMConfig.alpha (more weight on the encoder's own "
+                "representation), or serve the encoder alone (augmented=False)",
+                cfg.valid_metric,
+                best,
+                plain,
+            )
         return result
 
     @torch.no_grad()

@@ -33,6 +33,8 @@ class TrainResult:
         history: One dict per epoch: loss parts, validation metrics, seconds.
         epochs_run: Epochs trained before stopping.
         seconds: Wall time of the run (of all its resumed parts).
+        baseline_valid: RAFT only: validation metrics of the frozen encoder alone, without
+            the RAM (what the RAM has to beat); empty for pre-training.
     """
 
     best_epoch: int = 0
@@ -40,6 +42,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     epochs_run: int = 0
     seconds: float = 0.0
+    baseline_valid: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

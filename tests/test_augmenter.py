@@ -573,3 +573,15 @@ def test_reset_ram_gives_a_fresh_seeded_head_and_keeps_the_bank(trained, tmp_pat
     assert RetrievalAugmenter.load(model, tmp_path / "ck").config.ram.k == 6
     with pytest.raises(TypeError, match="ram must be a RAMConfig"):
         aug.reset_ram({"k": 3})  # type: ignore[arg-type]
+
+
+def test_raft_reports_the_frozen_encoders_own_validation_score(trained, caplog):
+    model, split = trained
+    aug = make(model, alpha=1.0)  # h~ = h: the RAM can never beat the encoder alone
+    aug.build_bank(split, show_progress=False)
+    with caplog.at_level("WARNING", logger="raserec_adapter"):
+        res = aug.fit_raft(split, RAFTConfig(epochs=2, batch_size=64), show_progress=False)
+    plain = aug.evaluate(split, "valid", augmented=(False,))["plain"]
+    assert res.baseline_valid == pytest.approx(plain)
+    assert res.best_valid["HR@10"] == pytest.approx(plain["HR@10"])
+    assert "does not beat the frozen encoder alone" in caplog.text

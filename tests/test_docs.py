@@ -196,6 +196,34 @@ def test_results_rendering(tmp_path: Path) -> None:
     assert "## Other benchmark files" in md and "| `epoch_seconds` | 1.5, 2 |" in md
 
 
+def test_a_ram_sweep_renders_as_a_table(tmp_path: Path) -> None:
+    hooks = load_hooks()
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    m = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
+    base, alt = {"alpha": 0.5, "beta": 1.0, "k": 20}, {"alpha": 0.9, "beta": 1.0, "k": 20}
+    _write(
+        results / "sensitivity-beauty-bert4rec.json",
+        {
+            "what": "RAM sweep",
+            "plain": {"valid": dict.fromkeys(m, 0.05), "test": dict.fromkeys(m, 0.04)},
+            "settings": [
+                {"setting": base, "valid": dict.fromkeys(m, 0.07), "test": dict.fromkeys(m, 0.02)},
+                {"setting": alt, "valid": dict.fromkeys(m, 0.06), "test": dict.fromkeys(m, 0.03)},
+            ],
+            "selected_by_valid": {"metric": "valid HR@10", "setting": base},
+            "command": "python benchmarks/sensitivity.py --summarise a.json b.json",
+        },
+    )
+    md = hooks.render_results(tmp_path)
+    assert "| setting | valid HR@10 | test HR@5 | test NDCG@5 | test HR@10 | test NDCG@10 |" in md
+    assert "| frozen encoder, no RAM | 0.0500 | 0.0400 | 0.0400 | 0.0400 | 0.0400 |" in md
+    selected = "| **alpha 0.5, beta 1.0, k 20** (selected) | 0.0700 | 0.0200 |"
+    assert selected in md
+    assert "| alpha 0.9, beta 1.0, k 20 | 0.0600 | 0.0300 |" in md
+    assert "`plain." not in md  # the table shows them; no flat field rows repeat them
+
+
 def test_faiss_bench_runs(tmp_path: Path) -> None:
     pytest.importorskip("faiss")
     spec = importlib.util.spec_from_file_location("faiss_bench", DOCS / "faiss_bench.py")
