@@ -52,9 +52,10 @@ from raserec_adapter.data import (
     window_pair_index,
 )
 from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
-from raserec_adapter.evaluation import evaluate_ranking
+from raserec_adapter.evaluation import evaluate_ranking, rank_targets
 from raserec_adapter.inputs import as_id_array, to_padded
 from raserec_adapter.losses import frozen_table_cross_entropy
+from raserec_adapter.metrics import RankingMetrics
 from raserec_adapter.pretraining import (
     RecLoss,
     check_item_count,
@@ -705,13 +706,61 @@ class RetrievalAugmenter(nn.Module):
 
         For ``which="test"`` the bank holds training plus validation pairs (released code); for
         ``"valid"`` only training pairs. Returns ``{"plain": {...}, "raserec": {...}}`` for the
-        variants asked for.
+        variants asked for. :meth:`ranks` gives the rank of every user's target instead.
+        """
+        out = {}
+        for variant, r in self.ranks(
+            split,
+            which,
+            protocol=protocol,
+            augmented=augmented,
+            device=device,
+            batch_size=batch_size,
+        ).items():
+            metrics = RankingMetrics()
+            metrics.update(r)
+            out[variant] = metrics.compute()
+        return out
+
+    @torch.no_grad()
+    def ranks(
+        self,
+        split: LeaveOneOutSplit,
+        which: str = "test",
+        *,
+        protocol: str = "full",
+        augmented: Sequence[bool] = (False, True),
+        device: torch.device | str = "cpu",
+        batch_size: int = 1024,
+    ) -> dict[str, torch.Tensor]:
+        """Rank (1-based, ties against the target) of every user's ``which`` target.
+
+        The per-user view behind :meth:`evaluate`, for analyses by user or item group (e.g.
+        ``benchmarks/groups.py``). Same bank contents and protocols as :meth:`evaluate`.
+
+        Returns:
+            ``{"plain": ranks, "raserec": ranks}`` for the variants asked for; each a ``(U,)``
+            long tensor in the order of ``split.eval_set(which)`` (``split.test.users`` for the
+            test split).
+
+        Example:
+            >>> import torch
+            >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAMConfig,
+            ...     RetrievalAugmenter, Sequences, leave_one_out)
+            >>> from examples.models import SASRec
+            >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4], [2, 3, 4, 1]]))
+            >>> cfg = AugmenterConfig(bank=BankConfig(kind="torch"), ram=RAMConfig(k=2))
+            >>> aug = RetrievalAugmenter(SASRec(num_items=4), cfg)
+            >>> aug.build_bank(split, show_progress=False)
+            >>> r = aug.ranks(split, "test")
+            >>> r["plain"].shape, bool((r["raserec"] >= 1).all())
+            (torch.Size([2]), True)
         """
         if which not in ("valid", "test"):
             raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
         self._check_split(split)
         self.eval()
-        out: dict[str, dict[str, float]] = {}
+        out: dict[str, torch.Tensor] = {}
         table = self._item_table().to(device)
         if True in augmented:
             self._use_phase(split, which, device)
@@ -724,7 +773,7 @@ class RetrievalAugmenter(nn.Module):
                     return h
                 return self.augment(h, b.users.cpu(), b.prefix_lengths.cpu())
 
-            out["raserec" if aug else "plain"] = evaluate_ranking(
+            out["raserec" if aug else "plain"] = rank_targets(
                 represent,
                 table,
                 split.sequences,

@@ -585,3 +585,29 @@ def test_raft_reports_the_frozen_encoders_own_validation_score(trained, caplog):
     assert res.baseline_valid == pytest.approx(plain)
     assert res.best_valid["HR@10"] == pytest.approx(plain["HR@10"])
     assert "does not beat the frozen encoder alone" in caplog.text
+
+
+def test_ranks_are_the_per_user_view_of_evaluate(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    aug.fit_raft(split, RAFTConfig(epochs=1, batch_size=64), show_progress=False)
+    r = aug.ranks(split, "test")
+    # plain ranks by brute force: encode each test input by hand, count items scoring >= target
+    model.eval()
+    table = model.item_embedding.weight.detach()[1:]
+    for i, u in enumerate(split.test.users[:25]):
+        n = int(split.test.lengths[i])
+        items = split.sequences[int(u)][:n][-MAX_LEN:].tolist()
+        target = int(split.sequences[int(u)][n])
+        with torch.no_grad():
+            scores = model(torch.tensor([items]), torch.tensor([len(items)]))[0] @ table.T
+        assert int(r["plain"][i]) == int((scores >= scores[target - 1]).sum())
+    for variant, metrics in aug.evaluate(split, "test").items():
+        hr10 = float((r[variant] <= 10).double().mean())
+        ndcg10 = float((1 / torch.log2(r[variant].double() + 1))[r[variant] <= 10].sum()) / len(
+            r[variant]
+        )
+        assert metrics["HR@10"] == pytest.approx(hr10)
+        assert metrics["NDCG@10"] == pytest.approx(ndcg10)
+    assert list(aug.ranks(split, "valid", augmented=(True,))) == ["raserec"]
