@@ -341,7 +341,8 @@ class RetrievalAugmenter(nn.Module):
         """Removes every memory of the given users from the bank (e.g. deleted accounts).
 
         As after :meth:`add_memories`, the bank no longer follows the split protocol (when
-        anything was removed). Unknown user ids remove nothing.
+        anything was removed). User ids with no memories remove nothing; negative ids are
+        refused (``ValueError``), as :meth:`add_memories` refuses them.
 
         Returns:
             The number of memories removed.

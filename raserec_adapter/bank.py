@@ -368,7 +368,13 @@ def _users_to_remove(users: Any, device: torch.device) -> torch.Tensor:
     t = torch.as_tensor(users)
     if t.dim() == 0:
         t = t.reshape(1)
-    return _as_int_vector(t.reshape(-1), "users", device)
+    t = _as_int_vector(t.reshape(-1), "users", device)
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError(
+            f"user ids are integers >= 0 (as add takes them), got {int(t.min())}; "
+            "unknown ids >= 0 remove nothing"
+        )
+    return t
 
 
 class _TensorStore:
@@ -618,10 +624,15 @@ class TorchMemoryBank:
         Surviving memories keep their order and are renumbered ``0..len-1``.
 
         Args:
-            users: Integer user ids (any shape, or a single int).
+            users: Integer user ids >= 0 (any shape, or a single int); ids with no memories
+                remove nothing.
 
         Returns:
             Number of memories removed.
+
+        Raises:
+            TypeError: If the ids are not integers.
+            ValueError: If an id is negative.
 
         Example:
             >>> bank = TorchMemoryBank(dim=2)

@@ -373,10 +373,15 @@ class FaissMemoryBank:
         Surviving memories keep their order and are renumbered ``0..len-1``.
 
         Args:
-            users: Integer user ids (any shape, or a single int).
+            users: Integer user ids >= 0 (any shape, or a single int); ids with no memories
+                remove nothing.
 
         Returns:
             Number of memories removed.
+
+        Raises:
+            TypeError: If the ids are not integers.
+            ValueError: If an id is negative.
 
         Example:
             >>> bank = FaissMemoryBank(dim=2, index_factory="Flat")

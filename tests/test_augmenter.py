@@ -536,6 +536,8 @@ def test_add_and_remove_memories_take_arrays_tensors_and_keep_the_protocol_on_no
     size = len(aug.bank)
     with pytest.raises(TypeError, match="users must be an integer tensor"):
         aug.remove_memories([1.7])
+    with pytest.raises(ValueError, match="user ids are integers >= 0"):
+        aug.remove_memories([5, -1])
     assert len(aug.bank) == size
     assert aug.remove_memories(u for u in range(1000, 1000 + seqs.num_users)) == size - n_train
     # a bank emptied by removals still takes memories

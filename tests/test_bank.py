@@ -521,6 +521,10 @@ def test_remove_users(name: str) -> None:
     res = bank.search(torch.from_numpy(keys), len(bank))
     assert not np.isin(kept_users[res.ids.numpy()], [1, 3]).any()
     assert bank.remove(5) == int((users == 5).sum())
+    size = len(bank)
+    with pytest.raises(ValueError, match="user ids are integers >= 0"):
+        bank.remove(torch.tensor([0, -2]))
+    assert len(bank) == size  # nothing removed, not even user 0
 
 
 # ----------------------------------------------------------------------------------------------
