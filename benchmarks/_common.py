@@ -34,16 +34,20 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def save(name: str, record: dict[str, Any], wall: float) -> Path:
-    """Writes ``benchmarks/results/<name>.json`` with command, commit, machine and wall time."""
-    record = {
-        **record,
+def provenance(wall: float) -> dict[str, Any]:
+    """Command, commit, machine, wall time and finishing time of this script's run."""
+    return {
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "git_commit": git_commit(ROOT),
         "machine": machine_info(),
         "wall_seconds": round(wall, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def save(name: str, record: dict[str, Any], wall: float) -> Path:
+    """Writes ``benchmarks/results/<name>.json`` with command, commit, machine and wall time."""
+    record = {**record, **provenance(wall)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -37,10 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import provenance
+
 from raserec_adapter import RetrievalAugmenter, leave_one_out, load_dataset
 from raserec_adapter.data import LeaveOneOutSplit
 from raserec_adapter.metrics import RankingMetrics
-from raserec_adapter.reporting import git_commit, machine_info
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
 GROUPINGS = {"popularity": 10, "length": 8}
@@ -150,15 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 }
             )
         record["groupings"][by] = rows
-    record.update(
-        {
-            "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
-            "git_commit": git_commit(Path(__file__).resolve().parents[1]),
-            "machine": machine_info(),
-            "wall_seconds": round(time.perf_counter() - t0, 1),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-    )
+    record.update(provenance(time.perf_counter() - t0))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")

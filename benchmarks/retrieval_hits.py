@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import provenance
+
 from raserec_adapter import (
     AugmenterConfig,
     BankConfig,
@@ -34,7 +36,6 @@ from raserec_adapter import (
     leave_one_out,
     load_dataset,
 )
-from raserec_adapter.reporting import git_commit, machine_info
 
 
 def retrieval_hits(memory_targets: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict:
@@ -106,11 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "split": "valid",
         "encoders": rows,
         "mean": {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "encoder"},
-        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
-        "git_commit": git_commit(Path(__file__).resolve().parents[1]),
-        "machine": machine_info(),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(time.perf_counter() - t0),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import provenance
+
 from raserec_adapter import (
     AugmenterConfig,
     BankConfig,
@@ -46,7 +48,7 @@ from raserec_adapter import (
     load_dataset,
 )
 from raserec_adapter.pretraining import seed_everything
-from raserec_adapter.reporting import git_commit, machine_info
+from raserec_adapter.reporting import git_commit
 
 BASE = {"alpha": 0.5, "beta": 1.0, "k": 20}
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
@@ -174,14 +176,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             plain["test"]["HR@10"],
         )
         record.update(
-            {
-                "settings": results,
-                "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
-                "git_commit": git_commit(Path(__file__).resolve().parents[1]),
-                "machine": machine_info(),
-                "wall_seconds": round(wall_before + time.perf_counter() - t_start, 1),
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
+            {"settings": results, **provenance(wall_before + time.perf_counter() - t_start)}
         )
         _write(out, record)
     return record
