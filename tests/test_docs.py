@@ -301,3 +301,24 @@ def test_results_tables_match_the_results_files(page: Path, least: int) -> None:
             )
         checked += 1
     assert checked >= least, f"{page.name} lost its results table"
+
+
+def test_group_tables_in_the_notes_match_the_groups_files() -> None:
+    """The NDCG@5 changes per group in reproduction.md are those of groups-beauty-*.json."""
+    grouping = None
+    checked = 0
+    for line in (DOCS / "reproduction.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| target popularity group"):
+            grouping = "popularity"
+        elif line.startswith("| user length group"):
+            grouping = "length"
+        elif not line.startswith("|"):
+            grouping = None
+        elif grouping and cells[0].split(",")[0] in ("SASRec", "GRU4Rec", "BERT4Rec"):
+            backbone = cells[0].split(",")[0].lower()
+            record = json.loads((RESULTS / f"groups-beauty-{backbone}.json").read_text())
+            want = [r["change_percent"]["NDCG@5"] for r in record["groupings"][grouping]]
+            assert [float(c.rstrip("%")) for c in cells[1:]] == want, (grouping, backbone)
+            checked += 1
+    assert checked == 6
