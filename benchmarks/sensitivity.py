@@ -10,7 +10,10 @@ Every setting records its best validation metrics (what to select by) next to it
 (what to report for the selected one; choosing by test figures would tune on the test set). The
 file is rewritten after each setting, and ``--resume`` skips settings already in it, so a long
 sweep survives an interruption. ``--summarise`` merges the files of several seeds: the mean per
-setting, and the setting with the best mean validation metric.
+setting, and the setting with the best mean validation metric. One seed's grid can also be
+split over several processes (each with its own ``--out`` and a part of the grid, e.g.
+``--alphas 0.3,0.7 --betas '' --ks ''`` and ``--alphas '' --betas 0 --ks 10,40``):
+``--summarise`` joins the parts of a seed when they swept the same encoder.
 
     python benchmarks/sensitivity.py --backbone bert4rec --dataset beauty --seed 0 \\
         --encoder runs/beauty-bert4rec-raserec-seed0/encoder.pt \\
@@ -182,19 +185,77 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def _order(setting: dict[str, Any]) -> tuple[Any, ...]:
+    """Sort key: the base, then alpha, beta and K varied one at a time, each by value."""
+    varied = [name for name in BASE if setting[name] != BASE[name]]
+    if not varied:
+        return (0,)
+    if len(varied) == 1:
+        return (1 + list(BASE).index(varied[0]), setting[varied[0]])
+    return (len(BASE) + 1, _label(setting))
+
+
+def join_parts(parts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One sweep per seed from files that each hold a part of that seed's grid.
+
+    Settings are put in a fixed order (:func:`_order`). A setting found in more than one part
+    (the base, which every part runs first) keeps its first occurrence; the second is listed in
+    the returned ``repeated`` rows with the largest difference of its test metrics, so a
+    non-deterministic rerun would show.
+
+    Raises:
+        SystemExit: two parts of a seed swept different encoders or found different frozen
+            metrics.
+
+    Example:
+        >>> row = lambda a, v: {"setting": {**BASE, "alpha": a}, "test": {"HR@5": v}}
+        >>> one = {"seed": 0, "encoder": "e.pt", "plain": {}, "settings": [row(0.5, 0.1)]}
+        >>> two = {**one, "settings": [row(0.5, 0.1), row(0.3, 0.2)]}
+        >>> runs, repeated = join_parts([two, one])
+        >>> [r["setting"]["alpha"] for r in runs[0]["settings"]], repeated[0]["max_test_diff"]
+        ([0.5, 0.3], 0.0)
+    """
+    by_seed: dict[int, dict[str, Any]] = {}
+    repeated: list[dict[str, Any]] = []
+    for part in parts:
+        seed = part["seed"]
+        if seed not in by_seed:
+            by_seed[seed] = {**part, "settings": list(part["settings"])}
+            continue
+        run = by_seed[seed]
+        if part.get("encoder") != run.get("encoder") or part.get("plain") != run.get("plain"):
+            raise SystemExit(
+                f"a seed appears twice: two files of seed {seed} swept different encoders "
+                f"({run.get('encoder')}, {part.get('encoder')}); give one file per seed, or "
+                "parts of one sweep of the same encoder"
+            )
+        have = {_label(x["setting"]): x for x in run["settings"]}
+        for row in part["settings"]:
+            first = have.get(_label(row["setting"]))
+            if first is None:
+                run["settings"].append(row)
+                continue
+            diff = max(abs(first["test"][m] - row["test"][m]) for m in first["test"])
+            repeated.append({"seed": seed, "setting": row["setting"], "max_test_diff": diff})
+    runs = list(by_seed.values())
+    for run in runs:
+        run["settings"].sort(key=lambda x: _order(x["setting"]))
+    return runs, repeated
+
+
 def summarise(files: list[str], metric: str) -> dict[str, Any]:
     """Means over seeds per setting, and the setting with the best mean validation ``metric``.
 
     Raises:
-        SystemExit: the files sweep different datasets, backbones or settings, or repeat a seed.
+        SystemExit: the files sweep different datasets, backbones or settings, or two files
+            of one seed swept different encoders.
     """
-    runs = [json.loads(Path(f).read_text()) for f in files]
-    keys = {(r["dataset"], r["backbone"], r.get("backbone_args", "")) for r in runs}
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    keys = {(r["dataset"], r["backbone"], r.get("backbone_args", "")) for r in parts}
     if len(keys) != 1:
         raise SystemExit(f"the files sweep different datasets or backbones: {sorted(keys)}")
+    runs, repeated = join_parts(parts)
     seeds = [r["seed"] for r in runs]
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"a seed appears twice: {seeds}")
     labels = [[_label(x["setting"]) for x in r["settings"]] for r in runs]
     if any(lab != labels[0] for lab in labels):
         raise SystemExit("the files hold different settings; rerun them with the same grid")
@@ -215,6 +276,7 @@ def summarise(files: list[str], metric: str) -> dict[str, Any]:
             }
         )
     best = max(table, key=lambda t: t["valid"][metric])
+    extra: dict[str, Any] = {"repeated_settings": repeated} if repeated else {}
     return {
         "what": runs[0]["what"] + f"; mean of seeds {sorted(seeds)}",
         "dataset": runs[0]["dataset"],
@@ -225,9 +287,10 @@ def summarise(files: list[str], metric: str) -> dict[str, Any]:
         "plain": {w: mean([r["plain"][w] for r in runs]) for w in ("valid", "test")},
         "settings": table,
         "selected_by_valid": {"metric": f"valid {metric}", "setting": best["setting"]},
+        **extra,
         "runs": [
             {k: r[k] for k in ("command", "git_commit", "machine", "wall_seconds", "encoder")}
-            for r in runs
+            for r in parts
         ],
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "git_commit": git_commit(Path(__file__).resolve().parents[1]),

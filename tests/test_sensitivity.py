@@ -112,7 +112,7 @@ def test_summary_means_over_seeds_and_selects_by_validation_only(tmp_path):
 @pytest.mark.parametrize(
     "second, message",
     [
-        (_fake(0, [0.1, 0.2], [0.1, 0.2]), "a seed appears twice"),
+        ({**_fake(0, [0.1, 0.2], [0.1, 0.2]), "encoder": "other.pt"}, "a seed appears twice"),
         (_fake(1, [0.1, 0.2], [0.1, 0.2], backbone="gru4rec"), "different datasets or backbones"),
     ],
 )
@@ -132,3 +132,31 @@ def test_summary_refuses_different_grids(tmp_path):
     files = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
     with pytest.raises(SystemExit, match="different settings"):
         sensitivity.main(["--summarise", *files, "--out", str(tmp_path / "o.json")])
+
+
+def test_summary_joins_parts_of_one_seed_as_if_swept_in_one_process(tmp_path):
+    whole = {0: _fake(0, [0.3, 0.2], [0.1, 0.4]), 1: _fake(1, [0.1, 0.15], [0.2, 0.5])}
+    for seed, rec in whole.items():
+        (tmp_path / f"whole{seed}.json").write_text(json.dumps(rec))
+    # seed 0 in two parts that both ran the base; the second part lists alpha 0.2 first
+    base, alt = whole[0]["settings"]
+    first = {**whole[0], "settings": [base]}
+    second = {**whole[0], "settings": [alt, {**base, "test": {**base["test"], "HR@5": 0.13}}]}
+    (tmp_path / "p1.json").write_text(json.dumps(first))
+    (tmp_path / "p2.json").write_text(json.dumps(second))
+
+    def run(names: list[str]) -> dict:
+        files = [str(tmp_path / n) for n in names]
+        return sensitivity.main(["--summarise", *files, "--out", str(tmp_path / "o.json")])
+
+    joined = run(["p1.json", "p2.json", "whole1.json"])
+    plain = run(["whole0.json", "whole1.json"])
+    for key in ("settings", "plain", "selected_by_valid", "seeds"):
+        assert joined[key] == plain[key]
+    assert len(joined["runs"]) == 3
+    (rep,) = joined["repeated_settings"]
+    assert rep["setting"] == sensitivity.BASE and rep["max_test_diff"] == pytest.approx(0.03)
+    assert "repeated_settings" not in plain
+    # a part that misses a setting the other seed has is refused like a different grid
+    with pytest.raises(SystemExit, match="different settings"):
+        run(["p1.json", "whole1.json"])
