@@ -322,3 +322,18 @@ def test_group_tables_in_the_notes_match_the_groups_files() -> None:
             assert [float(c.rstrip("%")) for c in cells[1:]] == want, (grouping, backbone)
             checked += 1
     assert checked == 6
+
+
+def test_sweep_tables_in_the_notes_match_the_sweep_files() -> None:
+    """A table after ``<!-- sweep: FILE -->`` in reproduction.md is the file's rendered table."""
+    hooks = load_hooks()
+    lines = (DOCS / "reproduction.md").read_text(encoding="utf-8").splitlines()
+    checked = 0
+    for i, line in enumerate(lines):
+        if line.startswith("<!-- sweep: "):
+            name = line.removeprefix("<!-- sweep: ").removesuffix(" -->").strip()
+            want = hooks.sweep_table(json.loads((RESULTS / name).read_text()))
+            assert want, name
+            assert lines[i + 1 : i + len(want)] == want[:-1], name  # want ends with ""
+            checked += 1
+    assert checked >= 1
