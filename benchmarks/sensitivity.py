@@ -224,10 +224,11 @@ def join_parts(parts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
             continue
         run = by_seed[seed]
         if part.get("encoder") != run.get("encoder") or part.get("plain") != run.get("plain"):
+            what = "encoders" if part.get("encoder") != run.get("encoder") else "frozen metrics"
             raise SystemExit(
-                f"a seed appears twice: two files of seed {seed} swept different encoders "
-                f"({run.get('encoder')}, {part.get('encoder')}); give one file per seed, or "
-                "parts of one sweep of the same encoder"
+                f"a seed appears twice: two files of seed {seed} have different {what} "
+                f"(encoders {run.get('encoder')}, {part.get('encoder')}); give one file per "
+                "seed, or parts of one sweep of the same encoder"
             )
         have = {_label(x["setting"]): x for x in run["settings"]}
         for row in part["settings"]:

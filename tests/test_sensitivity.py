@@ -160,3 +160,11 @@ def test_summary_joins_parts_of_one_seed_as_if_swept_in_one_process(tmp_path):
     # a part that misses a setting the other seed has is refused like a different grid
     with pytest.raises(SystemExit, match="different settings"):
         run(["p1.json", "whole1.json"])
+    # parts of one encoder whose frozen metrics differ are not one sweep
+    other = {
+        **first,
+        "plain": {w: dict.fromkeys(first["plain"]["test"], 0.5) for w in first["plain"]},
+    }
+    (tmp_path / "p3.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="different frozen metrics"):
+        run(["p1.json", "p3.json"])
