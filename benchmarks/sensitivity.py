@@ -343,9 +343,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="skip settings already in --out")
+    p.add_argument(
+        "--note",
+        default=None,
+        help="with --summarise: free-text provenance kept in the file's 'note' (where the "
+        "encoder came from, anything unusual about the runs)",
+    )
     args = p.parse_args(argv)
+    if args.note is not None and not args.summarise:
+        p.error("--note goes with --summarise")
     if args.summarise:
         record = summarise(args.summarise, args.valid_metric)
+        if args.note is not None:
+            record["note"] = args.note
         _write(Path(args.out), record)
     else:
         if not args.encoder:

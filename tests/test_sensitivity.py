@@ -109,6 +109,20 @@ def test_summary_means_over_seeds_and_selects_by_validation_only(tmp_path):
     assert record["seeds"] == [0, 1]
 
 
+def test_summary_keeps_a_provenance_note_and_a_sweep_refuses_one(tmp_path):
+    files = []
+    for seed in (0, 1):
+        files.append(str(tmp_path / f"s{seed}.json"))
+        Path(files[-1]).write_text(json.dumps(_fake(seed, [0.1, 0.2], [0.1, 0.2])))
+    out = tmp_path / "sum.json"
+    sensitivity.main(["--summarise", *files, "--out", str(out), "--note", "encoder of run 7"])
+    assert json.loads(out.read_text())["note"] == "encoder of run 7"
+    sensitivity.main(["--summarise", *files, "--out", str(out)])
+    assert "note" not in json.loads(out.read_text())
+    with pytest.raises(SystemExit):  # a note belongs to the summary, not to a sweep's part
+        sensitivity.main(["--encoder", "e.pt", "--out", str(out), "--note", "x"])
+
+
 @pytest.mark.parametrize(
     "second, message",
     [
