@@ -52,3 +52,62 @@ def save(name: str, record: dict[str, Any], wall: float) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def load_finished_run(example: Any, num_items: int, ex_args: Any, run: Path) -> Any:
+    """The :class:`~raserec_adapter.RetrievalAugmenter` an example saved in ``run``.
+
+    ``run`` is an example run's folder (``<out>/<dataset>-<backbone>-raserec-seed<N>``), holding
+    ``encoder.pt`` (a state dict) and the augmenter saved in ``augmenter/``; ``example`` is the
+    example's module and ``ex_args`` the options the run was made with.
+
+    Raises:
+        SystemExit: If either file is missing.
+    """
+    import torch
+
+    from raserec_adapter import RetrievalAugmenter
+
+    for need in (run / "encoder.pt", run / "augmenter"):
+        if not need.exists():
+            raise SystemExit(f"{need} is missing: --run takes a finished example run's folder")
+    encoder = example.BACKBONE.build(num_items, ex_args)
+    encoder.load_state_dict(torch.load(run / "encoder.pt", map_location="cpu", weights_only=True))
+    wrap = example.BACKBONE.wrap(encoder) if example.BACKBONE.wrap else {}
+    return RetrievalAugmenter.load(encoder, run / "augmenter", **wrap)
+
+
+def run_analysis_parser(description: str) -> Any:
+    """Options shared by the scripts that reload finished example runs (``--run``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--backbone", choices=["sasrec", "gru4rec", "bert4rec"], default="sasrec")
+    p.add_argument("--backbone-args", default="", help="model options the runs were made with")
+    p.add_argument("--dataset", default="beauty")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--run", action="append", required=True, help="a finished run's folder")
+    p.add_argument("--protocol", default="full", choices=["full", "seen_removed"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="results file to write")
+    return p
+
+
+def open_run_analysis(args: Any) -> tuple[Any, Any, Any]:
+    """Logging, threads, the example's module, its options and the dataset's split."""
+    import importlib
+    import logging
+
+    import torch
+
+    from raserec_adapter import leave_one_out, load_dataset
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    example = importlib.import_module(f"examples.{args.backbone}")
+    ex_args = example.parser().parse_args(shlex.split(args.backbone_args))
+    split = leave_one_out(load_dataset(args.dataset, data_dir=args.data_dir), ex_args.max_len)
+    return example, ex_args, split

@@ -21,11 +21,8 @@ the given runs (seeds), and the RAM's relative change.
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import logging
-import shlex
 import statistics
 import sys
 import time
@@ -37,9 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import provenance
+from _common import load_finished_run, open_run_analysis, provenance, run_analysis_parser
 
-from raserec_adapter import RetrievalAugmenter, leave_one_out, load_dataset
 from raserec_adapter.data import LeaveOneOutSplit
 from raserec_adapter.metrics import RankingMetrics
 
@@ -87,39 +83,15 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", choices=["sasrec", "gru4rec", "bert4rec"], default="sasrec")
-    p.add_argument("--backbone-args", default="", help="model options the runs were made with")
-    p.add_argument("--dataset", default="beauty")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--run", action="append", required=True, help="a finished run's folder")
-    p.add_argument("--protocol", default="full", choices=["full", "seen_removed"])
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True, help="results file to write")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("faiss").setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = run_analysis_parser(__doc__.splitlines()[0]).parse_args(argv)
     t0 = time.perf_counter()
-    example = importlib.import_module(f"examples.{args.backbone}")
-    ex_args = example.parser().parse_args(shlex.split(args.backbone_args))
-    split = leave_one_out(load_dataset(args.dataset, data_dir=args.data_dir), ex_args.max_len)
+    example, ex_args, split = open_run_analysis(args)
     groups = {by: group_of_users(split, by, n) for by, n in GROUPINGS.items()}
     per_run: dict[str, dict[str, list[list[dict[str, float]]]]] = {
         by: {"plain": [], "raserec": []} for by in GROUPINGS
     }
     for run in map(Path, args.run):
-        for need in (run / "encoder.pt", run / "augmenter"):
-            if not need.exists():
-                raise SystemExit(f"{need} is missing: --run takes a finished example run's folder")
-        encoder = example.BACKBONE.build(split.sequences.num_items, ex_args)
-        encoder.load_state_dict(
-            torch.load(run / "encoder.pt", map_location="cpu", weights_only=True)
-        )
-        wrap = example.BACKBONE.wrap(encoder) if example.BACKBONE.wrap else {}
-        aug = RetrievalAugmenter.load(encoder, run / "augmenter", **wrap)
+        aug = load_finished_run(example, split.sequences.num_items, ex_args, run)
         ranks = aug.ranks(split, "test", protocol=args.protocol, device=args.device)
         for by, n in GROUPINGS.items():
             for variant, r in ranks.items():

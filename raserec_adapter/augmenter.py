@@ -702,12 +702,14 @@ class RetrievalAugmenter(nn.Module):
         augmented: Sequence[bool] = (False, True),
         device: torch.device | str = "cpu",
         batch_size: int = 1024,
+        inputs: Sequences | None = None,
     ) -> dict[str, dict[str, float]]:
         """Full-ranking HR/NDCG@5,10,20 with and/or without augmentation in one call.
 
         For ``which="test"`` the bank holds training plus validation pairs (released code); for
         ``"valid"`` only training pairs. Returns ``{"plain": {...}, "raserec": {...}}`` for the
-        variants asked for. :meth:`ranks` gives the rank of every user's target instead.
+        variants asked for. :meth:`ranks` gives the rank of every user's target instead, and
+        describes ``inputs`` (other input sequences, e.g. with noise inserted).
         """
         out = {}
         for variant, r in self.ranks(
@@ -717,6 +719,7 @@ class RetrievalAugmenter(nn.Module):
             augmented=augmented,
             device=device,
             batch_size=batch_size,
+            inputs=inputs,
         ).items():
             metrics = RankingMetrics()
             metrics.update(r)
@@ -733,11 +736,21 @@ class RetrievalAugmenter(nn.Module):
         augmented: Sequence[bool] = (False, True),
         device: torch.device | str = "cpu",
         batch_size: int = 1024,
+        inputs: Sequences | None = None,
     ) -> dict[str, torch.Tensor]:
         """Rank (1-based, ties against the target) of every user's ``which`` target.
 
         The per-user view behind :meth:`evaluate`, for analyses by user or item group (e.g.
         ``benchmarks/groups.py``). Same bank contents and protocols as :meth:`evaluate`.
+
+        Args:
+            inputs: Other input sequences to rank the split's targets from, one per user of
+                ``split.sequences`` (in user order; only the users of the evaluated set are
+                read), e.g. copies with noise inserted (``benchmarks/robustness.py``, the
+                paper's robustness analysis). Default: the split's own inputs. The bank and
+                the no-leakage rule stay those of the split: a query keeps its user and the
+                prefix length of its split input. With ``protocol="seen_removed"`` the items
+                of the given input are the ones removed.
 
         Returns:
             ``{"plain": ranks, "raserec": ranks}`` for the variants asked for; each a ``(U,)``
@@ -760,6 +773,12 @@ class RetrievalAugmenter(nn.Module):
         if which not in ("valid", "test"):
             raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
         self._check_split(split)
+        queries = split.eval_set(which)
+        sequences, prefixes = split.sequences, queries
+        if inputs is not None:
+            sequences, prefixes = _with_inputs(split, queries, inputs)
+        split_users = torch.from_numpy(queries.users)
+        split_lengths = torch.from_numpy(queries.lengths)
         self.eval()
         out: dict[str, torch.Tensor] = {}
         table = self._item_table().to(device)
@@ -768,17 +787,20 @@ class RetrievalAugmenter(nn.Module):
         for aug in augmented:
 
             def represent(b: Batch, aug: bool = aug) -> torch.Tensor:
-                with self.encoder.trusted_inputs():  # batches of the validated split
+                with self.encoder.trusted_inputs():  # batches of validated sequences
                     h = self.encoder(b.item_seq, b.lengths)
                 if not aug:
                     return h
-                return self.augment(h, b.users.cpu(), b.prefix_lengths.cpu())
+                # the no-leakage rule reads the split's users and prefix lengths, whatever
+                # the input
+                row = b.index.cpu()
+                return self.augment(h, split_users[row], split_lengths[row])
 
             out["raserec" if aug else "plain"] = rank_targets(
                 represent,
                 table,
-                split.sequences,
-                split.eval_set(which),
+                sequences,
+                prefixes,
                 split.max_len,
                 protocol,
                 batch_size=batch_size,
@@ -939,3 +961,41 @@ def _same_split(a: LeaveOneOutSplit, b: LeaveOneOutSplit) -> bool:
         pa, pb = getattr(a, name), getattr(b, name)
         pairs += [(pa.users, pb.users), (pa.lengths, pb.lengths)]
     return same and all(np.array_equal(x, y) for x, y in pairs)
+
+
+def _with_inputs(
+    split: LeaveOneOutSplit, queries: PrefixSet, inputs: Sequences
+) -> tuple[Sequences, PrefixSet]:
+    """Sequences "given input + target" for each query, and the prefixes that read them."""
+    if not isinstance(inputs, Sequences):
+        raise TypeError(
+            f"inputs must be a Sequences object (one input per user), got {type(inputs).__name__}; "
+            "build it with Sequences.from_lists(lists, num_items=split.sequences.num_items)"
+        )
+    n_users = split.sequences.num_users
+    if inputs.num_users != n_users:
+        raise ValueError(
+            f"inputs holds {inputs.num_users} sequences but the split has {n_users} users; give "
+            "one input per user, in user order"
+        )
+    if len(inputs.items) and int(inputs.items.max()) > split.sequences.num_items:
+        raise ValueError(
+            f"inputs holds item id {int(inputs.items.max())} but the split's items are 1.."
+            f"{split.sequences.num_items}; map unknown items away before ranking"
+        )
+    lengths = inputs.lengths[queries.users]
+    if len(lengths) and lengths.min() < 1:
+        user = int(queries.users[int(np.argmin(lengths))])
+        raise ValueError(
+            f"inputs gives user {user} an empty sequence; every evaluated user needs at least "
+            "one input item"
+        )
+    rows = [
+        np.append(inputs[int(u)], t) for u, t in zip(queries.users, queries.targets, strict=True)
+    ]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    items = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    seqs = Sequences(items.astype(np.int64), offsets, split.sequences.num_items)
+    row_ids = np.arange(len(rows), dtype=np.int64)
+    return seqs, PrefixSet(row_ids, lengths.astype(np.int64), queries.targets)

@@ -38,6 +38,13 @@ def synthetic_sequences(
     return Sequences.from_lists(seqs, num_items=num_items)
 
 
+def write_dataset_file(path: Path, seqs: Sequences) -> Path:
+    """Writes ``seqs`` as a dataset file (``user item item ...`` per line) at ``path``."""
+    lines = [" ".join(map(str, [u + 1, *seqs[u].tolist()])) for u in range(seqs.num_users)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture
 def small_sequences() -> Sequences:
     return synthetic_sequences()

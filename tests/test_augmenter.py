@@ -16,6 +16,7 @@ from raserec_adapter import (
     RAFTConfig,
     RAMConfig,
     RetrievalAugmenter,
+    Sequences,
     admissible,
     iter_batches,
     leave_one_out,
@@ -613,3 +614,75 @@ def test_ranks_are_the_per_user_view_of_evaluate(trained):
         assert metrics["HR@10"] == pytest.approx(hr10)
         assert metrics["NDCG@10"] == pytest.approx(ndcg10)
     assert list(aug.ranks(split, "valid", augmented=(True,))) == ["raserec"]
+
+
+def _test_inputs(split, edit=lambda items: items):
+    """Every user's test input as a Sequences object, each passed through ``edit``."""
+    rows = [
+        edit(split.sequences[int(u)][: int(n)].tolist())
+        for u, n in zip(split.test.users, split.test.lengths, strict=True)
+    ]
+    return Sequences.from_lists(rows, num_items=split.sequences.num_items)
+
+
+def test_ranks_from_other_inputs_keep_the_splits_targets_users_and_prefix_lengths(
+    trained, monkeypatch
+):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    aug.fit_raft(split, RAFTConfig(epochs=1, batch_size=64), show_progress=False)
+    for protocol in ("full", "seen_removed"):  # the split's own inputs: the same ranks
+        same = aug.ranks(split, "test", protocol=protocol, inputs=_test_inputs(split))
+        ref = aug.ranks(split, "test", protocol=protocol)
+        for variant in ("plain", "raserec"):
+            assert torch.equal(same[variant], ref[variant])
+    # other inputs (an item of the user's future, then the first item twice more): plain
+    # ranks by brute force, with seen items kept and with the given input's items removed
+    other = _test_inputs(split, lambda items: items + [items[0] % 30 + 1] + items[:1] * 2)
+    removed = aug.ranks(split, "test", protocol="seen_removed", inputs=other, augmented=(False,))
+    seen = []
+    real_augment = aug.augment
+
+    def spy(h, users=None, lengths=None):
+        seen.append((users.clone(), lengths.clone()))
+        return real_augment(h, users, lengths)
+
+    monkeypatch.setattr(aug, "augment", spy)
+    r = aug.ranks(split, "test", inputs=other)
+    assert not torch.equal(r["plain"], aug.ranks(split, "test", augmented=(False,))["plain"])
+    model.eval()
+    table = model.item_embedding.weight.detach()[1:]
+    for i, u in enumerate(split.test.users[:20]):
+        items = other[int(u)][-MAX_LEN:].tolist()
+        target = int(split.test.targets[i])
+        with torch.no_grad():
+            scores = model(torch.tensor([items]), torch.tensor([len(items)]))[0] @ table.T
+        ge = scores >= scores[target - 1]
+        assert int(r["plain"][i]) == int(ge.sum())
+        drop = sorted(set(other[int(u)].tolist()) - {target})
+        ge[[item - 1 for item in drop]] = False
+        assert int(removed["plain"][i]) == int(ge.sum())
+    # the no-leakage rule saw the split's users and clean prefix lengths, not the longer inputs
+    users = torch.cat([s[0] for s in seen])
+    lengths = torch.cat([s[1] for s in seen])
+    by_user = dict(zip(users.tolist(), lengths.tolist(), strict=True))
+    assert sorted(by_user) == split.test.users.tolist()
+    assert [by_user[int(u)] for u in split.test.users] == split.test.lengths.tolist()
+
+
+def test_ranks_refuse_inputs_that_do_not_fit_the_split(trained):
+    model, split = trained
+    aug = make(model)
+    n_users = split.sequences.num_users
+    n_items = split.sequences.num_items
+    with pytest.raises(TypeError, match="Sequences object"):
+        aug.ranks(split, "test", inputs=[[1, 2]] * n_users)
+    with pytest.raises(ValueError, match="one input per user"):
+        aug.ranks(split, "test", inputs=Sequences.from_lists([[1, 2]] * (n_users - 1)))
+    too_big = Sequences.from_lists([[1, n_items + 1]] * n_users, num_items=n_items + 1)
+    with pytest.raises(ValueError, match=f"item id {n_items + 1}"):
+        aug.ranks(split, "test", inputs=too_big)
+    empty = Sequences.from_lists([[1]] * 3 + [[]] + [[2]] * (n_users - 4), num_items=n_items)
+    with pytest.raises(ValueError, match="gives user 3 an empty sequence"):
+        aug.ranks(split, "test", inputs=empty, augmented=(False,))

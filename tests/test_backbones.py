@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import synthetic_sequences
+from conftest import synthetic_sequences, write_dataset_file
 
 from examples import bert4rec, custom_encoder, gru4rec, sasrec
 from examples.common import Backbone, build_parser
@@ -188,10 +188,7 @@ def test_custom_encoder_needs_its_accessors():
 @pytest.fixture(scope="module")
 def dataset_file(tmp_path_factory):
     seqs = synthetic_sequences(60, 20, seed=3)
-    path = tmp_path_factory.mktemp("data") / "toy.txt"
-    lines = [" ".join(map(str, [u + 1, *seqs[u].tolist()])) for u in range(seqs.num_users)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_dataset_file(tmp_path_factory.mktemp("data") / "toy.txt", seqs)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_sequences
+from conftest import synthetic_sequences, write_dataset_file
 
 from examples import bert4rec, sasrec
 from raserec_adapter import leave_one_out
@@ -42,9 +42,7 @@ def test_groups_have_equal_sizes_and_ordered_keys():
 @pytest.mark.parametrize("module", [sasrec, bert4rec], ids=lambda m: m.__name__)
 def test_group_metrics_add_up_to_the_runs_overall_metrics(module, tmp_path):
     seqs = synthetic_sequences(60, 20, seed=3)
-    data = tmp_path / "toy.txt"
-    lines = [" ".join(map(str, [u + 1, *seqs[u].tolist()])) for u in range(seqs.num_users)]
-    data.write_text("\n".join(lines) + "\n")
+    data = write_dataset_file(tmp_path / "toy.txt", seqs)
     argv = ["--dataset", str(data), "--epochs", "2", "--raft-epochs", "1", "--out", str(tmp_path)]
     module.main([*argv, *TINY, "--bank", "torch", "--batch-size", "64"])
     name = module.BACKBONE.name

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from conftest import synthetic_sequences
+from conftest import synthetic_sequences, write_dataset_file
 
 from examples import sasrec
 from raserec_adapter import leave_one_out
@@ -22,9 +22,7 @@ TINY = ["--max-len", "10", "--hidden-size", "16"]
 
 def test_hits_match_a_brute_force_search(tmp_path):
     seqs = synthetic_sequences(70, 25, seed=6)
-    data = tmp_path / "toy.txt"
-    lines = [" ".join(map(str, [u + 1, *seqs[u].tolist()])) for u in range(seqs.num_users)]
-    data.write_text("\n".join(lines) + "\n")
+    data = write_dataset_file(tmp_path / "toy.txt", seqs)
     torch.manual_seed(0)
     model = sasrec.BACKBONE.build(25, sasrec.parser().parse_args(TINY))
     torch.save(model.state_dict(), tmp_path / "enc.pt")
