@@ -53,7 +53,13 @@ from raserec_adapter.data import (
 )
 from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking, rank_targets
-from raserec_adapter.inputs import as_id_array, to_padded
+from raserec_adapter.inputs import (
+    as_id_array,
+    refuse_as_batches,
+    require_config,
+    require_split,
+    to_padded,
+)
 from raserec_adapter.losses import frozen_table_cross_entropy
 from raserec_adapter.metrics import RankingMetrics
 from raserec_adapter.pretraining import (
@@ -131,6 +137,9 @@ class RetrievalAugmenter(nn.Module):
         ``state_path`` / ``resume`` make a long run resumable: the training state is written
         there after every epoch and ``resume=True`` continues from it.
         """
+        require_split(split, "pretrain")
+        if config is not None:
+            require_config(config, PretrainConfig, "pretrain")
         self._forget_bank()
         return pretrain(
             self.encoder,
@@ -222,10 +231,13 @@ class RetrievalAugmenter(nn.Module):
         """
         if phase not in ("train", "test"):
             raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
+        _check_device(device)
         t0 = time.perf_counter()
-        self._forget_bank()
+        # the new bank is built aside: a failed build leaves the old bank (and its cache) as is
         bank = self._new_bank(device)
         table = self._item_table()
+        train_keys: torch.Tensor | None = None
+        bank_split: LeaveOneOutSplit | None = None
         if isinstance(source, LeaveOneOutSplit):
             split = source
             self._check_split(split)
@@ -233,13 +245,20 @@ class RetrievalAugmenter(nn.Module):
             self._add_kept(
                 bank, keys, table[split.train.targets], split.train.users, split.train.lengths
             )
-            self._train_keys, self._bank_split = keys, split
+            train_keys, bank_split = keys, split
             if phase == "test":
                 self._add_valid_pairs(bank, split, device)
-            self._bank_phase = phase
+            new_phase = phase
         else:
+            refuse_as_batches(source, "build_bank")
             self.encoder.eval()
             for batch in progress(source, None, "encode bank", show_progress):
+                if not isinstance(batch, Batch):
+                    raise TypeError(
+                        f"build_bank takes a LeaveOneOutSplit or an iterable of Batch objects; "
+                        f"got an iterable of {type(batch).__name__}. Make batches with "
+                        "raserec_adapter.iter_batches(...)"
+                    )
                 if batch.users is None or batch.prefix_lengths is None:
                     raise ValueError(
                         "bank batches need users and prefix_lengths (for the no-leakage rule); "
@@ -248,7 +267,7 @@ class RetrievalAugmenter(nn.Module):
                 b = batch.to(device)
                 h = self.encoder(b.item_seq, b.lengths).float().cpu()
                 self._add_kept(bank, h, table[batch.targets], batch.users, batch.prefix_lengths)
-            self._bank_phase = "custom"
+            new_phase = "custom"
         if len(bank) == 0:
             ranges = self.config.bank.prefix_lengths
             raise ValueError(
@@ -260,7 +279,8 @@ class RetrievalAugmenter(nn.Module):
                     else "the source gave no training pairs"
                 )
             )
-        self.bank = bank
+        self.bank, self._bank_phase = bank, new_phase
+        self._train_keys, self._bank_split = train_keys, bank_split
         logger.info("memory bank: %d memories in %.1f s", len(bank), time.perf_counter() - t0)
 
     @torch.no_grad()
@@ -415,6 +435,12 @@ class RetrievalAugmenter(nn.Module):
         """Makes the bank hold what the RaSeRec protocol prescribes for evaluating ``which``."""
         bank = self._require_bank("evaluation")
         if self._bank_split is None:  # built from batches or loaded: the user's bank as it is
+            if which == "test" and self._bank_phase == "train":
+                logger.warning(
+                    "the loaded bank holds training pairs only (it was saved before a test "
+                    "evaluation); the protocol tests with training and validation pairs: call "
+                    "build_bank(split) for test metrics of the protocol"
+                )
             if which == "valid" and self._bank_phase == "test":
                 logger.warning(
                     "the loaded bank holds validation pairs (it was saved after a test "
@@ -451,7 +477,19 @@ class RetrievalAugmenter(nn.Module):
         self, h: torch.Tensor, users: torch.Tensor | None, lengths: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         bank = self._require_bank("retrieval")
-        found = bank.search(h.detach().float().cpu(), self.config.ram.k, users, lengths)
+        k = self.config.ram.k
+        if k > len(bank):
+            raise ValueError(
+                f"the RAM mixes RAMConfig.k = {k} memories into each query but the bank holds "
+                f"only {len(bank)}; lower it (augmenter.reset_ram(RAMConfig(k=...)) before "
+                "fit_raft) or build a larger bank"
+            )
+        try:
+            found = bank.search(h.detach().float().cpu(), k, users, lengths)
+        except ValueError as e:
+            if "admissible memories" not in str(e):
+                raise
+            raise ValueError(f"{e} (k is RAMConfig.k, the RAM's number of memories)") from e
         return bank.fetch(found.ids)
 
     def augment(
@@ -517,6 +555,10 @@ class RetrievalAugmenter(nn.Module):
         validation metrics, and a warning is logged when the RAM's best epoch does not beat
         them.
         """
+        require_split(split, "fit_raft")
+        _check_device(device)
+        if config is not None:
+            require_config(config, RAFTConfig, "fit_raft")
         cfg = config or RAFTConfig()
         self._check_split(split)
         self._require_bank("fit_raft")
@@ -699,7 +741,7 @@ class RetrievalAugmenter(nn.Module):
         which: str = "test",
         *,
         protocol: str = "full",
-        augmented: Sequence[bool] = (False, True),
+        augmented: bool | Sequence[bool] = (False, True),
         device: torch.device | str = "cpu",
         batch_size: int = 1024,
         inputs: Sequences | None = None,
@@ -708,9 +750,11 @@ class RetrievalAugmenter(nn.Module):
 
         For ``which="test"`` the bank holds training plus validation pairs (released code); for
         ``"valid"`` only training pairs. Returns ``{"plain": {...}, "raserec": {...}}`` for the
-        variants asked for. :meth:`ranks` gives the rank of every user's target instead, and
-        describes ``inputs`` (other input sequences, e.g. with noise inserted).
+        variants asked for (``augmented``: ``False``, ``True`` or both). :meth:`ranks` gives
+        the rank of every user's target instead, and describes ``inputs`` (other input
+        sequences, e.g. with noise inserted).
         """
+        require_split(split, "evaluate")
         out = {}
         for variant, r in self.ranks(
             split,
@@ -733,7 +777,7 @@ class RetrievalAugmenter(nn.Module):
         which: str = "test",
         *,
         protocol: str = "full",
-        augmented: Sequence[bool] = (False, True),
+        augmented: bool | Sequence[bool] = (False, True),
         device: torch.device | str = "cpu",
         batch_size: int = 1024,
         inputs: Sequences | None = None,
@@ -772,6 +816,9 @@ class RetrievalAugmenter(nn.Module):
         """
         if which not in ("valid", "test"):
             raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
+        require_split(split, "ranks")
+        augmented = _variants(augmented)
+        _check_device(device)
         self._check_split(split)
         queries = split.eval_set(which)
         sequences, prefixes = split.sequences, queries
@@ -856,11 +903,14 @@ class RetrievalAugmenter(nn.Module):
                     f"k = {k} but sequence {i} leaves only {int(unseen[i])} unseen items of "
                     f"{n}; lower k or pass exclude_seen=False"
                 )
+        _check_device(device)
         self.eval()
         seq, lens = seq.to(device), lens.to(device)
         h = self.encoder(seq, lens)
         if augmented:
-            u = None if users is None else torch.as_tensor(users, dtype=torch.long)
+            u = None
+            if users is not None:
+                u = torch.from_numpy(as_id_array(users, "users", len(lens), low=0))
             h = self.augment(h, u, None if u is None else full)
         scores = h @ self._item_table().to(device).t()
         scores[:, 0] = -math.inf
@@ -932,13 +982,16 @@ class RetrievalAugmenter(nn.Module):
             raise CheckpointError(
                 f"{path / 'ram.pt'} does not fit the RAM of this config: {e}"
             ) from e
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device={device!r} but CUDA is not available; load with device='cpu'"
-            )
+        _check_device(device)
         aug.bank = read_bank(path, saved, device)
+        phase = meta.get("bank_phase")
+        if aug.bank is None and phase is not None:
+            raise CheckpointError(
+                f"{path / 'config.json'} records a memory bank (phase {phase!r}) but "
+                f"{path / 'bank'} is missing; the checkpoint is incomplete: save it again, or "
+                "load it and rebuild the bank with build_bank"
+            )
         if aug.bank is not None:
-            phase = meta.get("bank_phase")
             aug._bank_phase = phase if phase in ("train", "test") else "custom"
         aug.eval()
         return aug
@@ -999,3 +1052,24 @@ def _with_inputs(
     seqs = Sequences(items.astype(np.int64), offsets, split.sequences.num_items)
     row_ids = np.arange(len(rows), dtype=np.int64)
     return seqs, PrefixSet(row_ids, lengths.astype(np.int64), queries.targets)
+
+
+def _variants(augmented: bool | Sequence[bool]) -> tuple[bool, ...]:
+    """``augmented`` as a tuple of variants: a single bool is one variant."""
+    if isinstance(augmented, bool):
+        return (augmented,)
+    out = tuple(augmented)
+    if not out or not all(isinstance(a, bool) for a in out):
+        raise TypeError(
+            f"augmented must be True, False or a non-empty sequence of them, got {augmented!r}"
+        )
+    return out
+
+
+def _check_device(device: torch.device | str) -> None:
+    """A clear error for a CUDA device on a machine (or torch build) without CUDA."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={str(device)!r} but CUDA is not available here (a CPU build of torch or "
+            "no GPU); use device='cpu'"
+        )

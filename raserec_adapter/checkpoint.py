@@ -175,8 +175,11 @@ def read_bank(
     except ImportError:  # e.g. faiss not installed: the environment, not the checkpoint
         raise
     except Exception as e:
+        why = str(e)
+        if "allow_pickle" in why:  # numpy's advice to load pickles: never taken here
+            why = "its arrays hold pickled objects, which are never loaded"
         raise CheckpointError(
-            f"the memory bank in {where} cannot be read ({e}); the checkpoint is "
+            f"the memory bank in {where} cannot be read ({why}); the checkpoint is "
             "incomplete or damaged: save it again or rebuild the bank with build_bank"
         ) from e
 

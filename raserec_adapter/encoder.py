@@ -153,6 +153,9 @@ class WrappedEncoder(nn.Module):
                 f"forward_all must return (B, T, d) = {(*item_seq.shape, self.hidden_size)}, "
                 f"got {tuple(h.shape)}"
             )
+        if not torch.is_grad_enabled():  # real positions only: padding may hold anything
+            real = torch.arange(h.shape[1], device=h.device) < item_seq_len.unsqueeze(1)
+            _check_finite(torch.where(real.unsqueeze(2), h, 0.0), "encode_all")
         return h
 
     def score(self, h: torch.Tensor) -> torch.Tensor:
@@ -205,7 +208,20 @@ class WrappedEncoder(nn.Module):
                 f"the encoder returns vectors of size {h.shape[1]} but the item table has size "
                 f"{self.hidden_size}; scores need both equal (add a projection to the encoder)"
             )
-        return h
+        return _check_finite(h, what)
+
+
+def _check_finite(h: torch.Tensor, what: str) -> torch.Tensor:
+    """Refuses NaN or inf outputs at inference (bank, evaluation, recommend); training checks
+    its scores once per step instead, without a device sync per forward pass."""
+    if not torch.is_grad_enabled():
+        bad = ~torch.isfinite(h).flatten(1).all(dim=1)
+        if bad.any():
+            raise ValueError(
+                f"the encoder's {what} returned NaN or inf in {int(bad.sum())} of {len(h)} "
+                "sequences; check the model's weights (a diverged training run) and its inputs"
+            )
+    return h
 
 
 def wrap_encoder(

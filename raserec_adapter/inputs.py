@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -145,3 +145,44 @@ def as_id_array(values: Any, name: str, count: int | None, low: int | None) -> n
     if lo < floor or hi > top:
         raise ValueError(f"{name} must lie in {floor}..{top}, got {lo if lo < floor else hi}")
     return np.asarray(items, dtype=np.int64)
+
+
+def refuse_as_batches(source: object, method: str) -> None:
+    """Clear errors for objects users pass where a split (or batches) is expected."""
+    from raserec_adapter.data import Sequences
+
+    if isinstance(source, Sequences):
+        raise TypeError(
+            f"{method} takes a LeaveOneOutSplit, got the Sequences themselves; split them "
+            "first: split = leave_one_out(sequences)"
+        )
+    if isinstance(source, (str, bytes, dict, np.ndarray, torch.Tensor)) or not isinstance(
+        source, Iterable
+    ):
+        raise TypeError(
+            f"{method} takes a LeaveOneOutSplit (leave_one_out(sequences)) or an iterable of "
+            f"Batch objects, got {type(source).__name__}"
+        )
+
+
+def require_split(split: object, method: str) -> Any:
+    """``split`` if it is a :class:`~raserec_adapter.LeaveOneOutSplit`, else a clear error."""
+    from raserec_adapter.data import LeaveOneOutSplit
+
+    if not isinstance(split, LeaveOneOutSplit):
+        refuse_as_batches(split, method)
+        raise TypeError(
+            f"{method} takes a LeaveOneOutSplit (leave_one_out(sequences)), got "
+            f"{type(split).__name__}"
+        )
+    return split
+
+
+def require_config(config: object, kind: type, method: str) -> None:
+    """Refuses a ``config`` that is not a ``kind`` (e.g. a dict, or the other stage's config)."""
+    if not isinstance(config, kind):
+        raise TypeError(
+            f"{method} takes a {kind.__name__}, got {type(config).__name__}"
+            + (f" {config!r}" if isinstance(config, dict) else "")
+            + f"; e.g. {kind.__name__}(epochs=...)"
+        )

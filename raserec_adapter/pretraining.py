@@ -55,6 +55,7 @@ from raserec_adapter.data import (
 )
 from raserec_adapter.encoder import WrappedEncoder, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
+from raserec_adapter.inputs import require_config, require_split
 from raserec_adapter.train_state import EarlyStopping, TrainingRun, TrainResult, atomic_save
 
 __all__ = ["RecLoss", "TrainResult", "info_nce", "next_item_loss", "pretrain", "seed_everything"]
@@ -354,6 +355,9 @@ def pretrain(
         >>> res.epochs_run, len(res.history)
         (2, 2)
     """
+    require_split(split, "pretrain")
+    if config is not None:
+        require_config(config, PretrainConfig, "pretrain")
     if resume and state_path is None:
         raise ValueError("resume=True needs state_path: the file the interrupted run wrote")
     cfg = config or PretrainConfig()

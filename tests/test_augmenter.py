@@ -356,7 +356,7 @@ def test_load_reports_damaged_checkpoints(trained, tmp_path, caplog):
     from examples.models import GRU4Rec
 
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available; load with device='cpu'"):
+        with pytest.raises(RuntimeError, match="CUDA is not available here.*use device='cpu'"):
             RetrievalAugmenter.load(model, ck, device="cuda")
     with caplog.at_level("WARNING", logger="raserec_adapter"):
         RetrievalAugmenter.load(GRU4Rec(30, hidden_size=16), ck)
@@ -686,3 +686,95 @@ def test_ranks_refuse_inputs_that_do_not_fit_the_split(trained):
     empty = Sequences.from_lists([[1]] * 3 + [[]] + [[2]] * (n_users - 4), num_items=n_items)
     with pytest.raises(ValueError, match="gives user 3 an empty sequence"):
         aug.ranks(split, "test", inputs=empty, augmented=(False,))
+
+
+def test_a_failed_build_bank_keeps_the_bank_that_was_there(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    bank, size = aug.bank, len(aug.bank)
+    other = leave_one_out(split.sequences, max_len=MAX_LEN + 2)
+    with pytest.raises(ValueError, match="max_len"):
+        aug.build_bank(other, show_progress=False)
+    with pytest.raises(TypeError, match=r"leave_one_out\(sequences\)"):
+        aug.build_bank(split.sequences, show_progress=False)
+    with pytest.raises(TypeError, match="iterable of list"):
+        aug.build_bank([[1, 2, 3]], show_progress=False)
+    assert aug.bank is bank and len(aug.bank) == size
+    _ = aug.fit_raft(split, RAFTConfig(epochs=1, batch_size=64), show_progress=False)
+    assert aug.recommend([[1, 2, 3]], k=3, users=[0])[0].shape == (1, 3)
+
+
+def test_wrong_objects_for_split_config_and_variants_get_clear_errors(trained):
+    model, split = trained
+    aug = make(model)
+    with pytest.raises(TypeError, match="pretrain takes a LeaveOneOutSplit, got the Sequences"):
+        aug.pretrain(split.sequences)
+    with pytest.raises(TypeError, match="pretrain takes a LeaveOneOutSplit, got the Sequences"):
+        pretrain(model, split.sequences)
+    with pytest.raises(TypeError, match="pretrain takes a PretrainConfig, got RAFTConfig"):
+        pretrain(model, split, RAFTConfig())
+    with pytest.raises(TypeError, match="evaluate takes a LeaveOneOutSplit"):
+        aug.evaluate(split.sequences)
+    aug.build_bank(split, show_progress=False)
+    with pytest.raises(TypeError, match="fit_raft takes a RAFTConfig, got PretrainConfig"):
+        aug.fit_raft(split, PretrainConfig())
+    with pytest.raises(TypeError, match=r"fit_raft takes a RAFTConfig, got dict \{'epochs': 1\}"):
+        aug.fit_raft(split, {"epochs": 1})
+    assert list(aug.evaluate(split, "test", augmented=False)) == ["plain"]
+    assert list(aug.evaluate(split, "test", augmented=True)) == ["raserec"]
+    with pytest.raises(TypeError, match="augmented must be True, False or a non-empty"):
+        aug.evaluate(split, "test", augmented=())
+    if not torch.cuda.is_available():
+        for call in (
+            lambda: aug.recommend([[1, 2]], k=3, device="cuda"),
+            lambda: aug.evaluate(split, "test", device="cuda"),
+            lambda: aug.build_bank(split, device="cuda", show_progress=False),
+        ):
+            with pytest.raises(RuntimeError, match="CUDA is not available here"):
+                call()
+        assert len(aug.bank) > 0  # the refused build kept the bank
+
+
+def test_nan_from_the_encoder_and_a_too_large_k_are_named(trained):
+    import copy
+
+    model, split = trained
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in broken.parameters():
+            p.fill_(float("nan"))
+    aug = make(broken)
+    with pytest.raises(ValueError, match="encoder's encode_all returned NaN or inf"):
+        aug.build_bank(split, show_progress=False)
+    with pytest.raises(ValueError, match="encoder's encode returned NaN or inf in 2 of 2"):
+        aug.recommend([[1, 2], [3]], k=3, augmented=False)
+    small = RetrievalAugmenter(
+        model, AugmenterConfig(max_len=MAX_LEN, bank=BankConfig(kind="torch"), ram=RAMConfig(k=5))
+    )
+    small.build_bank(split, show_progress=False)
+    small.reset_ram(small.config.ram.replace(k=len(small.bank) + 1))
+    with pytest.raises(ValueError, match=r"RAMConfig.k = \d+ memories .* bank holds only"):
+        small.recommend([[1, 2]], k=3)
+    small.reset_ram(small.config.ram.replace(k=5))
+    with pytest.raises(ValueError, match="users has 2 entries for 1 sequences"):
+        small.recommend([[1, 2]], k=3, users=[0, 1])
+    for bad in (["a"], [-1]):
+        with pytest.raises(ValueError, match="users"):
+            small.recommend([[1, 2]], k=3, users=bad)
+
+
+def test_load_refuses_a_missing_bank_and_warns_about_a_train_phase_bank(trained, tmp_path, caplog):
+    import shutil
+
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    aug.save(tmp_path / "ckpt")
+    loaded = RetrievalAugmenter.load(model, tmp_path / "ckpt")
+    with caplog.at_level("WARNING", logger="raserec_adapter"):
+        loaded.evaluate(split, "test")
+    assert "holds training pairs only" in caplog.text
+    shutil.rmtree(tmp_path / "ckpt" / "bank")
+    with pytest.raises(CheckpointError, match="records a memory bank .* is missing"):
+        RetrievalAugmenter.load(model, tmp_path / "ckpt")
