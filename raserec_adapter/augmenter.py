@@ -878,14 +878,25 @@ class RetrievalAugmenter(nn.Module):
             exclude_seen: Never recommend an item already in the sequence (all of it, also
                 the items before the last ``max_len``).
             users: Bank user ids of the sequences' owners, if they are in the bank: their own
-                memories from the same or later positions are then not retrieved.
+                memories from the same or later positions are then not retrieved. A
+                sequence's position is its length: pass whole histories as lists (a padded
+                tensor holds at most ``T`` items, so a longer history would count as ``T``).
             device: Where to compute.
 
         Returns:
             ``(item_ids, scores)``, both ``(B, k)``, best first.
 
         Example:
-            >>> # ids, scores = augmenter.recommend([[3, 17, 42]], k=5)
+            >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAMConfig,
+            ...     RetrievalAugmenter, Sequences, leave_one_out)
+            >>> from examples.models import SASRec
+            >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4], [2, 3, 4, 1]] * 3))
+            >>> aug = RetrievalAugmenter(SASRec(num_items=4),
+            ...     AugmenterConfig(bank=BankConfig(kind="torch"), ram=RAMConfig(k=2)))
+            >>> aug.build_bank(split, show_progress=False)
+            >>> ids, scores = aug.recommend([[1, 2], [3]], k=2, exclude_seen=True)
+            >>> ids.shape, bool(set(ids[0].tolist()) & {1, 2})
+            (torch.Size([2, 2]), False)
         """
         n = self.encoder.num_items
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -929,6 +940,23 @@ class RetrievalAugmenter(nn.Module):
 
         Raises:
             FileExistsError: If ``path`` is a file or a directory that is not a checkpoint.
+
+        Example:
+            >>> import tempfile, torch
+            >>> from pathlib import Path
+            >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAMConfig,
+            ...     RetrievalAugmenter, Sequences, leave_one_out)
+            >>> from examples.models import SASRec
+            >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4], [2, 3, 4, 1]] * 3))
+            >>> encoder = SASRec(num_items=4)
+            >>> aug = RetrievalAugmenter(encoder,
+            ...     AugmenterConfig(bank=BankConfig(kind="torch"), ram=RAMConfig(k=2)))
+            >>> aug.build_bank(split, show_progress=False)
+            >>> path = Path(tempfile.mkdtemp()) / "augmenter"
+            >>> aug.save(path)
+            >>> same = RetrievalAugmenter.load(encoder, path)  # the same encoder object
+            >>> bool(torch.equal(same.recommend([[1, 2]], k=3)[0], aug.recommend([[1, 2]], k=3)[0]))
+            True
         """
         meta = checkpoint_meta(
             self.config,
