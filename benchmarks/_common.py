@@ -111,3 +111,27 @@ def open_run_analysis(args: Any) -> tuple[Any, Any, Any]:
     ex_args = example.parser().parse_args(shlex.split(args.backbone_args))
     split = leave_one_out(load_dataset(args.dataset, data_dir=args.data_dir), ex_args.max_len)
     return example, ex_args, split
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    """Writes ``record`` to ``path`` through a temporary file: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def fit_raft_and_test(aug: Any, split: Any, args: Any, protocol: str = "full") -> tuple[Any, Any]:
+    """RAFT of ``aug``'s RAM (``args``: raft_epochs, patience, valid_metric, seed, device),
+    then its test metrics with the RAM: ``(TrainResult, metrics)``."""
+    from raserec_adapter import RAFTConfig
+
+    rcfg = RAFTConfig(
+        epochs=args.raft_epochs,
+        patience=args.patience,
+        valid_metric=args.valid_metric,
+        seed=args.seed,
+    )
+    res = aug.fit_raft(split, rcfg, device=args.device, show_progress=False)
+    test = aug.evaluate(split, "test", protocol=protocol, augmented=True, device=args.device)
+    return res, test["raserec"]

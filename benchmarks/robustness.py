@@ -52,6 +52,7 @@ def noisy_inputs(split: LeaveOneOutSplit, which: str, ratio: float, seed: int) -
     ``RetrievalAugmenter.ranks(split, which, inputs=...)``.
 
     Example:
+        >>> from raserec_adapter import leave_one_out
         >>> seqs = Sequences.from_lists([[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]], num_items=9)
         >>> split = leave_one_out(seqs)
         >>> noisy_inputs(split, "test", 0.0, seed=0)[0].tolist()

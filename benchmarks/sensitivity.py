@@ -39,12 +39,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import provenance
+from _common import fit_raft_and_test, provenance, write_json
 
 from raserec_adapter import (
     AugmenterConfig,
     BankConfig,
-    RAFTConfig,
     RAMConfig,
     RetrievalAugmenter,
     leave_one_out,
@@ -86,12 +85,6 @@ def settings(
 
 def _label(s: dict[str, Any]) -> str:
     return f"alpha={s['alpha']:g} beta={s['beta']:g} k={s['k']}"
-
-
-def _write(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)  # never leaves a half-written file behind
 
 
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,14 +144,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             results.append(done[_label(s)])
             continue
         aug.reset_ram(acfg.ram.replace(**s), seed=args.seed)
-        rcfg = RAFTConfig(
-            epochs=args.raft_epochs,
-            patience=args.patience,
-            valid_metric=args.valid_metric,
-            seed=args.seed,
-        )
-        res = aug.fit_raft(split, rcfg, device=args.device, show_progress=False)
-        test = aug.evaluate(split, "test", augmented=(True,), device=args.device)["raserec"]
+        res, test = fit_raft_and_test(aug, split, args)
         row = {
             "setting": s,
             "best_epoch": res.best_epoch,
@@ -181,7 +167,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         record.update(
             {"settings": results, **provenance(wall_before + time.perf_counter() - t_start)}
         )
-        _write(out, record)
+        write_json(out, record)
     return record
 
 
@@ -356,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         record = summarise(args.summarise, args.valid_metric)
         if args.note is not None:
             record["note"] = args.note
-        _write(Path(args.out), record)
+        write_json(Path(args.out), record)
     else:
         if not args.encoder:
             p.error("--encoder is required (or --summarise)")
