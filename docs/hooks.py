@@ -658,6 +658,68 @@ def sweep_table(rec: dict) -> list[str]:
     return [*out, ""]
 
 
+def _fmt4(d: Any, key: str) -> str:
+    v = d.get(key) if isinstance(d, dict) else None
+    return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+
+
+def partitions_table(rec: dict) -> list[str]:
+    """Markdown table of a bank-partition study (``benchmarks/partitions.py``); else ``[]``."""
+    rows = rec.get("summary")
+    if rec.get("parts") is None or not (isinstance(rows, list) and rows):
+        return []
+    if not all(isinstance(r, dict) and {"combo", "test", "valid"} <= set(r) for r in rows):
+        return []
+    metric = str(rec.get("selection_metric", "valid HR@10")).removeprefix("valid ")
+    head = ["memory bank", "share of memories %", f"valid {metric}"]
+    head += [f"test {m}" for m in SWEEP_METRICS] + ["HR@5 / NDCG@5 vs All"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    frozen = rec.get("plain_mean", {})
+    out.append(
+        "| frozen encoder, no RAM | | "
+        + " | ".join(
+            [_fmt4(frozen.get("valid"), metric)]
+            + [_fmt4(frozen.get("test"), m) for m in SWEEP_METRICS]
+        )
+        + " | |"
+    )
+    for r in rows:
+        ch = r.get("change_vs_all_percent") or {}
+        change = " / ".join(
+            f"{ch[m]:+.1f}%" if isinstance(ch.get(m), (int, float)) else ""
+            for m in SWEEP_METRICS[:2]
+        )
+        cells = [
+            _cell(str(r["combo"])),
+            _num(r.get("share_percent", "")),
+            _fmt4(r["valid"], metric),
+        ]
+        cells += [_fmt4(r["test"], m) for m in SWEEP_METRICS] + [change]
+        out.append("| " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def robustness_table(rec: dict) -> list[str]:
+    """Markdown table of a noise study (``benchmarks/robustness.py``); else ``[]``."""
+    rows = rec.get("ratios")
+    if not (isinstance(rows, list) and rows):
+        return []
+    if not all(isinstance(r, dict) and {"ratio", "plain", "raserec"} <= set(r) for r in rows):
+        return []
+    head = ["noise ratio", "inserted share"]
+    head += [f"{m} frozen -> RAM (change %)" for m in SWEEP_METRICS]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [_num(r["ratio"]), _num(r.get("inserted_share", ""))]
+        for m in SWEEP_METRICS:
+            a = (r.get("plain_change_percent") or {}).get(m)
+            b = (r.get("raserec_change_percent") or {}).get(m)
+            pct = f" ({a:+.1f} / {b:+.1f})" if isinstance(a, float) and isinstance(b, float) else ""
+            cells.append(f"{_fmt4(r['plain'], m)} -> {_fmt4(r['raserec'], m)}{pct}")
+        out.append("| " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
 def render_results(root: Path = ROOT) -> str:
     """Results tables, chart and provenance from ``benchmarks/results/*.json``."""
     results_dir = root / "benchmarks" / "results"
@@ -730,9 +792,15 @@ def render_results(root: Path = ROOT) -> str:
         for path, rec in other:
             out += [f"### {_cell(path.stem)} {{ #{_slug(path)} }}", ""]
             out += [*_provenance(path, rec, root), ""]
+            shown: set[str] = set()  # fields already in a table
             table = sweep_table(rec)
+            if table:
+                shown = {"plain", "settings"}
+            elif table := partitions_table(rec):
+                shown = {"summary", "plain_mean"}
+            elif table := robustness_table(rec):
+                shown = {"ratios"}
             out += table
-            shown = {"plain", "settings"} if table else set()  # already in the table
             scalars = _flat_scalars({k: v for k, v in rec.items() if k not in shown})
             if scalars:
                 out += ["| field | value |", "|---|---|"]

@@ -91,3 +91,39 @@ def test_partition_run_restricts_the_bank_and_trains_every_combination(tmp_path,
         partitions.main([*args[:-4], "--parts", "S=1-3,L=4-", "--out", str(out), "--resume"])
     with pytest.raises(SystemExit, match="--parts"):
         partitions.main([*args[:-4], "--parts", "S=1-2,S=3-", "--out", str(out)])
+
+
+def test_results_page_renders_a_partition_file_as_a_table(tmp_path):
+    from test_docs import load_hooks
+
+    hooks = load_hooks()
+    record = {
+        "parts": "S=1-2,L=3-",
+        "selection_metric": "valid HR@10",
+        "plain_mean": {"valid": {"HR@10": 0.1}, "test": dict.fromkeys(partitions.METRICS, 0.02)},
+        "summary": [
+            {
+                "combo": "All",
+                "share_percent": 100.0,
+                "valid": {"HR@10": 0.125},
+                "test": {"HR@5": 0.0571, "NDCG@5": 0.0368, "HR@10": 0.0862, "NDCG@10": 0.0463},
+                "change_vs_all_percent": dict.fromkeys(partitions.METRICS, 0.0),
+            },
+            {
+                "combo": "{S}",
+                "share_percent": 34.03,
+                "valid": {"HR@10": 0.11},
+                "test": {"HR@5": 0.05, "NDCG@5": 0.03, "HR@10": 0.08, "NDCG@10": 0.04},
+                "change_vs_all_percent": {"HR@5": -12.4, "NDCG@5": -18.5},
+            },
+        ],
+    }
+    table = hooks.partitions_table(record)
+    assert table[0].startswith("| memory bank | share of memories % | valid HR@10 |")
+    assert table[2].startswith("| frozen encoder, no RAM | | 0.1000 | 0.0200 |")
+    assert table[3] == "| All | 100 | 0.1250 | 0.0571 | 0.0368 | 0.0862 | 0.0463 | +0.0% / +0.0% |"
+    assert (
+        table[4] == "| {S} | 34.03 | 0.1100 | 0.0500 | 0.0300 | 0.0800 | 0.0400 | -12.4% / -18.5% |"
+    )
+    assert hooks.partitions_table({"summary": record["summary"]}) == []  # not a partition file
+    assert hooks.robustness_table(record) == []

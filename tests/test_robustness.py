@@ -100,3 +100,36 @@ def test_robustness_run_gives_the_clean_metrics_at_ratio_zero(tmp_path):
             robustness.main([*args[:-2], bad, "--out", str(out)])
     with pytest.raises(SystemExit, match="is missing"):
         robustness.main(["--dataset", str(data), "--run", str(tmp_path), "--out", str(out)])
+
+
+def test_results_page_renders_a_robustness_file_as_a_table():
+    from test_docs import load_hooks
+
+    hooks = load_hooks()
+    clean = {"HR@5": 0.05, "NDCG@5": 0.03, "HR@10": 0.08, "NDCG@10": 0.04}
+    noisy = {"HR@5": 0.04, "NDCG@5": 0.027, "HR@10": 0.07, "NDCG@10": 0.035}
+    record = {
+        "ratios": [
+            {"ratio": 0.0, "inserted_share": 0.0, "plain": clean, "raserec": clean},
+            {
+                "ratio": 0.1,
+                "inserted_share": 0.1003,
+                "plain": clean,
+                "raserec": noisy,
+                "plain_change_percent": dict.fromkeys(robustness.METRICS, 0.0),
+                "raserec_change_percent": {
+                    "HR@5": -20.0,
+                    "NDCG@5": -10.0,
+                    "HR@10": -12.5,
+                    "NDCG@10": -12.5,
+                },
+            },
+        ]
+    }
+    table = hooks.robustness_table(record)
+    assert len(table) == 5 and table[-1] == ""
+    assert table[2].startswith("| 0 | 0 | 0.0500 -> 0.0500 | 0.0300 -> 0.0300 |")
+    assert table[3].startswith(
+        "| 0.1 | 0.1003 | 0.0500 -> 0.0400 (+0.0 / -20.0) | 0.0300 -> 0.0270"
+    )
+    assert hooks.robustness_table({"ratios": [{"ratio": 0.1}]}) == []
