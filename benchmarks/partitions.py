@@ -14,7 +14,8 @@ Clothing S = 1, M = 2-3, L = 4 and more. ``--parts`` sets others. Each combinati
 its share of the training memories next to the paper's Table 7 shares, its best validation
 metrics, its test metrics and the change against All in percent (the paper's line).
 
-The file is rewritten after every combination; ``--resume`` skips what it holds already.
+The file is rewritten after every combination; ``--resume`` skips the (run, combination)
+pairs it holds already, and takes more ``--run`` folders than the file has (to add a seed).
 
     python benchmarks/partitions.py --backbone sasrec --dataset beauty \\
         --run runs/beauty-sasrec-raserec-seed0 \\
@@ -109,7 +110,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--raft-epochs", type=int, default=100)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--valid-metric", default="HR@10")
-    p.add_argument("--resume", action="store_true", help="skip combinations already in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip (run, combination) pairs already in --out; more --run folders may be given",
+    )
     args = p.parse_args(argv)
     name = Path(args.dataset).stem.lower()
     text = args.parts or PAPER_PARTS.get(name)
@@ -123,8 +128,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record: dict[str, Any] = {}
     if args.resume and out.exists():
         record = json.loads(out.read_text())
-        if record.get("runs") != list(args.run) or record.get("parts") != text:
-            raise SystemExit(f"{out} holds other runs or parts; use another --out")
+        same = record.get("parts") == text and record.get("seed") == args.seed
+        if not same or not set(record.get("runs", [])) <= set(args.run):
+            raise SystemExit(f"{out} holds other runs, parts or seed; use another --out")
     done = {(r["run"], r["combo"]): r for r in record.get("results", [])}
     wall_before = record.get("wall_seconds", 0.0)
     t0 = time.perf_counter()

@@ -325,14 +325,21 @@ def test_group_tables_in_the_notes_match_the_groups_files() -> None:
 
 
 def test_sweep_tables_in_the_notes_match_the_sweep_files() -> None:
-    """A table after ``<!-- sweep: FILE -->`` in reproduction.md is the file's rendered table."""
+    """A table after ``<!-- KIND: FILE -->`` in reproduction.md is the file's rendered table
+    (KIND: ``sweep``, ``partitions`` or ``robustness``, as the results page renders them)."""
     hooks = load_hooks()
+    render = {
+        "sweep": hooks.sweep_table,
+        "partitions": hooks.partitions_table,
+        "robustness": hooks.robustness_table,
+    }
     lines = (DOCS / "reproduction.md").read_text(encoding="utf-8").splitlines()
     checked = 0
     for i, line in enumerate(lines):
-        if line.startswith("<!-- sweep: "):
-            name = line.removeprefix("<!-- sweep: ").removesuffix(" -->").strip()
-            want = hooks.sweep_table(json.loads((RESULTS / name).read_text()))
+        kind, sep, rest = line.removeprefix("<!-- ").partition(": ")
+        if line.startswith("<!-- ") and sep and kind in render:
+            name = rest.removesuffix(" -->").strip()
+            want = render[kind](json.loads((RESULTS / name).read_text()))
             assert want, name
             assert lines[i + 1 : i + len(want)] == want[:-1], name  # want ends with ""
             checked += 1

@@ -87,7 +87,20 @@ def test_partition_run_restricts_the_bank_and_trains_every_combination(tmp_path,
     monkeypatch.setattr(partitions.RetrievalAugmenter, "fit_raft", None)
     again = partitions.main([*args, "--resume"])
     assert again["results"] == record["results"]
-    with pytest.raises(SystemExit, match="other runs or parts"):
+    # resume with one more run: the first run's rows are kept, the new run's are trained
+    monkeypatch.undo()
+    gru4rec.main([*argv, *TINY, "--bank", "torch", "--batch-size", "64", "--seed", "1"])
+    run1 = str(tmp_path / "toy-gru4rec-raserec-seed1")
+    both = partitions.main([*args[:7], "--run", run1, *args[7:], "--resume"])
+    assert both["runs"] == [run, run1]
+    assert both["results"][:3] == record["results"]
+    assert [r["run"] for r in both["results"][3:]] == [run1] * 3
+    for i, row in enumerate(both["summary"]):
+        pair = [r["test"]["HR@5"] for r in both["results"] if r["combo"] == row["combo"]]
+        assert len(pair) == 2 and row["test"]["HR@5"] == pytest.approx(sum(pair) / 2), i
+    with pytest.raises(SystemExit, match="other runs, parts or seed"):
+        partitions.main([*args, "--seed", "3", "--resume"])
+    with pytest.raises(SystemExit, match="other runs, parts or seed"):
         partitions.main([*args[:-4], "--parts", "S=1-3,L=4-", "--out", str(out), "--resume"])
     with pytest.raises(SystemExit, match="--parts"):
         partitions.main([*args[:-4], "--parts", "S=1-2,S=3-", "--out", str(out)])
