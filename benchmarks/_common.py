@@ -135,3 +135,19 @@ def fit_raft_and_test(aug: Any, split: Any, args: Any, protocol: str = "full") -
     res = aug.fit_raft(split, rcfg, device=args.device, show_progress=False)
     test = aug.evaluate(split, "test", protocol=protocol, augmented=True, device=args.device)
     return res, test["raserec"]
+
+
+def run_provenance(runs: list[str]) -> dict[str, Any]:
+    """How each finished example run was made, from the results file the example wrote next
+    to its folder (``<run>.json``): command, commit, machine, wall time; ``{}`` where missing."""
+    out: dict[str, Any] = {}
+    for run in runs:
+        path = Path(str(run).rstrip("/") + ".json")
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            out[str(run)] = {}
+            continue
+        keep = ("command", "git_commit", "machine", "wall_seconds", "finished_at", "mean")
+        out[str(run)] = {k: rec[k] for k in keep if k in rec}
+    return out

@@ -40,6 +40,7 @@ from _common import (
     open_run_analysis,
     provenance,
     run_analysis_parser,
+    run_provenance,
     write_json,
 )
 
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "part_share_percent": shares,
             "paper_part_share_percent": PAPER_SHARES.get(name),
             "runs": list(args.run),
+            "run_provenance": run_provenance([str(r) for r in args.run]),
             "seed": args.seed,
             "selection_metric": f"valid {args.valid_metric}",
         }

@@ -37,7 +37,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import load_finished_run, open_run_analysis, provenance, run_analysis_parser
+from _common import (
+    load_finished_run,
+    open_run_analysis,
+    provenance,
+    run_analysis_parser,
+    run_provenance,
+)
 
 from raserec_adapter import Sequences
 from raserec_adapter.data import LeaveOneOutSplit
@@ -154,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "protocol": args.protocol,
         "noise_seed": args.noise_seed,
         "runs": [str(r) for r in args.run],
+        "run_provenance": run_provenance([str(r) for r in args.run]),
         "per_run": {str(r): {v: per_run[r][v] for v in ("plain", "raserec")} for r in ratios},
         "ratios": rows,
     }

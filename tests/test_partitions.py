@@ -68,6 +68,11 @@ def test_partition_run_restricts_the_bank_and_trains_every_combination(tmp_path,
     monkeypatch.setattr(partitions.RetrievalAugmenter, "build_bank", spy)
     record = partitions.main(args)
     assert json.loads(out.read_text()) == record
+    made = json.loads((tmp_path / "toy-gru4rec-raserec-seed0.json").read_text())
+    assert record["run_provenance"][run] == {
+        k: made[k]
+        for k in ("command", "git_commit", "machine", "wall_seconds", "finished_at", "mean")
+    }
     assert [r["combo"] for r in record["summary"]] == ["All", "{S}", "{L}"]
     assert [ranges for ranges, _ in built] == [((1, 2), (3, None)), ((1, 2),), ((3, None),)]
     assert built[1][1] <= {1, 2} and built[2][1] and min(built[2][1]) >= 3

@@ -79,6 +79,9 @@ def test_robustness_run_gives_the_clean_metrics_at_ratio_zero(tmp_path):
     args += ["--run", str(run), "--run", str(run), "--ratios", "0.3,0.1", "--out", str(out)]
     record = robustness.main(args)
     assert json.loads(out.read_text()) == record
+    made = json.loads((tmp_path / "toy-gru4rec-raserec-seed0.json").read_text())
+    assert record["run_provenance"][str(run)]["mean"] == made["mean"]
+    assert record["run_provenance"][str(run)]["git_commit"] == made["git_commit"]
     assert [r["ratio"] for r in record["ratios"]] == [0.0, 0.1, 0.3]
     recorded = {
         v: json.loads((tmp_path / f"toy-gru4rec-{v}-seed0.json").read_text())["mean"]
