@@ -14,8 +14,9 @@ negative items into each test user sequence"; the models are trained on clean da
 * the bank, the RAM and the no-leakage rule stay as they are: a query keeps its user and its
   clean prefix length (:meth:`~raserec_adapter.RetrievalAugmenter.ranks` with ``inputs=``).
 
-Each ratio reports HR@5 / NDCG@5 / HR@10 / NDCG@10 of both variants, means over the runs, and
-each variant's change against its own clean input (ratio 0, always evaluated).
+Each ratio reports HR@5 / NDCG@5 / HR@10 / NDCG@10 of both variants, means over the runs and
+the draws of the noise (``--noise-seeds``), and each variant's change against its own clean
+input (ratio 0, always evaluated).
 
     python benchmarks/robustness.py --backbone sasrec --dataset beauty \\
         --run runs/beauty-sasrec-raserec-seed0 \\
@@ -108,7 +109,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--ratios", default="0.1,0.2,0.3", help="noise ratios (comma-separated; 0 always runs)"
     )
-    p.add_argument("--noise-seed", type=int, default=0, help="seed of the inserted noise")
+    p.add_argument(
+        "--noise-seeds",
+        default="0",
+        help="seeds of the inserted noise, comma-separated: each is one draw, and every figure is "
+        "the mean over runs and draws",
+    )
     args = p.parse_args(argv)
     try:
         ratios = sorted({0.0, *(float(r) for r in args.ratios.split(",") if r.strip())})
@@ -116,12 +122,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--ratios takes numbers separated by commas: {e}") from None
     if not all(0.0 <= r <= 1.0 for r in ratios):
         raise SystemExit(f"--ratios must lie in [0, 1], got {args.ratios}")
+    try:
+        seeds = list(dict.fromkeys(int(x) for x in args.noise_seeds.split(",") if x.strip()))
+    except ValueError as e:
+        raise SystemExit(f"--noise-seeds takes integers separated by commas: {e}") from None
+    if not seeds:
+        raise SystemExit("--noise-seeds needs at least one seed")
     t0 = time.perf_counter()
     example, ex_args, split = open_run_analysis(args)
-    inputs = {r: noisy_inputs(split, "test", r, args.noise_seed) for r in ratios}
+    # the clean input (ratio 0) is the same for every seed: drawn once
+    draws = {r: seeds if r > 0 else seeds[:1] for r in ratios}
+    inputs = {(r, s): noisy_inputs(split, "test", r, s) for r in ratios for s in draws[r]}
     clean_lengths = split.test.lengths
     inserted = {
-        r: float((inputs[r].lengths - clean_lengths).sum() / clean_lengths.sum()) for r in ratios
+        r: statistics.fmean(
+            float((inputs[(r, s)].lengths - clean_lengths).sum() / clean_lengths.sum())
+            for s in draws[r]
+        )
+        for r in ratios
     }
     per_run: dict[float, dict[str, list[dict[str, float]]]] = {
         r: {"plain": [], "raserec": []} for r in ratios
@@ -129,17 +147,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for run in map(Path, args.run):
         aug = load_finished_run(example, split.sequences.num_items, ex_args, run)
         for r in ratios:
-            m = aug.evaluate(
-                split, "test", protocol=args.protocol, device=args.device, inputs=inputs[r]
-            )
-            for variant in ("plain", "raserec"):
-                per_run[r][variant].append({k: m[variant][k] for k in METRICS})
-            logging.info(
-                "%s: ratio %.2f, %s",
-                run,
-                r,
-                {k: round(v, 4) for k, v in m["raserec"].items() if k in METRICS},
-            )
+            for s in draws[r]:
+                m = aug.evaluate(
+                    split, "test", protocol=args.protocol, device=args.device, inputs=inputs[(r, s)]
+                )
+                for variant in ("plain", "raserec"):
+                    per_run[r][variant].append({k: m[variant][k] for k in METRICS})
+                logging.info(
+                    "%s: ratio %.2f, noise seed %d, %s",
+                    run,
+                    r,
+                    s,
+                    {k: round(v, 4) for k, v in m["raserec"].items() if k in METRICS},
+                )
     clean = {v: _mean(per_run[0.0][v]) for v in ("plain", "raserec")}
     rows = []
     for r in ratios:
@@ -158,7 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dataset": args.dataset,
         "backbone": args.backbone,
         "protocol": args.protocol,
-        "noise_seed": args.noise_seed,
+        "noise_seeds": seeds,
+        "per_run_order": "per ratio and variant: one entry per run (in --run order) and noise "
+        "seed (in --noise-seeds order), runs outer; ratio 0 (clean) once per run",
         "runs": [str(r) for r in args.run],
         "run_provenance": run_provenance([str(r) for r in args.run]),
         "per_run": {str(r): {v: per_run[r][v] for v in ("plain", "raserec")} for r in ratios},

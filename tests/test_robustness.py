@@ -98,6 +98,18 @@ def test_robustness_run_gives_the_clean_metrics_at_ratio_zero(tmp_path):
         assert row["plain"] != clean["plain"]  # noise changes what the encoder sees
     assert set(record["per_run"]) == {"0.0", "0.1", "0.3"}
     assert all(len(v) == 2 for r in record["per_run"].values() for v in r.values())
+    # several draws of the noise: one entry per run and draw, the clean input once per run
+    seeds = robustness.main([*args[:-2], "--noise-seeds", "0,5", "--out", str(out)])
+    assert seeds["noise_seeds"] == [0, 5]
+    assert [len(seeds["per_run"][r]["plain"]) for r in ("0.0", "0.1", "0.3")] == [2, 4, 4]
+    assert seeds["per_run"]["0.1"]["plain"][0] == record["per_run"]["0.1"]["plain"][0]  # seed 0
+    assert seeds["per_run"]["0.1"]["plain"][0] != seeds["per_run"]["0.1"]["plain"][1]
+    for row in seeds["ratios"]:
+        entries = seeds["per_run"][str(row["ratio"])]["raserec"]
+        for m in robustness.METRICS:
+            assert row["raserec"][m] == pytest.approx(sum(e[m] for e in entries) / len(entries))
+    with pytest.raises(SystemExit, match="integers separated by commas"):
+        robustness.main([*args[:-2], "--noise-seeds", "a", "--out", str(out)])
     for bad, says in (("--ratios=0.1,x", "numbers separated by commas"), ("--ratios=2", "0, 1")):
         with pytest.raises(SystemExit, match=says):
             robustness.main([*args[:-2], bad, "--out", str(out)])
