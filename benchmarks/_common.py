@@ -34,15 +34,27 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+# the code a long run executes is the code it started with: its commit is read at import
+START_COMMIT = git_commit(ROOT)
+
+
 def provenance(wall: float) -> dict[str, Any]:
-    """Command, commit, machine, wall time and finishing time of this script's run."""
-    return {
+    """Command, commit, machine, wall time and finishing time of this script's run.
+
+    ``git_commit`` is the commit the script started from; ``git_commit_at_end`` is added when
+    the checkout changed while it ran (the run kept executing the code it had loaded).
+    """
+    out = {
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
-        "git_commit": git_commit(ROOT),
+        "git_commit": START_COMMIT,
         "machine": machine_info(),
         "wall_seconds": round(wall, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    now = git_commit(ROOT)
+    if now != START_COMMIT:
+        out["git_commit_at_end"] = now
+    return out
 
 
 def save(name: str, record: dict[str, Any], wall: float) -> Path:
