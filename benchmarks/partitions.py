@@ -46,6 +46,7 @@ from _common import (
 
 from examples.common import prefix_length_ranges
 from raserec_adapter import BankConfig, RetrievalAugmenter
+from raserec_adapter.reporting import mean_metrics
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
 PAPER_PARTS = {
@@ -98,10 +99,6 @@ def combos(names: list[str]) -> list[tuple[str, ...]]:
 
 def _label(combo: tuple[str, ...], all_names: list[str]) -> str:
     return "All" if len(combo) == len(all_names) else "{" + ", ".join(combo) + "}"
-
-
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.fmean(r[k] for r in rows) for k in METRICS}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -223,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "valid": {
                     args.valid_metric: statistics.fmean(r["valid"][args.valid_metric] for r in rows)
                 },
-                "test": _mean([r["test"] for r in rows]),
+                "test": mean_metrics([r["test"] for r in rows]),
             }
         )
     every = summary[0]["test"]
@@ -235,7 +232,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record.update(
         {
             "plain": plain,
-            "plain_mean": {w: _mean([plain[r][w] for r in args.run]) for w in ("valid", "test")},
+            "plain_mean": {
+                w: mean_metrics([plain[r][w] for r in args.run]) for w in ("valid", "test")
+            },
             "results": results,
             "summary": summary,
             **provenance(wall_before + time.perf_counter() - t0),

@@ -621,6 +621,11 @@ def _num(v: Any) -> str:
 SWEEP_METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
 
 
+def _fmt4(d: Any, key: str) -> str:
+    v = d.get(key) if isinstance(d, dict) else None
+    return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+
+
 def sweep_table(rec: dict) -> list[str]:
     """Markdown table of a RAM sweep (``benchmarks/sensitivity.py``); ``[]`` for other files."""
     rows = rec.get("settings")
@@ -634,17 +639,13 @@ def sweep_table(rec: dict) -> list[str]:
         metric = str(rec["selected_by_valid"].get("metric", metric)).removeprefix("valid ")
     chosen = rec.get("selected_by_valid", {}).get("setting")
 
-    def fmt(d: dict, key: str) -> str:
-        v = d.get(key)
-        return f"{v:.4f}" if isinstance(v, (int, float)) else ""
-
     head = ["setting", f"valid {metric}", *(f"test {m}" for m in SWEEP_METRICS)]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out.append(
         "| frozen encoder, no RAM | "
         + " | ".join(
-            [fmt(plain.get("valid", {}), metric)]
-            + [fmt(plain.get("test", {}), m) for m in SWEEP_METRICS]
+            [_fmt4(plain.get("valid", {}), metric)]
+            + [_fmt4(plain.get("test", {}), m) for m in SWEEP_METRICS]
         )
         + " |"
     )
@@ -653,14 +654,9 @@ def sweep_table(rec: dict) -> list[str]:
         label = ", ".join(f"{k} {v}" for k, v in s.items()) if isinstance(s, dict) else str(s)
         if s == chosen:
             label = f"**{label}** (selected)"
-        cells = [fmt(r["valid"], metric)] + [fmt(r["test"], m) for m in SWEEP_METRICS]
+        cells = [_fmt4(r["valid"], metric)] + [_fmt4(r["test"], m) for m in SWEEP_METRICS]
         out.append(f"| {_cell(label)} | " + " | ".join(cells) + " |")
     return [*out, ""]
-
-
-def _fmt4(d: Any, key: str) -> str:
-    v = d.get(key) if isinstance(d, dict) else None
-    return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
 
 
 def partitions_table(rec: dict) -> list[str]:
