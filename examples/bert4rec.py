@@ -5,6 +5,7 @@ python examples/bert4rec.py --dataset beauty --demo      # a few minutes on a la
 python examples/bert4rec.py --dataset beauty --plain     # plain BERT4Rec (cloze task) only
 python examples/bert4rec.py --objective next-item        # stage 1 with next-item cross-entropy
 python examples/bert4rec.py --no-head                    # score the last layer's output directly
+python examples/bert4rec.py --objective next-item --readout last   # read h at the last item
 
 Stage 1 trains BERT4Rec's own cloze objective (plus the retrieval loss unless ``--plain``) on
 each training prefix followed by its next item; ``--objective next-item`` trains the library's
@@ -39,6 +40,7 @@ def build(num_items: int, args: argparse.Namespace) -> BERT4Rec:
         hidden_size=args.hidden_size,
         max_len=args.max_len,
         head=getattr(args, "head", True),
+        readout=getattr(args, "readout", "mask"),
         **dropout_kwargs(args),
     )
 
@@ -78,14 +80,29 @@ def parser() -> argparse.ArgumentParser:
         help="score through BERT4Rec's prediction head (linear -> GELU -> LayerNorm); "
         "--no-head scores the last layer's output directly (RecBole before 1.1)",
     )
+    parser.add_argument(
+        "--readout",
+        choices=["mask", "last"],
+        default="mask",
+        help="read the representation at a [mask] appended after the last item (BERT4Rec's "
+        "own) or at the last item itself (needs --objective next-item)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.readout == "last" and args.objective == "cloze":
+        p.error("--readout last needs --objective next-item (the cloze task trains at [mask])")
     backbone = BACKBONE if args.objective == "cloze" else NEXT_ITEM
-    if not args.head:  # recorded in the results files; the default is left out of them
-        backbone = replace(backbone, settings={**(backbone.settings or {}), "head": False})
+    extra: dict[str, object] = {}  # recorded in the results files; defaults are left out
+    if not args.head:
+        extra["head"] = False
+    if args.readout != "mask":
+        extra["readout"] = args.readout
+    if extra:
+        backbone = replace(backbone, settings={**(backbone.settings or {}), **extra})
     run(backbone, args)
 
 

@@ -7,6 +7,8 @@ item ids, and an ``item_embedding`` table whose rows score items by dot product.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -223,6 +225,11 @@ class BERT4Rec(nn.Module):
         head: Apply the prediction head (linear -> GELU -> LayerNorm) before scoring;
             ``False`` scores the last layer's output directly, as RecBole's BERT4Rec did before
             version 1.1.
+        readout: Where the representation is read: ``"mask"`` (the default, BERT4Rec's own
+            inference) at a ``[mask]`` appended after the last item; ``"last"`` at the last
+            item itself, with no ``[mask]`` (a bidirectional SASRec: the last item reaches the
+            representation through the residual path, not only through attention). The cloze
+            loss trains at ``[mask]`` tokens, so train ``"last"`` with next-item cross-entropy.
 
     Example:
         >>> import torch
@@ -246,10 +253,14 @@ class BERT4Rec(nn.Module):
         mask_prob: float = 0.2,
         layer_norm_eps: float = 1e-12,
         head: bool = True,
+        readout: Literal["mask", "last"] = "mask",
     ) -> None:
         super().__init__()
         if not 0.0 < mask_prob < 1.0:
             raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+        if readout not in ("mask", "last"):
+            raise ValueError(f"readout must be 'mask' or 'last', got {readout!r}")
+        self.readout = readout
         self.num_items = num_items
         self.max_len = max_len
         self.mask_prob = mask_prob
@@ -299,8 +310,11 @@ class BERT4Rec(nn.Module):
         return x
 
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """``(B, d)``: output at a ``[mask]`` token appended after each sequence's last item."""
+        """``(B, d)``: output at a ``[mask]`` token appended after each sequence's last item
+        (``readout="mask"``) or at the last item (``readout="last"``)."""
         rows = torch.arange(item_seq.shape[0], device=item_seq.device)
+        if self.readout == "last":
+            return self.head(self.encode_tokens(item_seq)[rows, item_seq_len - 1])
         tokens = _append(item_seq, item_seq_len, self.mask_token)
         return self.head(self.encode_tokens(tokens)[rows, item_seq_len])
 
@@ -332,6 +346,12 @@ class BERT4Rec(nn.Module):
         Returns:
             The mean cross-entropy (a scalar).
         """
+        if self.readout != "mask":
+            raise ValueError(
+                "cloze_loss trains the output at [mask] tokens, but this model reads its "
+                f"representation at readout={self.readout!r}; train it with next-item "
+                "cross-entropy instead (examples/bert4rec.py --objective next-item)"
+            )
         if targets is not None:
             item_seq, item_seq_len = _append(item_seq, item_seq_len, targets), item_seq_len + 1
         b, t = item_seq.shape

@@ -326,3 +326,32 @@ def test_bert4rec_without_head_scores_the_last_layer(monkeypatch):
     bert4rec.main([])
     assert seen["b"].settings == {"objective": "cloze"}
     assert isinstance(bert4rec.build(12, seen["a"]).head, torch.nn.Sequential)
+
+
+def test_bert4rec_last_readout_is_bidirectional_output_at_the_last_item(monkeypatch):
+    torch.manual_seed(0)
+    model = BERT4Rec(num_items=12, hidden_size=8, max_len=5, readout="last").eval()
+    seq, lens = torch.tensor([[3, 4, 5, 0], [7, 0, 0, 0]]), torch.tensor([3, 1])
+    # by hand: no [mask] appended, the last real item's output through the prediction head
+    expected = model.head(model.encode_tokens(seq)[torch.arange(2), lens - 1])
+    h = model(seq, lens)
+    torch.testing.assert_close(h, expected)
+    torch.testing.assert_close(model(F.pad(seq, (0, 2)), lens), h)  # padding changes nothing
+    changed = seq.clone()
+    changed[0, 0] = 11  # bidirectional: an earlier item still reaches the last position
+    assert not torch.allclose(model(changed, lens)[0], h[0])
+    mask = BERT4Rec(num_items=12, hidden_size=8, max_len=5).eval()
+    mask.load_state_dict(model.state_dict())  # same weights, the [mask] readout differs
+    assert not torch.allclose(mask(seq, lens), h, atol=1e-3)
+    with pytest.raises(ValueError, match="next-item"):
+        model.cloze_loss(seq, lens)
+    with pytest.raises(ValueError, match="readout must be"):
+        BERT4Rec(num_items=12, readout="first")  # type: ignore[arg-type]
+
+    seen = {}
+    monkeypatch.setattr(bert4rec, "run", lambda backbone, args: seen.update(b=backbone, a=args))
+    bert4rec.main(["--objective", "next-item", "--readout", "last"])
+    assert seen["b"].settings == {"objective": "next-item", "readout": "last"}
+    assert bert4rec.build(12, seen["a"]).readout == "last"
+    with pytest.raises(SystemExit):
+        bert4rec.main(["--readout", "last"])  # the cloze objective trains at [mask]
