@@ -988,12 +988,14 @@ class RetrievalAugmenter(nn.Module):
         if aug.encoder.num_items != meta.get("num_items"):
             raise CheckpointError(
                 f"{path} was trained for {meta.get('num_items')} items, the encoder has "
-                f"{aug.encoder.num_items}"
+                f"{aug.encoder.num_items}; load it with the encoder it was saved with (same "
+                "dataset and item ids), or build a new bank and RAFT for this one"
             )
         if aug.config.hidden_size != saved.hidden_size:
             raise CheckpointError(
                 f"{path} was trained with hidden size {saved.hidden_size}, the encoder has "
-                f"{aug.config.hidden_size}"
+                f"{aug.config.hidden_size}; build the encoder with the settings it was saved "
+                "with (e.g. hidden_size), or build a new bank and RAFT for this one"
             )
         saved_class = meta.get("encoder_class")
         if saved_class is not None and saved_class != type(aug.encoder.module).__name__:
