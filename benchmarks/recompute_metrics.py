@@ -6,6 +6,11 @@ target's rank is counted directly (ties against the target), with none of the li
 evaluation or metrics code. Compare the printed figures with the frozen encoder's results file
 (``...-pretrained-plain.json``, protocol ``full``).
 
+``--which train-last`` scores each user's last *training* pair instead (input: the training
+part without its last item; target: that item), a pair the encoder was trained on. Set beside
+the validation and test figures it shows how much of an encoder's validation score is
+memorised rather than generalised.
+
     python benchmarks/recompute_metrics.py --model bert4rec \\
         --encoder /tmp/runs/beauty-bert4rec-raserec-seed2/encoder.pt \\
         --data ../shared/data/Beauty.txt --which test
@@ -32,7 +37,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--model", choices=sorted(MODELS), required=True)
     p.add_argument("--encoder", required=True, help="the example's encoder.pt (a state dict)")
     p.add_argument("--data", required=True, help="a 'user item item ...' text file")
-    p.add_argument("--which", choices=["valid", "test"], default="test")
+    p.add_argument("--which", choices=["train-last", "valid", "test"], default="test")
+    p.add_argument(
+        "--readout",
+        choices=["mask", "last"],
+        default="mask",
+        help="bert4rec: the --readout the encoder was trained with",
+    )
     p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -40,12 +51,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with open(args.data) as fh:
         seqs = [[int(x) for x in line.split()[1:]] for line in fh if line.strip()]
     n_items = max(max(s) for s in seqs)
-    kwargs = {} if args.model == "gru4rec" else {"max_len": args.max_len}
+    kwargs: dict[str, object] = {} if args.model == "gru4rec" else {"max_len": args.max_len}
+    if args.model == "bert4rec":
+        kwargs["readout"] = args.readout
     model = MODELS[args.model](n_items, **kwargs)
     model.load_state_dict(torch.load(args.encoder, map_location="cpu", weights_only=True))
     model.eval()
     table = model.item_embedding.weight[1 : n_items + 1]  # items 1..N
-    cut = 1 if args.which == "test" else 2  # the target's distance from the end
+    cut = {"test": 1, "valid": 2, "train-last": 3}[args.which]  # the target's place from the end
     sums = {"HR@5": 0.0, "NDCG@5": 0.0, "HR@10": 0.0, "NDCG@10": 0.0}
     with torch.no_grad():
         for start in range(0, len(seqs), 512):

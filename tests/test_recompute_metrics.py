@@ -10,7 +10,7 @@ import torch
 from conftest import synthetic_sequences
 
 from examples.models import BERT4Rec, GRU4Rec, SASRec
-from raserec_adapter import evaluate_encoder, leave_one_out, pretrain
+from raserec_adapter import Sequences, evaluate_encoder, leave_one_out, pretrain
 from raserec_adapter.config import PretrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -48,3 +48,26 @@ def test_hand_counted_ranks_match_the_library(name: str, tmp_path: Path) -> None
         want = evaluate_encoder(model, split, which)
         assert got == pytest.approx({k: want[k] for k in got}, abs=1e-9)
         assert got["HR@10"] > 0  # a trained model: the comparison is not of zeros
+
+
+def test_train_last_scores_each_users_last_training_pair(tmp_path: Path) -> None:
+    """train-last = validation of the same users with their last item dropped (s[:-3] -> s[-3])."""
+    seqs = synthetic_sequences(60, 20, seed=5)
+    rows = [seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]].tolist() for u in range(60)]
+    data = tmp_path / "data.txt"
+    data.write_text("".join(f"{u + 1} {' '.join(map(str, r))}\n" for u, r in enumerate(rows)))
+    torch.manual_seed(0)
+    model = BERT4Rec(int(seqs.num_items), max_len=6, readout="last")
+    split = leave_one_out(seqs, max_len=6)
+    pretrain(model, split, PretrainConfig(epochs=2, batch_size=32), show_progress=False)
+    torch.save(model.state_dict(), tmp_path / "encoder.pt")
+    argv = ["--model", "bert4rec", "--encoder", str(tmp_path / "encoder.pt"), "--data", str(data)]
+    got = recompute_metrics.main(
+        [*argv, "--which", "train-last", "--max-len", "6", "--readout", "last"]
+    )
+    shorter = Sequences.from_lists([r[:-1] for r in rows], num_items=int(seqs.num_items))
+    want = evaluate_encoder(model, leave_one_out(shorter, max_len=6), "valid")
+    assert got == pytest.approx({k: want[k] for k in got}, abs=1e-9)
+    assert got["HR@10"] > 0
+    # the mask readout reads other outputs of the same weights: other figures
+    assert recompute_metrics.main([*argv, "--which", "train-last", "--max-len", "6"]) != got
