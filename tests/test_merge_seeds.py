@@ -84,3 +84,16 @@ def test_settings_added_later_count_as_their_defaults(tmp_path: Path) -> None:
     rand["per_seed_details"][0]["pretrain"]["config"]["batching"] = "random"
     with pytest.raises(ValueError, match="other settings"):
         merge_seeds.merge([old, rand])
+
+
+def test_git_commit_outside_a_checkout_falls_back_to_the_recorded_one(tmp_path, monkeypatch):
+    from raserec_adapter.reporting import git_commit
+
+    here = git_commit()
+    monkeypatch.setenv("RASEREC_GIT_COMMIT", "abc123")
+    if here != "unknown":  # run from a checkout: git wins where it answers
+        assert len(here.removesuffix("-dirty")) == 40 and git_commit() == here
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository above tmp_path
+    assert git_commit(cwd=tmp_path) == "abc123"
+    monkeypatch.delenv("RASEREC_GIT_COMMIT")
+    assert git_commit(cwd=tmp_path) == "unknown"
