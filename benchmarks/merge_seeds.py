@@ -64,8 +64,11 @@ def _settings(details: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def merge(records: list[dict[str, Any]]) -> dict[str, Any]:
+def merge(records: list[dict[str, Any]], ignore_epochs: bool = False) -> dict[str, Any]:
     """Checks that ``records`` are seeds of one experiment and returns the merged fields.
+
+    With ``ignore_epochs`` the seeds may differ in their stage-1 epoch cap (runs stopped by
+    hand at different epochs); each seed's own cap stays in its ``per_seed_details``.
 
     Raises:
         ValueError: The files differ in what they measured or in settings, or repeat a seed.
@@ -93,12 +96,22 @@ def merge(records: list[dict[str, Any]]) -> dict[str, Any]:
         seeds.extend(rec["seeds"])
         per_seed.extend(rec["per_seed"])
         details.extend(rec.get("per_seed_details", []))
-    reference = _settings(details[0]) if details else {}
+
+    def compared(d: dict[str, Any]) -> dict[str, Any]:
+        out = _settings(d)
+        if ignore_epochs and "pretrain.config" in out:
+            out["pretrain.config"] = {
+                k: v for k, v in out["pretrain.config"].items() if k != "epochs"
+            }
+        return out
+
+    reference = compared(details[0]) if details else {}
     for d in details[1:]:
-        if _settings(d) != reference:
+        if compared(d) != reference:
             raise ValueError(
                 f"seed {d.get('seed')} ran with other settings than seed {details[0].get('seed')}: "
-                f"{_settings(d)} vs {reference}"
+                f"{compared(d)} vs {reference}"
+                + ("" if ignore_epochs else " (--ignore-epochs lets stage-1 epoch caps differ)")
             )
     keys = list(per_seed[0])
     std = {k: statistics.stdev(m[k] for m in per_seed) if len(per_seed) > 1 else 0.0 for k in keys}
@@ -115,9 +128,15 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("files", nargs="+", help="results files of single-seed (or few-seed) runs")
     p.add_argument("--out", required=True, help="merged results file to write")
+    p.add_argument(
+        "--ignore-epochs",
+        action="store_true",
+        help="let the seeds' stage-1 epoch caps differ (runs stopped by hand at different "
+        "epochs and resumed with --epochs N); each cap stays in per_seed_details",
+    )
     args = p.parse_args(argv)
     records = [json.loads(Path(f).read_text()) for f in args.files]
-    merged = merge(records)
+    merged = merge(records, ignore_epochs=args.ignore_epochs)
     first = records[0]
     commits = sorted({r.get("git_commit") or "unknown" for r in records})
     backbone = first.get("backbone_settings")

@@ -15,7 +15,12 @@ import merge_seeds
 
 
 def _run(
-    folder: Path, seed: int, hr: float, lr: float = 1e-3, settings: dict | None = None
+    folder: Path,
+    seed: int,
+    hr: float,
+    lr: float = 1e-3,
+    settings: dict | None = None,
+    epochs: int = 100,
 ) -> Path:
     path = folder / f"s{seed}" / "beauty-sasrec-raserec.json"
     backbone = {"backbone_settings": settings} if settings else {}
@@ -29,7 +34,9 @@ def _run(
         per_seed=[{"HR@10": hr, "NDCG@10": hr / 2}],
         wall_seconds=100.0,
         extra={
-            "per_seed_details": [{"seed": seed, "pretrain": {"config": {"lr": lr, "seed": seed}}}],
+            "per_seed_details": [
+                {"seed": seed, "pretrain": {"config": {"lr": lr, "seed": seed, "epochs": epochs}}}
+            ],
             **backbone,
         },
         commit="abc",
@@ -97,3 +104,19 @@ def test_git_commit_outside_a_checkout_falls_back_to_the_recorded_one(tmp_path, 
     assert git_commit(cwd=tmp_path) == "abc123"
     monkeypatch.delenv("RASEREC_GIT_COMMIT")
     assert git_commit(cwd=tmp_path) == "unknown"
+
+
+def test_ignore_epochs_lets_only_the_stage1_cap_differ(tmp_path: Path) -> None:
+    a = _run(tmp_path, 0, 0.08, epochs=43)
+    b = _run(tmp_path, 1, 0.06, epochs=32)
+    out = tmp_path / "merged.json"
+    with pytest.raises(ValueError, match="--ignore-epochs"):
+        merge_seeds.main([str(a), str(b), "--out", str(out)])
+    assert not out.exists()
+    merge_seeds.main([str(a), str(b), "--out", str(out), "--ignore-epochs"])
+    rec = json.loads(out.read_text())
+    assert rec["mean"]["HR@10"] == pytest.approx(0.07)
+    assert [d["pretrain"]["config"]["epochs"] for d in rec["per_seed_details"]] == [43, 32]
+    c = json.loads(_run(tmp_path, 2, 0.08, lr=1e-2, epochs=32).read_text())
+    with pytest.raises(ValueError, match="other settings"):  # other settings still refused
+        merge_seeds.merge([json.loads(a.read_text()), c], ignore_epochs=True)
