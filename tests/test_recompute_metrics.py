@@ -17,12 +17,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import recompute_metrics
 
 
+def _data_file(seqs: Sequences, path: Path) -> list[list[int]]:
+    """Writes ``seqs`` as a ``user item item ...`` file; returns the rows as lists."""
+    users = range(len(seqs.offsets) - 1)
+    rows = [seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]].tolist() for u in users]
+    path.write_text("".join(f"{u + 1} {' '.join(map(str, r))}\n" for u, r in enumerate(rows)))
+    return rows
+
+
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec"])
 def test_hand_counted_ranks_match_the_library(name: str, tmp_path: Path) -> None:
     seqs = synthetic_sequences(80, 25, seed=4)
-    rows = [seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]].tolist() for u in range(80)]
     data = tmp_path / "data.txt"
-    data.write_text("".join(f"{u + 1} {' '.join(map(str, r))}\n" for u, r in enumerate(rows)))
+    _data_file(seqs, data)
     n = int(seqs.num_items)
     torch.manual_seed(0)
     model = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec}[name]
@@ -53,9 +60,8 @@ def test_hand_counted_ranks_match_the_library(name: str, tmp_path: Path) -> None
 def test_train_last_scores_each_users_last_training_pair(tmp_path: Path) -> None:
     """train-last = validation of the same users with their last item dropped (s[:-3] -> s[-3])."""
     seqs = synthetic_sequences(60, 20, seed=5)
-    rows = [seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]].tolist() for u in range(60)]
     data = tmp_path / "data.txt"
-    data.write_text("".join(f"{u + 1} {' '.join(map(str, r))}\n" for u, r in enumerate(rows)))
+    rows = _data_file(seqs, data)
     torch.manual_seed(0)
     model = BERT4Rec(int(seqs.num_items), max_len=6, readout="last")
     split = leave_one_out(seqs, max_len=6)
