@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         default="mask",
         help="bert4rec: the --readout the encoder was trained with",
     )
+    p.add_argument(
+        "--positions",
+        choices=["start", "end"],
+        default="start",
+        help="bert4rec: the --positions the encoder was trained with",
+    )
     p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     kwargs: dict[str, object] = {} if args.model == "gru4rec" else {"max_len": args.max_len}
     if args.model == "bert4rec":
         kwargs["readout"] = args.readout
+        kwargs["positions"] = args.positions
     model = MODELS[args.model](n_items, **kwargs)
     model.load_state_dict(torch.load(args.encoder, map_location="cpu", weights_only=True))
     model.eval()

@@ -6,6 +6,7 @@ python examples/bert4rec.py --dataset beauty --plain     # plain BERT4Rec (cloze
 python examples/bert4rec.py --objective next-item        # stage 1 with next-item cross-entropy
 python examples/bert4rec.py --no-head                    # score the last layer's output directly
 python examples/bert4rec.py --objective next-item --readout last   # read h at the last item
+python examples/bert4rec.py --objective next-item --positions end  # positions count from the end
 
 Stage 1 trains BERT4Rec's own cloze objective (plus the retrieval loss unless ``--plain``) on
 each training prefix followed by its next item; ``--objective next-item`` trains the library's
@@ -41,6 +42,7 @@ def build(num_items: int, args: argparse.Namespace) -> BERT4Rec:
         max_len=args.max_len,
         head=getattr(args, "head", True),
         readout=getattr(args, "readout", "mask"),
+        positions=getattr(args, "positions", "start"),
         **dropout_kwargs(args),
     )
 
@@ -65,7 +67,7 @@ NEXT_ITEM = replace(BACKBONE, rec_loss=None, settings={"objective": "next-item"}
 
 
 def parser() -> argparse.ArgumentParser:
-    """This example's command line: the shared options plus ``--objective`` and ``--head``."""
+    """This example's command line: the shared options plus the BERT4Rec-specific ones."""
     parser = build_parser("BERT4Rec", __doc__.splitlines()[0])
     parser.add_argument(
         "--objective",
@@ -87,6 +89,13 @@ def parser() -> argparse.ArgumentParser:
         help="read the representation at a [mask] appended after the last item (BERT4Rec's "
         "own) or at the last item itself (needs --objective next-item)",
     )
+    parser.add_argument(
+        "--positions",
+        choices=["start", "end"],
+        default="start",
+        help="count position embeddings from the first item (RecBole) or back from the last "
+        "token, so the [mask] always sits at position 0",
+    )
     return parser
 
 
@@ -101,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         extra["head"] = False
     if args.readout != "mask":
         extra["readout"] = args.readout
+    if args.positions != "start":
+        extra["positions"] = args.positions
     if extra:
         backbone = replace(backbone, settings={**(backbone.settings or {}), **extra})
     run(backbone, args)

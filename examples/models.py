@@ -230,6 +230,12 @@ class BERT4Rec(nn.Module):
             item itself, with no ``[mask]`` (a bidirectional SASRec: the last item reaches the
             representation through the residual path, not only through attention). The cloze
             loss trains at ``[mask]`` tokens, so train ``"last"`` with next-item cross-entropy.
+        positions: How position embeddings count: ``"start"`` (the default, as RecBole) from
+            the first item, so the appended ``[mask]`` sits at a different position in every
+            sequence length; ``"end"`` backwards from the last token, so the readout token
+            (``[mask]`` or last item) is always position 0 and the item before it position 1,
+            whatever the length (what left-padded implementations such as the original
+            SASRec get by aligning sequences at the right).
 
     Example:
         >>> import torch
@@ -254,13 +260,17 @@ class BERT4Rec(nn.Module):
         layer_norm_eps: float = 1e-12,
         head: bool = True,
         readout: Literal["mask", "last"] = "mask",
+        positions: Literal["start", "end"] = "start",
     ) -> None:
         super().__init__()
         if not 0.0 < mask_prob < 1.0:
             raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
         if readout not in ("mask", "last"):
             raise ValueError(f"readout must be 'mask' or 'last', got {readout!r}")
+        if positions not in ("start", "end"):
+            raise ValueError(f"positions must be 'start' or 'end', got {positions!r}")
         self.readout = readout
+        self.positions = positions
         self.num_items = num_items
         self.max_len = max_len
         self.mask_prob = mask_prob
@@ -303,6 +313,8 @@ class BERT4Rec(nn.Module):
                 f"{self.max_len} items (the data pipeline does this)"
             )
         pos = torch.arange(t, device=tokens.device)
+        if self.positions == "end":  # left-aligned rows: count back from each row's last token
+            pos = ((tokens > 0).sum(1, keepdim=True) - 1 - pos).clamp(min=0)  # (B, T)
         x = self.dropout(self.norm(self.item_embedding(tokens) + self.position_embedding(pos)))
         key_mask = (tokens > 0)[:, None, None, :]  # (B, 1, 1, T): True = may be attended to
         for layer in self.layers:
