@@ -307,6 +307,14 @@ def test_example_dropout_flags_reach_the_model(module):
         parser.parse_args(["--dropout", "1.5"])
 
 
+def _bert4rec_cli(monkeypatch, argv: list[str]) -> tuple[dict, BERT4Rec]:
+    """The settings examples/bert4rec.py records for ``argv`` and the model it builds."""
+    seen = {}
+    monkeypatch.setattr(bert4rec, "run", lambda backbone, args: seen.update(b=backbone, a=args))
+    bert4rec.main(argv)
+    return seen["b"].settings, bert4rec.build(12, seen["a"])
+
+
 def test_bert4rec_without_head_scores_the_last_layer(monkeypatch):
     torch.manual_seed(0)
     plain = BERT4Rec(num_items=12, hidden_size=8, max_len=5, head=False).eval()
@@ -318,14 +326,13 @@ def test_bert4rec_without_head_scores_the_last_layer(monkeypatch):
     with_head.load_state_dict(plain.state_dict(), strict=False)  # same encoder, plus a head
     assert not torch.allclose(with_head(seq, lens), expected, atol=1e-3)
 
-    seen = {}
-    monkeypatch.setattr(bert4rec, "run", lambda backbone, args: seen.update(b=backbone, a=args))
-    bert4rec.main(["--objective", "next-item", "--no-head"])
-    assert seen["b"].settings == {"objective": "next-item", "head": False}
-    assert isinstance(bert4rec.build(12, seen["a"]).head, torch.nn.Identity)
-    bert4rec.main([])
-    assert seen["b"].settings == {"objective": "cloze"}
-    assert isinstance(bert4rec.build(12, seen["a"]).head, torch.nn.Sequential)
+    settings, model = _bert4rec_cli(monkeypatch, ["--objective", "next-item", "--no-head"])
+    assert settings == {"objective": "next-item", "head": False}
+    assert isinstance(model.head, torch.nn.Identity)
+    settings, model = _bert4rec_cli(monkeypatch, [])
+    assert settings == {"objective": "cloze"}
+    assert isinstance(model.head, torch.nn.Sequential)
+    assert (model.readout, model.positions) == ("mask", "start")
 
 
 def test_bert4rec_last_readout_is_bidirectional_output_at_the_last_item(monkeypatch):
@@ -348,11 +355,9 @@ def test_bert4rec_last_readout_is_bidirectional_output_at_the_last_item(monkeypa
     with pytest.raises(ValueError, match="readout must be"):
         BERT4Rec(num_items=12, readout="first")  # type: ignore[arg-type]
 
-    seen = {}
-    monkeypatch.setattr(bert4rec, "run", lambda backbone, args: seen.update(b=backbone, a=args))
-    bert4rec.main(["--objective", "next-item", "--readout", "last"])
-    assert seen["b"].settings == {"objective": "next-item", "readout": "last"}
-    assert bert4rec.build(12, seen["a"]).readout == "last"
+    settings, model = _bert4rec_cli(monkeypatch, ["--objective", "next-item", "--readout", "last"])
+    assert settings == {"objective": "next-item", "readout": "last"}
+    assert model.readout == "last"
     with pytest.raises(SystemExit):
         bert4rec.main(["--readout", "last"])  # the cloze objective trains at [mask]
 
@@ -383,8 +388,6 @@ def test_bert4rec_positions_from_the_end_fix_the_readout_position(monkeypatch):
     with pytest.raises(ValueError, match="positions must be"):
         BERT4Rec(num_items=12, positions="middle")  # type: ignore[arg-type]
 
-    seen = {}
-    monkeypatch.setattr(bert4rec, "run", lambda backbone, args: seen.update(b=backbone, a=args))
-    bert4rec.main(["--objective", "next-item", "--positions", "end"])
-    assert seen["b"].settings == {"objective": "next-item", "positions": "end"}
-    assert bert4rec.build(12, seen["a"]).positions == "end"
+    settings, model = _bert4rec_cli(monkeypatch, ["--objective", "next-item", "--positions", "end"])
+    assert settings == {"objective": "next-item", "positions": "end"}
+    assert model.positions == "end"
