@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,6 @@ from raserec_adapter import (
     RetrievalAugmenter,
     Sequences,
     admissible,
-    iter_batches,
     leave_one_out,
     pretrain,
 )
@@ -57,12 +57,18 @@ def test_raft_trains_only_the_ram(trained):
     aug = make(model)
     aug.build_bank(split, show_progress=False)
     ram_before = [p.detach().clone() for p in aug.ram.parameters()]
-    grads_seen = []
-    hooks = [p.register_hook(lambda g: grads_seen.append(g)) for p in model.parameters()]
+    ram_forward = aug.ram.forward
+    seen = []
+
+    def spy(h, keys, values):  # what the RAM gets: no path back into the encoder
+        seen.append((h.requires_grad, keys.requires_grad, values.requires_grad))
+        seen.append(tuple(p.requires_grad for p in model.parameters()))
+        return ram_forward(h, keys, values)
+
+    aug.ram.forward = spy
     aug.fit_raft(split, RAFTConfig(epochs=2, batch_size=64), show_progress=False)
-    for h in hooks:
-        h.remove()
-    assert grads_seen == []  # no gradient ever reached the encoder
+    del aug.ram.forward
+    assert seen and not any(any(flags) for flags in seen)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     assert any(not torch.equal(a, b) for a, b in zip(ram_before, aug.ram.parameters(), strict=True))
@@ -83,22 +89,47 @@ def test_bank_contents_per_phase(trained):
 
 
 @pytest.mark.parametrize("kind", ["torch", "faiss"])
-def test_retrieval_never_leaks_the_future(trained, kind):
+def test_retrieval_never_leaks_the_future(trained, kind, monkeypatch):
+    """Every search the augmenter makes itself (RAFT's training and validation queries, the
+    test, ``recommend(users=...)``) passes the queries' users and prefix lengths, and what comes
+    back is admissible, checked against the bank's metadata with the rule written out."""
     model, split = trained
     aug = make(model, kind)
-    aug.build_bank(split, "test", show_progress=False)
-    bank = aug.bank
-    for batch in iter_batches(split.sequences, split.test, 64, MAX_LEN):
-        h = aug.encoder(batch.item_seq, batch.lengths)
-        found = bank.search(h.detach(), 4, batch.users, batch.prefix_lengths)
-        store = bank._store
-        mem_users = store.users[found.ids]
-        mem_lengths = store.lengths[found.ids]
-        ok = (mem_users != batch.users[:, None]) | (mem_lengths < batch.prefix_lengths[:, None])
-        assert ok.all()
-        assert admissible(
-            batch.users[:, None], batch.prefix_lengths[:, None], mem_users, mem_lengths
-        ).all()
+    aug.build_bank(split, show_progress=False)
+    bank_cls = type(aug.bank)
+    real_search = bank_cls.search
+    calls = []
+
+    def spy(self, queries, k, users=None, lengths=None):
+        found = real_search(self, queries, k, users, lengths)
+        store = self._store
+        calls.append((users, lengths, store.users[found.ids], store.lengths[found.ids]))
+        return found
+
+    monkeypatch.setattr(bank_cls, "search", spy)
+    aug.fit_raft(split, RAFTConfig(epochs=1, batch_size=64), show_progress=False)
+    aug.evaluate(split, "test", augmented=(True,))
+    seqs = split.sequences  # recommend for the first 3 items of 5 users: their later pairs are out
+    starts = [seqs.items[o : o + 3].tolist() for o in seqs.offsets[:5]]
+    aug.recommend(starts, k=3, users=list(range(5)))
+    assert len(calls) >= 4  # RAFT training queries, RAFT validation, the test, recommend
+    for users, lengths, mem_users, mem_lengths in calls:
+        assert users is not None and lengths is not None
+        users, lengths = users.cpu()[:, None], lengths.cpu()[:, None]
+        assert ((mem_users != users) | (mem_lengths < lengths)).all()
+        assert admissible(users, lengths, mem_users, mem_lengths).all()
+    # the rule had work to do: unfiltered, most training queries would get inadmissible memories
+    # (their own pair, their future)
+    monkeypatch.setattr(bank_cls, "search", real_search)
+    ids = aug.bank.search(aug._train_keys, 4).ids
+    train = split.train
+    users, lengths = (
+        torch.from_numpy(train.users)[:, None],
+        torch.from_numpy(train.lengths)[:, None],
+    )
+    store = aug.bank._store
+    leaked = ~admissible(users, lengths, store.users[ids], store.lengths[ids])
+    assert leaked.any(1).float().mean() > 0.5
 
 
 def test_save_load_identical_scores_and_config_check(trained, tmp_path):
@@ -172,15 +203,24 @@ def test_augmentation_with_alpha_one_equals_plain(trained):
     assert res["plain"] == res["raserec"]
 
 
-def test_bfloat16_raft_step_trains(trained):
+def test_bfloat16_raft_trains_the_ram_as_float32_does(trained):
     model, split = trained
-    aug = make(model)
-    aug.build_bank(split, show_progress=False)
-    res = aug.fit_raft(
-        split, RAFTConfig(epochs=2, batch_size=64, precision="bfloat16"), show_progress=False
-    )
-    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in res.history)
-    assert res.best_valid["HR@10"] > 0.3  # the synthetic ring is easy: training still works
+    cfg = RAFTConfig(epochs=3, batch_size=64, patience=5)
+
+    def update(precision):  # what RAFT did to a RAM of the same initialisation
+        aug = make(model)
+        aug.build_bank(split, show_progress=False)
+        aug.reset_ram(seed=0)
+        before = torch.cat([p.detach().flatten().clone() for p in aug.ram.parameters()])
+        torch.manual_seed(0)
+        res = aug.fit_raft(split, replace(cfg, precision=precision), show_progress=False)
+        assert all(np.isfinite([h["loss"] for h in res.history]))
+        return torch.cat([p.detach().flatten() for p in aug.ram.parameters()]) - before
+
+    f32, bf16 = update("float32"), update("bfloat16")
+    assert float(f32.norm()) > 0.01  # the RAM moved (a learning rate near 0 moves it ~1e-7)
+    assert float(bf16.norm()) == pytest.approx(float(f32.norm()), rel=0.1)
+    assert float(torch.nn.functional.cosine_similarity(f32, bf16, dim=0)) > 0.9
     with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'"):
         RAFTConfig(precision="fp16")
 
@@ -322,7 +362,7 @@ def test_save_never_replaces_what_is_not_a_checkpoint(trained, tmp_path):
     assert RetrievalAugmenter.load(model, tmp_path / "empty")._bank_phase == "train"
 
 
-def test_load_reports_damaged_checkpoints(trained, tmp_path, caplog):
+def test_load_reports_damaged_checkpoints(trained, tmp_path, caplog, monkeypatch):
     model, split = trained
     aug = make(model, "faiss")
     aug.build_bank(split, show_progress=False)
@@ -355,7 +395,8 @@ def test_load_reports_damaged_checkpoints(trained, tmp_path, caplog):
     aug.save(ck)
     from examples.models import GRU4Rec
 
-    if not torch.cuda.is_available():
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: False)
         with pytest.raises(RuntimeError, match="CUDA is not available here.*use device='cpu'"):
             RetrievalAugmenter.load(model, ck, device="cuda")
     with caplog.at_level("WARNING", logger="raserec_adapter"):
@@ -705,7 +746,7 @@ def test_a_failed_build_bank_keeps_the_bank_that_was_there(trained):
     assert aug.recommend([[1, 2, 3]], k=3, users=[0])[0].shape == (1, 3)
 
 
-def test_wrong_objects_for_split_config_and_variants_get_clear_errors(trained):
+def test_wrong_objects_for_split_config_and_variants_get_clear_errors(trained, monkeypatch):
     model, split = trained
     aug = make(model)
     with pytest.raises(TypeError, match="pretrain takes a LeaveOneOutSplit, got the Sequences"):
@@ -725,7 +766,8 @@ def test_wrong_objects_for_split_config_and_variants_get_clear_errors(trained):
     assert list(aug.evaluate(split, "test", augmented=True)) == ["raserec"]
     with pytest.raises(TypeError, match="augmented must be True, False or a non-empty"):
         aug.evaluate(split, "test", augmented=())
-    if not torch.cuda.is_available():
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: False)
         for call in (
             lambda: aug.recommend([[1, 2]], k=3, device="cuda"),
             lambda: aug.evaluate(split, "test", device="cuda"),
@@ -759,8 +801,8 @@ def test_nan_from_the_encoder_and_a_too_large_k_are_named(trained):
     small.reset_ram(small.config.ram.replace(k=5))
     with pytest.raises(ValueError, match="users has 2 entries for 1 sequences"):
         small.recommend([[1, 2]], k=3, users=[0, 1])
-    for bad in (["a"], [-1]):
-        with pytest.raises(ValueError, match="users"):
+    for bad, says in ((["a"], "users must be integers"), ([-1], "users must lie in 0..")):
+        with pytest.raises(ValueError, match=says):
             small.recommend([[1, 2]], k=3, users=bad)
 
 

@@ -109,7 +109,7 @@ def test_summary_means_over_seeds_and_selects_by_validation_only(tmp_path):
     assert record["seeds"] == [0, 1]
 
 
-def test_summary_keeps_a_provenance_note_and_a_sweep_refuses_one(tmp_path):
+def test_summary_keeps_a_provenance_note_and_a_sweep_refuses_one(tmp_path, capsys):
     files = []
     for seed in (0, 1):
         files.append(str(tmp_path / f"s{seed}.json"))
@@ -121,6 +121,7 @@ def test_summary_keeps_a_provenance_note_and_a_sweep_refuses_one(tmp_path):
     assert "note" not in json.loads(out.read_text())
     with pytest.raises(SystemExit):  # a note belongs to the summary, not to a sweep's part
         sensitivity.main(["--encoder", "e.pt", "--out", str(out), "--note", "x"])
+    assert "--note goes with --summarise" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
