@@ -1,0 +1,109 @@
+"""User-facing errors that the other test files do not reach: each says what is wrong and how to
+fix it, and a refused load leaves the checkpoint on disk as it was."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from conftest import synthetic_sequences
+
+from examples.models import SASRec
+from raserec_adapter import (
+    AugmenterConfig,
+    BankConfig,
+    CheckpointError,
+    EncoderError,
+    PretrainConfig,
+    RAMConfig,
+    RetrievalAugmenter,
+    Sequences,
+    leave_one_out,
+    pretrain,
+    wrap_encoder,
+)
+
+MAX_LEN = 8
+
+
+@pytest.fixture(scope="module")
+def trained():
+    split = leave_one_out(synthetic_sequences(60, 20, seed=3), max_len=MAX_LEN)
+    torch.manual_seed(0)
+    model = SASRec(20, hidden_size=16, max_len=MAX_LEN)
+    pretrain(
+        model, split, PretrainConfig(epochs=1, batch_size=64, max_len=MAX_LEN), show_progress=False
+    )
+    return model, split
+
+
+def make(model, **ram) -> RetrievalAugmenter:
+    cfg = AugmenterConfig(max_len=MAX_LEN, bank=BankConfig(kind="torch"), ram=RAMConfig(k=3, **ram))
+    return RetrievalAugmenter(model, cfg)
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_ram_weights_of_another_ram_config_are_refused(trained, tmp_path):
+    model, split = trained
+    aug, other = make(model), make(model, layers=1)
+    for a, name in ((aug, "ck"), (other, "one-layer")):
+        a.build_bank(split, show_progress=False)
+        a.save(tmp_path / name)
+    shutil.copy(tmp_path / "one-layer" / "ram.pt", tmp_path / "ck" / "ram.pt")
+    before = _snapshot(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match=r"ram.pt does not fit the RAM of this config"):
+        RetrievalAugmenter.load(model, tmp_path / "ck")
+    assert _snapshot(tmp_path / "ck") == before  # the refused load changed nothing on disk
+
+
+def test_config_json_that_is_not_json_is_named(trained, tmp_path):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    aug.save(tmp_path / "ck")
+    (tmp_path / "ck" / "config.json").write_text('{"format_version": 1,')  # cut off
+    with pytest.raises(CheckpointError, match=r"config.json is not valid JSON"):
+        RetrievalAugmenter.load(model, tmp_path / "ck")
+
+
+def test_encoder_outputs_of_the_wrong_kind_say_how_to_adapt(trained):
+    model, _ = trained
+    seq, lens = torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([3, 2])
+    cases = [
+        (lambda s, n: (model(s, n), None), r"returned tuple, expected a \(B, d\) tensor"),
+        (lambda s, n: model(s, n)[:1], r"must return \(B, d\), got \(1, 16\)"),
+        (lambda s, n: model(s, n)[:, :8], r"vectors of size 8 but the item table has size 16"),
+    ]
+    for encode, says in cases:
+        with pytest.raises(EncoderError, match=says):
+            wrap_encoder(model, encode=encode)(seq, lens)
+
+
+def test_padded_tensors_that_do_not_fit_are_refused(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    long = torch.ones(1, MAX_LEN + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=f"more than max_len = {MAX_LEN}; pass lists"):
+        aug.recommend(long, lengths=torch.tensor([MAX_LEN + 1]), k=3)
+    with pytest.raises(ValueError, match=r"lengths must be 2 integers \(one per sequence\)"):
+        aug.recommend(torch.ones(2, 3, dtype=torch.long), lengths=torch.tensor([3]), k=3)
+    with pytest.raises(ValueError, match="lengths must be 1 integers"):
+        aug.recommend(torch.ones(1, 3, dtype=torch.long), lengths=torch.tensor([2.0]), k=3)
+
+
+def test_memories_with_items_the_encoder_does_not_know_are_refused(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    n = len(aug.bank)
+    wide = Sequences.from_lists([[1, 2, 25]], num_items=25)
+    with pytest.raises(ValueError, match=r"the sequences have 25 items, the encoder knows 20"):
+        aug.add_memories(wide, users=[1000])
+    with pytest.raises(ValueError, match="1..20"):
+        aug.add_memories([[1, 2, 21]], users=[1000])
+    assert len(aug.bank) == n  # nothing half-added
