@@ -138,6 +138,46 @@ def test_value_checks_still_apply_after_the_type_checks() -> None:
         RAMConfig(k=0)
 
 
+# every range check, at the first value outside the range (and the boundary that is allowed)
+RANGES = [
+    (PretrainConfig, "epochs", 0, 1, ">= 1"),
+    (PretrainConfig, "batch_size", 1, 2, ">= 2"),
+    (PretrainConfig, "lr", 0.0, 1e-9, "> 0"),
+    (PretrainConfig, "weight_decay", -0.1, 0.0, ">= 0"),
+    (PretrainConfig, "patience", 0, 1, ">= 1"),
+    (PretrainConfig, "retrieval_weight", -0.1, 0.0, ">= 0"),
+    (PretrainConfig, "temperature", 0.0, 1e-3, "> 0"),
+    (PretrainConfig, "batching", "sorted", BATCHING[0], "one of"),
+    (BankConfig, "kind", "annoy", "torch", "'faiss' or 'torch'"),
+    (BankConfig, "nprobe", 0, 1, ">= 1"),
+    (BankConfig, "overfetch", 0, 1, ">= 1"),
+    (RAMConfig, "alpha", -0.1, 0.0, r"in \[0, 1\]"),
+    (RAMConfig, "beta", 1.1, 1.0, r"in \[0, 1\]"),
+    (RAMConfig, "k", 0, 1, ">= 1"),
+    (RAMConfig, "num_heads", 0, 1, ">= 1"),
+    (RAMConfig, "inner_size", 0, 1, ">= 1"),
+    (RAMConfig, "dropout", 1.0, 0.0, r"in \[0, 1\)"),
+    (RAMConfig, "attn_temperature", 0.0, 0.1, "> 0"),
+    (RAMConfig, "layers", 0, 1, ">= 1"),
+    (RAFTConfig, "epochs", 0, 1, ">= 1"),
+    (RAFTConfig, "batch_size", 0, 1, ">= 1"),
+    (RAFTConfig, "lr", -1e-3, 1e-9, "> 0"),
+    (RAFTConfig, "weight_decay", -1.0, 0.0, ">= 0"),
+    (RAFTConfig, "patience", 0, 1, ">= 1"),
+    (AugmenterConfig, "hidden_size", -1, 0, ">= 0"),
+    (AugmenterConfig, "max_len", 0, 1, ">= 1"),
+]
+
+
+@pytest.mark.parametrize(("cls", "field", "bad", "edge", "want"), RANGES)
+def test_each_range_check_names_the_field_the_range_and_the_value(
+    cls: type, field: str, bad: object, edge: object, want: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"{cls.__name__}\.{field} must be {want}.*got {bad!r}"):
+        cls(**{field: bad})
+    assert getattr(cls(**{field: edge}), field) == edge  # the boundary itself is allowed
+
+
 # ---------------------------------------------------------------- 3. from_dict
 
 
