@@ -477,6 +477,28 @@ def test_load_errors(tmp_path: Path) -> None:
     (path / "bank.json").write_text("{not json")
     with pytest.raises(MemoryBankFormatError, match="not valid JSON"):
         TorchMemoryBank.load(path)
+    bank.save(path)
+    for count in (-1, True, "20"):
+        _edit_json(path, count=count)
+        with pytest.raises(MemoryBankFormatError, match=r"count must be an integer >= 0"):
+            TorchMemoryBank.load(path)
+    _edit_json(path, count=20)
+    arrays = dict(np.load(path / "arrays.npz"))
+    for change, says in (
+        ({"users": None}, r"lacks arrays \['users'\]"),
+        ({"keys": arrays["keys"].astype(np.int64)}, "keys must be float, got int64"),
+        ({"lengths": arrays["lengths"].astype(np.float32)}, "lengths must be integer"),
+    ):
+        edited = {k: v for k, v in {**arrays, **change}.items() if v is not None}
+        np.savez(path / "arrays.npz", **edited)
+        with pytest.raises(MemoryBankFormatError, match=says):
+            TorchMemoryBank.load(path)
+    (path / "arrays.npz").write_bytes(b"garbage")
+    with pytest.raises(MemoryBankFormatError, match="cannot read .*arrays.npz"):
+        TorchMemoryBank.load(path)
+    (path / "arrays.npz").unlink()
+    with pytest.raises(MemoryBankFormatError, match="is missing arrays.npz"):
+        TorchMemoryBank.load(path)
     # refuse to overwrite a directory that is not a bank
     other = tmp_path / "other"
     other.mkdir()
