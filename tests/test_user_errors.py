@@ -3,6 +3,7 @@ fix it, and a refused load leaves the checkpoint on disk as it was."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
@@ -19,6 +20,7 @@ from raserec_adapter import (
     RAMConfig,
     RetrievalAugmenter,
     Sequences,
+    iter_batches,
     leave_one_out,
     pretrain,
     wrap_encoder,
@@ -107,3 +109,41 @@ def test_memories_with_items_the_encoder_does_not_know_are_refused(trained):
     with pytest.raises(ValueError, match="1..20"):
         aug.add_memories([[1, 2, 21]], users=[1000])
     assert len(aug.bank) == n  # nothing half-added
+
+
+def test_models_that_do_not_fit_the_protocol_are_told_what_is_missing():
+    class TableOfWrongKind(torch.nn.Module):
+        item_embedding = torch.nn.Linear(4, 4)
+
+        def forward(self, s, n):
+            return torch.zeros(len(n), 4)
+
+    with pytest.raises(EncoderError, match="item_embedding is a Linear, expected nn.Embedding"):
+        wrap_encoder(TableOfWrongKind())
+
+    class CausalWithoutAllPositions(SASRec):
+        forward_all = None  # type: ignore[assignment]
+
+    with pytest.raises(EncoderError, match="is_causal = True but has no forward_all"):
+        wrap_encoder(CausalWithoutAllPositions(10, hidden_size=8))
+    flat = torch.zeros(5)
+    with pytest.raises(EncoderError, match=r"\(N \+ 1, d\) matrix .* got shape \(5,\)"):
+        wrap_encoder(SASRec(10, hidden_size=8), item_weights=lambda: flat)
+
+
+def test_bank_sources_and_phases_that_cannot_work_are_refused(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    n = len(aug.bank)
+    with pytest.raises(ValueError, match="phase must be 'train' or 'test', got 'valid'"):
+        aug.build_bank(split, "valid", show_progress=False)
+    batch = next(iter(iter_batches(split.sequences, split.train, 16, MAX_LEN)))
+    no_users = dataclasses.replace(batch, users=None)
+    with pytest.raises(ValueError, match="bank batches need users and prefix_lengths"):
+        aug.build_bank([no_users], show_progress=False)
+    with pytest.raises(ValueError, match="the memory bank is empty: the source gave no"):
+        aug.build_bank([], show_progress=False)
+    assert len(aug.bank) == n  # each refused build kept the bank it had
+    with pytest.raises(ValueError, match="which must be 'valid' or 'test', got 'train'"):
+        aug.ranks(split, "train")
