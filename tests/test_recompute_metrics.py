@@ -77,3 +77,14 @@ def test_train_last_scores_each_users_last_training_pair(tmp_path: Path) -> None
     assert got["HR@10"] > 0
     # the mask readout reads other outputs of the same weights: other figures
     assert recompute_metrics.main([*argv, "--which", "train-last", "--max-len", "6"]) != got
+    # --positions end: the same weights with positions counted back from the readout token
+    ends = BERT4Rec(int(seqs.num_items), max_len=6, readout="last", positions="end")
+    ends.load_state_dict(model.state_dict())
+    got = recompute_metrics.main(
+        [*argv, "--which", "valid", "--max-len", "6", "--readout", "last", "--positions", "end"]
+    )
+    want = evaluate_encoder(ends, split, "valid")
+    assert got == pytest.approx({k: want[k] for k in got}, abs=1e-9)
+    assert got != recompute_metrics.main(
+        [*argv, "--which", "valid", "--max-len", "6", "--readout", "last"]
+    )
