@@ -370,24 +370,25 @@ def test_bert4rec_last_readout_is_bidirectional_output_at_the_last_item(monkeypa
 def test_bert4rec_positions_from_the_end_fix_the_readout_position(monkeypatch):
     torch.manual_seed(0)
     model = BERT4Rec(num_items=12, hidden_size=8, max_len=5, positions="end").eval()
+    last = BERT4Rec(num_items=12, hidden_size=8, max_len=5, readout="last", positions="end").eval()
+    last.load_state_dict(model.state_dict())
     seq, lens = torch.tensor([[3, 4, 5, 0], [7, 0, 0, 0]]), torch.tensor([3, 1])
-    # by hand, row by row: tokens history + [mask], position ids n - 1 .. 0
-    for row, n in enumerate(lens.tolist()):
-        tokens = torch.tensor([[*seq[row, :n].tolist(), model.mask_token]])
-        pos = torch.arange(n, -1, -1)
-        x = model.norm(model.item_embedding(tokens) + model.position_embedding(pos))
-        for layer in model.layers:
-            x = layer(x, causal=False)
-        got = model(seq[row : row + 1], lens[row : row + 1])
-        torch.testing.assert_close(got, model.head(x[:, -1]))
+    # by hand, row by row: the history (+ [mask] for the mask readout), position ids counting
+    # down to 0 at the readout token
+    for enc, extra in ((model, [model.mask_token]), (last, [])):
+        for row, n in enumerate(lens.tolist()):
+            tokens = torch.tensor([[*seq[row, :n].tolist(), *extra]])
+            pos = torch.arange(tokens.shape[1] - 1, -1, -1)
+            x = enc.norm(enc.item_embedding(tokens) + enc.position_embedding(pos))
+            for layer in enc.layers:
+                x = layer(x, causal=False)
+            got = enc(seq[row : row + 1], lens[row : row + 1])
+            torch.testing.assert_close(got, enc.head(x[:, -1]))
     h = model(seq, lens)
     torch.testing.assert_close(model(F.pad(seq, (0, 1)), lens), h)  # padding changes nothing
     start = BERT4Rec(num_items=12, hidden_size=8, max_len=5).eval()
     start.load_state_dict(model.state_dict())  # same weights, positions counted from the start
     assert not torch.allclose(start(seq[:1], lens[:1]), h[:1], atol=1e-3)
-    last = BERT4Rec(num_items=12, hidden_size=8, max_len=5, readout="last", positions="end").eval()
-    last.load_state_dict(model.state_dict())
-    assert last(seq, lens).shape == (2, 8)
     loss = model.train().cloze_loss(seq, lens, targets=torch.tensor([6, 8]))
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="positions must be"):
