@@ -32,6 +32,7 @@ from raserec_adapter.evaluation import evaluate_ranking, rank_targets
 from raserec_adapter.faiss_bank import FaissMemoryBank
 from raserec_adapter.metrics import RankingMetrics, target_rank
 from raserec_adapter.pretraining import evaluate_encoder, pretrain
+from raserec_adapter.raft import evaluate_ram, search_neighbours, train_ram
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.readers import k_core_filter, read_interactions, read_sequences_txt
 from raserec_adapter.reporting import format_table, write_results
@@ -69,6 +70,7 @@ __all__ = [
     "dataset_path",
     "default_cache_dir",
     "evaluate_encoder",
+    "evaluate_ram",
     "evaluate_ranking",
     "format_table",
     "iter_batches",
@@ -79,7 +81,9 @@ __all__ = [
     "rank_targets",
     "read_interactions",
     "read_sequences_txt",
+    "search_neighbours",
     "target_rank",
+    "train_ram",
     "wrap_encoder",
     "write_results",
 ]

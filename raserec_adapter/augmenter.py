@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raserec_adapter._progress import progress
@@ -52,7 +51,7 @@ from raserec_adapter.data import (
     window_pair_index,
 )
 from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
-from raserec_adapter.evaluation import evaluate_ranking, rank_targets
+from raserec_adapter.evaluation import rank_targets
 from raserec_adapter.inputs import (
     as_id_array,
     refuse_as_batches,
@@ -60,15 +59,9 @@ from raserec_adapter.inputs import (
     require_split,
     to_padded,
 )
-from raserec_adapter.losses import frozen_table_cross_entropy
 from raserec_adapter.metrics import RankingMetrics
-from raserec_adapter.pretraining import (
-    RecLoss,
-    check_item_count,
-    mean_of,
-    pretrain,
-    seed_everything,
-)
+from raserec_adapter.pretraining import RecLoss, check_item_count, pretrain, seed_everything
+from raserec_adapter.raft import search_neighbours, train_ram
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.train_state import TrainResult
 
@@ -588,150 +581,40 @@ class RetrievalAugmenter(nn.Module):
         device: torch.device | str,
         show_progress: bool,
     ) -> TrainResult:
-        """The RAFT loop proper (encoder already frozen by :meth:`fit_raft`)."""
+        """RAFT's inputs from the frozen encoder and the bank, then :func:`train_ram`."""
         t_start = time.perf_counter()
         k = self.config.ram.k
         queries = self._train_keys
         assert queries is not None  # checked by fit_raft
-        train = split.train
-        neighbours = torch.empty(len(train), k, dtype=torch.long)
-        step = 16384
-        users_t, lengths_t = torch.from_numpy(train.users), torch.from_numpy(train.lengths)
-        for s in progress(
-            range(0, len(train), step), math.ceil(len(train) / step), "retrieve", show_progress
-        ):
-            found = bank.search(
-                queries[s : s + step], k, users_t[s : s + step], lengths_t[s : s + step]
-            )
-            neighbours[s : s + step] = found.ids
-        valid_h = self.encode(split.sequences, split.valid, device=device)
+        train, valid = split.train, split.valid
+        neighbours = search_neighbours(
+            bank,
+            queries,
+            k,
+            torch.from_numpy(train.users),
+            torch.from_numpy(train.lengths),
+            show_progress=show_progress,
+        )
+        valid_h = self.encode(split.sequences, valid, device=device)
         valid_nb = bank.search(
-            valid_h, k, torch.from_numpy(split.valid.users), torch.from_numpy(split.valid.lengths)
+            valid_h, k, torch.from_numpy(valid.users), torch.from_numpy(valid.lengths)
         ).ids
-        table = self._item_table().to(device)
-        dtype = torch.bfloat16 if cfg.precision == "bfloat16" else torch.float32
-        scores_t = table[1:].t().contiguous().to(dtype)  # (d, N), items 1..N
-        targets = torch.from_numpy(train.targets)
         logger.info("RAFT: queries and neighbours ready in %.1f s", time.perf_counter() - t_start)
-
-        self.ram.to(device)
-        dev = torch.device(device)
-        # what every step reads moves to the device once (the bank is frozen during RAFT):
-        # a step then gathers its memories there instead of on the host
-        mem_k, mem_v = (t.to(dev) for t in bank.fetch(torch.arange(len(bank))))
-        queries, neighbours, targets = queries.to(dev), neighbours.to(dev), targets.to(dev)
-        valid_h, valid_nb = valid_h.to(dev), valid_nb.to(dev)
-        optimizer = torch.optim.Adam(
-            self.ram.parameters(),
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            fused=dev.type == "cuda",
+        result = train_ram(
+            self.ram,
+            split,
+            cfg,
+            queries=queries,
+            neighbours=neighbours,
+            valid_queries=valid_h,
+            valid_neighbours=valid_nb,
+            memories=bank.fetch(torch.arange(len(bank))),  # the bank is frozen during RAFT
+            item_table=self._item_table(),
+            device=device,
+            show_progress=show_progress,
         )
-        gen = torch.Generator().manual_seed(cfg.seed)
-        result = TrainResult()
-        result.baseline_valid = evaluate_ranking(  # the score the RAM has to beat
-            lambda b: valid_h[b.index.to(dev)],
-            table,
-            split.sequences,
-            split.valid,
-            max_len=split.max_len,
-            device=dev,
-        )
-        best_state, best, bad = None, -math.inf, 0
-        n_steps = math.ceil(len(train) / cfg.batch_size)
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            self.ram.train()
-            order = torch.randperm(len(train), generator=gen).to(dev)
-            losses: list[torch.Tensor] = []  # read from the device once per epoch
-            for s in progress(
-                range(0, len(train), cfg.batch_size), n_steps, f"RAFT epoch {epoch}", show_progress
-            ):
-                rows = order[s : s + cfg.batch_size]
-                nb = neighbours[rows]
-                h_aug = self.ram(queries[rows], mem_k[nb], mem_v[nb])
-                y = targets[rows] - 1
-                if dtype == torch.float32:
-                    loss = frozen_table_cross_entropy(h_aug, scores_t, y)
-                else:
-                    loss = F.cross_entropy(h_aug.to(dtype) @ scores_t, y).float()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.detach())
-            mean_loss = mean_of(losses)
-            seconds = time.perf_counter() - t0
-            valid = self._evaluate_cached(split, valid_h, valid_nb, (mem_k, mem_v), table)
-            score = valid[cfg.valid_metric]
-            result.history.append(
-                {
-                    "epoch": epoch,
-                    "loss": mean_loss,
-                    "train_seconds": seconds,
-                    **{f"valid_{m}": v for m, v in valid.items()},
-                }
-            )
-            improved = score > best
-            if show_progress:
-                logger.info(
-                    "RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s",
-                    epoch,
-                    mean_loss,
-                    cfg.valid_metric,
-                    score,
-                    " *" if improved else "",
-                    seconds,
-                )
-            if improved:
-                best, bad = score, 0
-                result.best_epoch, result.best_valid = epoch, valid
-                best_state = {n: t.detach().clone() for n, t in self.ram.state_dict().items()}
-            else:
-                bad += 1
-            result.epochs_run = epoch
-            if bad >= cfg.patience:
-                break
-        if best_state is not None:
-            self.ram.load_state_dict(best_state)
-        self.ram.eval()
         result.seconds = time.perf_counter() - t_start
-        plain = result.baseline_valid[cfg.valid_metric]
-        if best <= plain:
-            logger.warning(
-                "RAFT: the RAM's best validation %s (%.4f) does not beat the frozen encoder "
-                "alone (%.4f); try a larger RAMConfig.alpha (more weight on the encoder's own "
-                "representation), or serve the encoder alone (augmented=False)",
-                cfg.valid_metric,
-                best,
-                plain,
-            )
         return result
-
-    @torch.no_grad()
-    def _evaluate_cached(
-        self,
-        split: LeaveOneOutSplit,
-        h: torch.Tensor,
-        nb: torch.Tensor,
-        memories: tuple[torch.Tensor, torch.Tensor],
-        table: torch.Tensor,
-    ) -> dict[str, float]:
-        """Validation of the RAM on cached representations ``h``, neighbours ``nb`` and the
-        bank's ``(keys, values)``, all on the device of ``table``."""
-        was = self.ram.training
-        self.ram.eval()
-        dev = table.device
-        mem_k, mem_v = memories
-
-        def represent(b: Batch) -> torch.Tensor:
-            rows = b.index.to(dev)
-            return self.ram(h[rows], mem_k[nb[rows]], mem_v[nb[rows]])
-
-        out = evaluate_ranking(
-            represent, table, split.sequences, split.valid, max_len=split.max_len, device=dev
-        )
-        self.ram.train(was)
-        return out
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

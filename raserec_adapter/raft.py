@@ -1,0 +1,315 @@
+"""Retrieval-augmented fine-tuning (RAFT): the training loop of the RAM head.
+
+With the encoder frozen, everything RAFT reads is fixed before the first epoch: the query
+representations of the training pairs, their K neighbours in the memory bank, the bank's keys
+and values, and the item table that scores use. :func:`train_ram` takes those tensors and trains
+only the RAM (paper Eq. 12: softmax cross-entropy of ``h~ . v_i`` over all items), with early
+stopping on the validation users. :meth:`RetrievalAugmenter.fit_raft
+<raserec_adapter.RetrievalAugmenter.fit_raft>` computes the inputs from its encoder and bank
+(the no-leakage rule applied by the bank's search) and calls it; call it directly to train a
+RAM over representations and neighbours of your own.
+
+Example:
+    >>> import torch
+    >>> from raserec_adapter import (RAFTConfig, RAMConfig, RetrievalAugmentedModule,
+    ...     Sequences, TorchMemoryBank, leave_one_out)
+    >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4, 5], [2, 3, 4, 5, 1]] * 3))
+    >>> train, valid, d, k = split.train, split.valid, 8, 2
+    >>> g = torch.Generator().manual_seed(0)
+    >>> h = torch.randn(len(train), d, generator=g)  # an encoder's representations
+    >>> table = torch.randn(6, d, generator=g)  # its item table, row 0 = padding
+    >>> users, lengths = torch.from_numpy(train.users), torch.from_numpy(train.lengths)
+    >>> bank = TorchMemoryBank(dim=d)
+    >>> bank.add(h, table[torch.from_numpy(train.targets)], users, lengths)
+    >>> valid_h = torch.randn(len(valid), d, generator=g)
+    >>> res = train_ram(
+    ...     RetrievalAugmentedModule(d, RAMConfig(k=k)), split, RAFTConfig(epochs=2),
+    ...     queries=h, neighbours=search_neighbours(bank, h, k, users, lengths),
+    ...     valid_queries=valid_h,
+    ...     valid_neighbours=search_neighbours(bank, valid_h, k, torch.from_numpy(valid.users),
+    ...                                        torch.from_numpy(valid.lengths)),
+    ...     memories=bank.fetch(torch.arange(len(bank))), item_table=table, show_progress=False)
+    >>> res.epochs_run, sorted(res.history[0])[:3]
+    (2, ['epoch', 'loss', 'train_seconds'])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from raserec_adapter._progress import progress
+from raserec_adapter.bank import MemoryBank
+from raserec_adapter.config import RAFTConfig
+from raserec_adapter.data import Batch, LeaveOneOutSplit
+from raserec_adapter.evaluation import evaluate_ranking
+from raserec_adapter.losses import frozen_table_cross_entropy
+from raserec_adapter.pretraining import mean_of
+from raserec_adapter.ram import RetrievalAugmentedModule
+from raserec_adapter.train_state import TrainResult
+
+__all__ = ["evaluate_ram", "search_neighbours", "train_ram"]
+
+logger = logging.getLogger("raserec_adapter")
+
+
+def search_neighbours(
+    bank: MemoryBank,
+    queries: torch.Tensor,
+    k: int,
+    users: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    step: int = 16384,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """``(Q, k)`` bank ids of each query's K memories, searched ``step`` queries at a time.
+
+    ``users`` and ``lengths`` (the query's user and prefix length) let the bank apply the
+    no-leakage rule: a query never gets its own pair or its user's future.
+
+    Example:
+        >>> from raserec_adapter import TorchMemoryBank
+        >>> bank = TorchMemoryBank(dim=4)
+        >>> keys = torch.eye(4)
+        >>> bank.add(keys, keys, torch.tensor([0, 0, 1, 1]), torch.tensor([1, 2, 1, 2]))
+        >>> query = torch.tensor([[1.0, 0.9, 0.5, 0.0]])  # closest to memories 0, 1, 2, 3
+        >>> search_neighbours(bank, query, 2, torch.tensor([0]), torch.tensor([2])).tolist()
+        [[0, 2]]
+
+        Memory 1 (user 0's pair of prefix length 2, the query's own) is never returned.
+    """
+    out = torch.empty(len(queries), k, dtype=torch.long)
+    for s in progress(
+        range(0, len(queries), step), math.ceil(len(queries) / step), "retrieve", show_progress
+    ):
+        out[s : s + step] = bank.search(
+            queries[s : s + step], k, users[s : s + step], lengths[s : s + step]
+        ).ids
+    return out
+
+
+@torch.no_grad()
+def evaluate_ram(
+    ram: RetrievalAugmentedModule,
+    split: LeaveOneOutSplit,
+    queries: torch.Tensor,
+    neighbours: torch.Tensor,
+    memories: tuple[torch.Tensor, torch.Tensor],
+    item_table: torch.Tensor,
+) -> dict[str, float]:
+    """Validation metrics of the RAM over cached query representations and neighbours.
+
+    ``queries`` and ``neighbours`` hold one row per validation user (``split.valid``);
+    ``memories`` are the bank's ``(keys, values)``; everything on ``item_table``'s device. The
+    RAM is evaluated in eval mode and handed back in the mode it came in.
+    """
+    was = ram.training
+    ram.eval()
+    dev = item_table.device
+    mem_k, mem_v = memories
+
+    def represent(b: Batch) -> torch.Tensor:
+        rows = b.index.to(dev)
+        return ram(queries[rows], mem_k[neighbours[rows]], mem_v[neighbours[rows]])
+
+    out = evaluate_ranking(
+        represent, item_table, split.sequences, split.valid, max_len=split.max_len, device=dev
+    )
+    ram.train(was)
+    return out
+
+
+def _check_inputs(
+    ram: RetrievalAugmentedModule,
+    split: LeaveOneOutSplit,
+    memories: tuple[torch.Tensor, torch.Tensor],
+    item_table: torch.Tensor,
+    query_sets: tuple[tuple[str, torch.Tensor, torch.Tensor, int, str], ...],
+) -> None:
+    """Clear errors for inputs that do not fit each other (before any training)."""
+    d = ram.hidden_size
+    keys, values = memories
+    if keys.ndim != 2 or keys.shape != values.shape or keys.shape[1] != d:
+        raise ValueError(
+            f"memories must be (keys, values) of shape (M, {d}) each (the RAM's size), got "
+            f"{tuple(keys.shape)} and {tuple(values.shape)}"
+        )
+    n_items = split.sequences.num_items
+    if item_table.ndim != 2 or item_table.shape[0] <= n_items or item_table.shape[1] != d:
+        raise ValueError(
+            f"item_table must be (N + 1, {d}) with N >= {n_items} (the split's items): rows "
+            f"0..N of the item embeddings, row 0 = padding; got {tuple(item_table.shape)}"
+        )
+    for name, h, nb, rows, what in query_sets:
+        nb_name = name.replace("queries", "neighbours")
+        if tuple(h.shape) != (rows, d):
+            raise ValueError(
+                f"{name} must be ({rows}, {d}): one representation per row of {what}, got "
+                f"{tuple(h.shape)}"
+            )
+        if tuple(nb.shape) != (rows, ram.config.k) or nb.dtype != torch.long:
+            raise ValueError(
+                f"{nb_name} must be a long tensor of shape ({rows}, {ram.config.k}) (K = the "
+                f"RAM's RAMConfig.k), got {nb.dtype} of shape {tuple(nb.shape)}"
+            )
+        if nb.numel() and (int(nb.min()) < 0 or int(nb.max()) >= len(keys)):
+            raise ValueError(
+                f"{nb_name} holds ids outside 0..{len(keys) - 1} (the rows of memories), "
+                f"e.g. {int(nb.min()) if int(nb.min()) < 0 else int(nb.max())}; a search that "
+                "found fewer than K memories must not be passed on with -1 padding"
+            )
+    for name, t in ((q[0], q[1]) for q in (*query_sets, ("keys", keys))):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds NaN or infinite values: check the encoder's output")
+
+
+def train_ram(
+    ram: RetrievalAugmentedModule,
+    split: LeaveOneOutSplit,
+    config: RAFTConfig,
+    *,
+    queries: torch.Tensor,
+    neighbours: torch.Tensor,
+    valid_queries: torch.Tensor,
+    valid_neighbours: torch.Tensor,
+    memories: tuple[torch.Tensor, torch.Tensor],
+    item_table: torch.Tensor,
+    device: torch.device | str = "cpu",
+    show_progress: bool = True,
+) -> TrainResult:
+    """Trains the RAM on fixed inputs, early stopping on validation; keeps the best epoch.
+
+    Args:
+        ram: The head to train (moved to ``device``).
+        split: Its ``train`` pairs are the training examples (their targets the labels), its
+            ``valid`` users the validation set.
+        config: Epochs, batch size, learning rate, patience, validation metric, precision, seed.
+        queries: ``(P, d)`` frozen representations of ``split.train``'s pairs, in its order.
+        neighbours: ``(P, K)`` ids (rows of ``memories``) of each pair's retrieved memories.
+        valid_queries: ``(U, d)`` representations of ``split.valid``'s inputs.
+        valid_neighbours: ``(U, K)`` their memories.
+        memories: ``(keys, values)``, ``(M, d)`` each: the bank's representations of the
+            stored prefixes and embeddings of their next items.
+        item_table: ``(N + 1, d)`` item embeddings that scores use (row 0 = padding).
+        device: Where to train; every input moves there once.
+        show_progress: Per-batch progress and a log line per epoch.
+
+    Returns:
+        A :class:`~raserec_adapter.TrainResult` whose ``baseline_valid`` holds the metrics of
+        ``valid_queries`` alone (the frozen encoder without the RAM); a warning is logged when
+        the RAM's best epoch does not beat them. The RAM holds the best epoch's weights, in eval
+        mode.
+
+    Raises:
+        ValueError: Inputs whose shapes do not fit the RAM, the split or each other,
+            neighbour ids outside the memories, or NaN / infinite representations.
+    """
+    _check_inputs(
+        ram,
+        split,
+        memories,
+        item_table,
+        (
+            ("queries", queries, neighbours, len(split.train), "split.train's pairs"),
+            ("valid_queries", valid_queries, valid_neighbours, len(split.valid), "split.valid"),
+        ),
+    )
+    t_start = time.perf_counter()
+    dev = torch.device(device)
+    ram.to(dev)
+    table = item_table.to(dev)
+    dtype = torch.bfloat16 if config.precision == "bfloat16" else torch.float32
+    scores_t = table[1:].t().contiguous().to(dtype)  # (d, N), items 1..N
+    # what every step reads moves to the device once: a step then gathers its memories there
+    mem_k, mem_v = (t.to(dev) for t in memories)
+    queries, neighbours = queries.to(dev), neighbours.to(dev)
+    targets = torch.from_numpy(split.train.targets).to(dev)
+    valid_h, valid_nb = valid_queries.to(dev), valid_neighbours.to(dev)
+    optimizer = torch.optim.Adam(
+        ram.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=dev.type == "cuda"
+    )
+    gen = torch.Generator().manual_seed(config.seed)
+    result = TrainResult()
+    result.baseline_valid = evaluate_ranking(  # the score the RAM has to beat
+        lambda b: valid_h[b.index.to(dev)],
+        table,
+        split.sequences,
+        split.valid,
+        max_len=split.max_len,
+        device=dev,
+    )
+    n_pairs = len(split.train)
+    best_state, best, bad = None, -math.inf, 0
+    n_steps = math.ceil(n_pairs / config.batch_size)
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        ram.train()
+        order = torch.randperm(n_pairs, generator=gen).to(dev)
+        losses: list[torch.Tensor] = []  # read from the device once per epoch
+        for s in progress(
+            range(0, n_pairs, config.batch_size), n_steps, f"RAFT epoch {epoch}", show_progress
+        ):
+            rows = order[s : s + config.batch_size]
+            nb = neighbours[rows]
+            h_aug = ram(queries[rows], mem_k[nb], mem_v[nb])
+            y = targets[rows] - 1
+            if dtype == torch.float32:
+                loss = frozen_table_cross_entropy(h_aug, scores_t, y)
+            else:
+                loss = F.cross_entropy(h_aug.to(dtype) @ scores_t, y).float()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        mean_loss = mean_of(losses)
+        seconds = time.perf_counter() - t0
+        valid = evaluate_ram(ram, split, valid_h, valid_nb, (mem_k, mem_v), table)
+        score = valid[config.valid_metric]
+        result.history.append(
+            {
+                "epoch": epoch,
+                "loss": mean_loss,
+                "train_seconds": seconds,
+                **{f"valid_{m}": v for m, v in valid.items()},
+            }
+        )
+        improved = score > best
+        if show_progress:
+            logger.info(
+                "RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s",
+                epoch,
+                mean_loss,
+                config.valid_metric,
+                score,
+                " *" if improved else "",
+                seconds,
+            )
+        if improved:
+            best, bad = score, 0
+            result.best_epoch, result.best_valid = epoch, valid
+            best_state = {n: t.detach().clone() for n, t in ram.state_dict().items()}
+        else:
+            bad += 1
+        result.epochs_run = epoch
+        if bad >= config.patience:
+            break
+    if best_state is not None:
+        ram.load_state_dict(best_state)
+    ram.eval()
+    result.seconds = time.perf_counter() - t_start
+    plain = result.baseline_valid[config.valid_metric]
+    if best <= plain:
+        logger.warning(
+            "RAFT: the RAM's best validation %s (%.4f) does not beat the frozen encoder "
+            "alone (%.4f); try a larger RAMConfig.alpha (more weight on the encoder's own "
+            "representation), or serve the encoder alone (augmented=False)",
+            config.valid_metric,
+            best,
+            plain,
+        )
+    return result
