@@ -13,6 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from examples.models import SASRec  # noqa: E402
+from raserec_adapter import (  # noqa: E402
+    AugmenterConfig,
+    BankConfig,
+    LeaveOneOutSplit,
+    PretrainConfig,
+    RAMConfig,
+    RetrievalAugmenter,
+    leave_one_out,
+    pretrain,
+)
 from raserec_adapter.data import Sequences  # noqa: E402
 
 # Tiny models: one thread is faster than two and leaves the other core to the rest of the machine.
@@ -36,6 +47,27 @@ def synthetic_sequences(
             )
         seqs.append(s)
     return Sequences.from_lists(seqs, num_items=num_items)
+
+
+def pretrained_sasrec(
+    num_users: int, num_items: int, *, seed: int, epochs: int, max_len: int
+) -> tuple[SASRec, LeaveOneOutSplit]:
+    """A small SASRec (d = 16) pre-trained for ``epochs`` on synthetic data, and its split."""
+    split = leave_one_out(synthetic_sequences(num_users, num_items, seed=seed), max_len=max_len)
+    torch.manual_seed(0)
+    model = SASRec(num_items, hidden_size=16, max_len=max_len)
+    cfg = PretrainConfig(epochs=epochs, batch_size=64, max_len=max_len)
+    pretrain(model, split, cfg, show_progress=False)
+    return model, split
+
+
+def small_augmenter(
+    model: torch.nn.Module, *, max_len: int, k: int, kind: str = "torch", **ram: float
+) -> RetrievalAugmenter:
+    """An augmenter over ``model`` with an exact bank (torch, or Faiss ``Flat``) and K = ``k``."""
+    bank = BankConfig(kind=kind, index_factory="Flat")
+    cfg = AugmenterConfig(max_len=max_len, bank=bank, ram=RAMConfig(k=k, **ram))
+    return RetrievalAugmenter(model, cfg)
 
 
 def write_dataset_file(path: Path, seqs: Sequences) -> Path:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_sequences
+from conftest import pretrained_sasrec, small_augmenter, synthetic_sequences
 
 from examples.models import SASRec
 from raserec_adapter import (
@@ -26,21 +26,11 @@ MAX_LEN = 10
 
 @pytest.fixture(scope="module")
 def trained():
-    seqs = synthetic_sequences(120, 30, seed=1)
-    split = leave_one_out(seqs, max_len=MAX_LEN)
-    torch.manual_seed(0)
-    model = SASRec(30, hidden_size=16, max_len=MAX_LEN)
-    pretrain(
-        model, split, PretrainConfig(epochs=6, batch_size=64, max_len=MAX_LEN), show_progress=False
-    )
-    return model, split
+    return pretrained_sasrec(120, 30, seed=1, epochs=6, max_len=MAX_LEN)
 
 
 def make(model, kind="torch", **ram):
-    cfg = AugmenterConfig(
-        max_len=MAX_LEN, bank=BankConfig(kind=kind, index_factory="Flat"), ram=RAMConfig(k=4, **ram)
-    )
-    return RetrievalAugmenter(model, cfg)
+    return small_augmenter(model, max_len=MAX_LEN, k=4, kind=kind, **ram)
 
 
 def test_fit_raft_before_build_bank_says_what_to_do(trained):

@@ -8,21 +8,15 @@ import shutil
 
 import pytest
 import torch
-from conftest import synthetic_sequences
+from conftest import pretrained_sasrec, small_augmenter
 
 from examples.models import SASRec
 from raserec_adapter import (
-    AugmenterConfig,
-    BankConfig,
     CheckpointError,
     EncoderError,
-    PretrainConfig,
-    RAMConfig,
     RetrievalAugmenter,
     Sequences,
     iter_batches,
-    leave_one_out,
-    pretrain,
     wrap_encoder,
 )
 
@@ -31,18 +25,11 @@ MAX_LEN = 8
 
 @pytest.fixture(scope="module")
 def trained():
-    split = leave_one_out(synthetic_sequences(60, 20, seed=3), max_len=MAX_LEN)
-    torch.manual_seed(0)
-    model = SASRec(20, hidden_size=16, max_len=MAX_LEN)
-    pretrain(
-        model, split, PretrainConfig(epochs=1, batch_size=64, max_len=MAX_LEN), show_progress=False
-    )
-    return model, split
+    return pretrained_sasrec(60, 20, seed=3, epochs=1, max_len=MAX_LEN)
 
 
 def make(model, **ram) -> RetrievalAugmenter:
-    cfg = AugmenterConfig(max_len=MAX_LEN, bank=BankConfig(kind="torch"), ram=RAMConfig(k=3, **ram))
-    return RetrievalAugmenter(model, cfg)
+    return small_augmenter(model, max_len=MAX_LEN, k=3, **ram)
 
 
 def _snapshot(folder):
