@@ -4,7 +4,8 @@ Seeds of the same experiment often run as separate processes (one per CPU core, 
 machine). This script checks that the files describe the same experiment (dataset, backbone and
 its settings, variant, protocol, split, and the same settings apart from the seed), that no seed
 appears twice, and writes one file whose ``mean`` is over all seeds. The provenance of every input
-run (command, commit, machine, wall time, finish time) is kept under ``runs``.
+run (command, commit, machine, wall time, finish time) is kept under ``runs``; an input that is
+itself a merged file passes on its own ``runs``, so seeds can be added to a merged file later.
 
 Example:
     python benchmarks/merge_seeds.py /tmp/runs/beauty-sasrec-raserec-seed0.json \\
@@ -120,8 +121,19 @@ def merge(records: list[dict[str, Any]], ignore_epochs: bool = False) -> dict[st
         "per_seed": per_seed,
         "std": std,
         "per_seed_details": details,
-        "runs": [{k: rec.get(k) for k in RUN_KEYS} for rec in records],
+        "runs": [run for rec in records for run in _runs_of(rec)],
     }
+
+
+def _runs_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The provenance of the runs behind ``record``.
+
+    A file written by this script keeps its inputs' runs under ``runs``; merging it again passes
+    those on rather than one entry for the earlier merge, so every seed's command and commit stay.
+    """
+    if record.get("runs"):
+        return [dict(run) for run in record["runs"]]
+    return [{k: record.get(k) for k in RUN_KEYS}]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> Path:
     records = [json.loads(Path(f).read_text()) for f in args.files]
     merged = merge(records, ignore_epochs=args.ignore_epochs)
     first = records[0]
-    commits = sorted({r.get("git_commit") or "unknown" for r in records})
+    commits = sorted({r.get("git_commit") or "unknown" for r in merged["runs"]})
     backbone = first.get("backbone_settings")
     settings = {"backbone_settings": backbone} if backbone else {}
     write_results(

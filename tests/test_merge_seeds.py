@@ -57,6 +57,31 @@ def test_merge_means_and_keeps_provenance(tmp_path: Path) -> None:
     assert rec["git_commit"] == "abc" and rec["wall_seconds"] == 300.0
 
 
+def test_a_merged_file_takes_more_seeds_and_passes_on_its_runs(tmp_path: Path) -> None:
+    first = tmp_path / "first.json"
+    seeds01 = [_run(tmp_path, 0, 0.08), _run(tmp_path, 1, 0.09)]
+    for seed, f in enumerate(seeds01):  # each seed's own command line
+        f.write_text(json.dumps(dict(json.loads(f.read_text()), command=f"train --seed {seed}")))
+    merge_seeds.main([*map(str, seeds01), "--out", str(first)])
+    later = json.loads(_run(tmp_path, 2, 0.04).read_text())
+    later["git_commit"], later["command"] = "def", "train --seed 2"
+    later_path = tmp_path / "later.json"
+    later_path.write_text(json.dumps(later))
+    out = tmp_path / "merged.json"
+    merge_seeds.main([str(first), str(later_path), "--out", str(out)])
+    rec = json.loads(out.read_text())
+    assert rec["seeds"] == [0, 1, 2]
+    assert rec["mean"]["HR@10"] == pytest.approx(0.07)
+    # the seeds' own runs, not one entry for the earlier merge
+    assert [r["seeds"] for r in rec["runs"]] == [[0], [1], [2]]
+    assert [r["git_commit"] for r in rec["runs"]] == ["abc", "abc", "def"]
+    assert [r["command"] for r in rec["runs"]] == [f"train --seed {s}" for s in (0, 1, 2)]
+    assert rec["git_commit"] == "abc, def"
+    assert [d["seed"] for d in rec["per_seed_details"]] == [0, 1, 2]
+    with pytest.raises(ValueError, match="appears twice"):
+        merge_seeds.main([str(out), str(_run(tmp_path / "again", 1, 0.09)), "--out", str(out)])
+
+
 def test_merge_refuses_other_experiments(tmp_path: Path) -> None:
     a = json.loads(_run(tmp_path, 0, 0.08).read_text())
     b = json.loads(_run(tmp_path, 1, 0.08, lr=1e-2).read_text())
