@@ -117,11 +117,12 @@ def evaluate_ram(
         rows = b.index.to(dev)
         return ram(queries[rows], mem_k[neighbours[rows]], mem_v[neighbours[rows]])
 
-    out = evaluate_ranking(
-        represent, item_table, split.sequences, split.valid, max_len=split.max_len, device=dev
-    )
-    ram.train(was)
-    return out
+    try:
+        return evaluate_ranking(
+            represent, item_table, split.sequences, split.valid, max_len=split.max_len, device=dev
+        )
+    finally:
+        ram.train(was)
 
 
 def _check_inputs(
@@ -134,6 +135,18 @@ def _check_inputs(
     """Clear errors for inputs that do not fit each other (before any training)."""
     d = ram.hidden_size
     keys, values = memories
+    floats = (
+        *((q[0], q[1]) for q in query_sets),
+        ("memories' keys", keys),
+        ("memories' values", values),
+        ("item_table", item_table),
+    )
+    for name, t in floats:
+        if not t.is_floating_point():
+            raise ValueError(
+                f"{name} must be a floating-point tensor (representations or embeddings), got "
+                f"{t.dtype}"
+            )
     if keys.ndim != 2 or keys.shape != values.shape or keys.shape[1] != d:
         raise ValueError(
             f"memories must be (keys, values) of shape (M, {d}) each (the RAM's size), got "
@@ -163,9 +176,12 @@ def _check_inputs(
                 f"e.g. {int(nb.min()) if int(nb.min()) < 0 else int(nb.max())}; a search that "
                 "found fewer than K memories must not be passed on with -1 padding"
             )
-    for name, t in ((q[0], q[1]) for q in (*query_sets, ("keys", keys))):
+    for name, t in floats:
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} holds NaN or infinite values: check the encoder's output")
+            raise ValueError(
+                f"{name} holds NaN or infinite values: check the encoder (or the item table) "
+                "that produced them"
+            )
 
 
 def train_ram(
@@ -196,8 +212,14 @@ def train_ram(
         memories: ``(keys, values)``, ``(M, d)`` each: the bank's representations of the
             stored prefixes and embeddings of their next items.
         item_table: ``(N + 1, d)`` item embeddings that scores use (row 0 = padding).
-        device: Where to train; every input moves there once.
+        device: Where to train; every input moves there once, detached from any autograd
+            graph (only the RAM receives gradients) and as float32.
         show_progress: Per-batch progress and a log line per epoch.
+
+    Batch order and the RAM's dropout are drawn from ``config.seed`` (the global random state
+    is left as it was), so two calls with the same inputs, config and initial RAM weights
+    train the same RAM. If training stops with an error (or is interrupted), the RAM gets back
+    the best epoch's weights so far, or its weights from before the call.
 
     Returns:
         A :class:`~raserec_adapter.TrainResult` whose ``baseline_valid`` holds the metrics of
@@ -207,7 +229,8 @@ def train_ram(
 
     Raises:
         ValueError: Inputs whose shapes do not fit the RAM, the split or each other,
-            neighbour ids outside the memories, or NaN / infinite representations.
+            neighbour ids outside the memories, tensors that are not floating point where
+            representations are expected, or NaN / infinite values.
     """
     _check_inputs(
         ram,
@@ -222,18 +245,18 @@ def train_ram(
     t_start = time.perf_counter()
     dev = torch.device(device)
     ram.to(dev)
-    table = item_table.to(dev)
+
+    def fixed(t: torch.Tensor) -> torch.Tensor:  # an input: no gradient, float32, on dev
+        return t.detach().to(dev, torch.float32)
+
+    table = fixed(item_table)
     dtype = torch.bfloat16 if config.precision == "bfloat16" else torch.float32
     scores_t = table[1:].t().contiguous().to(dtype)  # (d, N), items 1..N
     # what every step reads moves to the device once: a step then gathers its memories there
-    mem_k, mem_v = (t.to(dev) for t in memories)
-    queries, neighbours = queries.to(dev), neighbours.to(dev)
+    mem_k, mem_v = (fixed(t) for t in memories)
+    queries, neighbours = fixed(queries), neighbours.to(dev)
     targets = torch.from_numpy(split.train.targets).to(dev)
-    valid_h, valid_nb = valid_queries.to(dev), valid_neighbours.to(dev)
-    optimizer = torch.optim.Adam(
-        ram.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=dev.type == "cuda"
-    )
-    gen = torch.Generator().manual_seed(config.seed)
+    valid_h, valid_nb = fixed(valid_queries), valid_neighbours.to(dev)
     result = TrainResult()
     result.baseline_valid = evaluate_ranking(  # the score the RAM has to beat
         lambda b: valid_h[b.index.to(dev)],
@@ -243,63 +266,78 @@ def train_ram(
         max_len=split.max_len,
         device=dev,
     )
+    optimizer = torch.optim.Adam(
+        ram.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=dev.type == "cuda"
+    )
+    gen = torch.Generator().manual_seed(config.seed)
     n_pairs = len(split.train)
-    best_state, best, bad = None, -math.inf, 0
+    start_state = {n: t.detach().clone() for n, t in ram.state_dict().items()}
+    best_state: dict[str, torch.Tensor] | None = None
+    best, bad = -math.inf, 0
     n_steps = math.ceil(n_pairs / config.batch_size)
-    for epoch in range(1, config.epochs + 1):
-        t0 = time.perf_counter()
-        ram.train()
-        order = torch.randperm(n_pairs, generator=gen).to(dev)
-        losses: list[torch.Tensor] = []  # read from the device once per epoch
-        for s in progress(
-            range(0, n_pairs, config.batch_size), n_steps, f"RAFT epoch {epoch}", show_progress
-        ):
-            rows = order[s : s + config.batch_size]
-            nb = neighbours[rows]
-            h_aug = ram(queries[rows], mem_k[nb], mem_v[nb])
-            y = targets[rows] - 1
-            if dtype == torch.float32:
-                loss = frozen_table_cross_entropy(h_aug, scores_t, y)
-            else:
-                loss = F.cross_entropy(h_aug.to(dtype) @ scores_t, y).float()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
-        mean_loss = mean_of(losses)
-        seconds = time.perf_counter() - t0
-        valid = evaluate_ram(ram, split, valid_h, valid_nb, (mem_k, mem_v), table)
-        score = valid[config.valid_metric]
-        result.history.append(
-            {
-                "epoch": epoch,
-                "loss": mean_loss,
-                "train_seconds": seconds,
-                **{f"valid_{m}": v for m, v in valid.items()},
-            }
-        )
-        improved = score > best
-        if show_progress:
-            logger.info(
-                "RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s",
-                epoch,
-                mean_loss,
-                config.valid_metric,
-                score,
-                " *" if improved else "",
-                seconds,
-            )
-        if improved:
-            best, bad = score, 0
-            result.best_epoch, result.best_valid = epoch, valid
-            best_state = {n: t.detach().clone() for n, t in ram.state_dict().items()}
-        else:
-            bad += 1
-        result.epochs_run = epoch
-        if bad >= config.patience:
-            break
-    if best_state is not None:
-        ram.load_state_dict(best_state)
+    cuda: list[int] = []  # the CUDA device whose random state dropout draws from
+    if dev.type == "cuda":
+        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()]
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(config.seed)  # the RAM's dropout; the caller's state is kept
+            for epoch in range(1, config.epochs + 1):
+                t0 = time.perf_counter()
+                ram.train()
+                order = torch.randperm(n_pairs, generator=gen).to(dev)
+                losses: list[torch.Tensor] = []  # read from the device once per epoch
+                for s in progress(
+                    range(0, n_pairs, config.batch_size),
+                    n_steps,
+                    f"RAFT epoch {epoch}",
+                    show_progress,
+                ):
+                    rows = order[s : s + config.batch_size]
+                    nb = neighbours[rows]
+                    h_aug = ram(queries[rows], mem_k[nb], mem_v[nb])
+                    y = targets[rows] - 1
+                    if dtype == torch.float32:
+                        loss = frozen_table_cross_entropy(h_aug, scores_t, y)
+                    else:
+                        loss = F.cross_entropy(h_aug.to(dtype) @ scores_t, y).float()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(loss.detach())
+                mean_loss = mean_of(losses)
+                seconds = time.perf_counter() - t0
+                valid = evaluate_ram(ram, split, valid_h, valid_nb, (mem_k, mem_v), table)
+                score = valid[config.valid_metric]
+                result.history.append(
+                    {
+                        "epoch": epoch,
+                        "loss": mean_loss,
+                        "train_seconds": seconds,
+                        **{f"valid_{m}": v for m, v in valid.items()},
+                    }
+                )
+                improved = score > best
+                if show_progress:
+                    logger.info(
+                        "RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s",
+                        epoch,
+                        mean_loss,
+                        config.valid_metric,
+                        score,
+                        " *" if improved else "",
+                        seconds,
+                    )
+                if improved:
+                    best, bad = score, 0
+                    result.best_epoch, result.best_valid = epoch, valid
+                    best_state = {n: t.detach().clone() for n, t in ram.state_dict().items()}
+                else:
+                    bad += 1
+                result.epochs_run = epoch
+                if bad >= config.patience:
+                    break
+    finally:  # the best weights so far, or the RAM as it came, also after an error
+        ram.load_state_dict(best_state if best_state is not None else start_state)
     ram.eval()
     result.seconds = time.perf_counter() - t_start
     plain = result.baseline_valid[config.valid_metric]

@@ -115,6 +115,104 @@ def test_train_ram_is_deterministic_and_trains_only_the_ram(split):
         torch.testing.assert_close(inputs[k], v, rtol=0, atol=0)
 
 
+def test_train_ram_stops_after_patience_and_restores_the_best_epoch(split):
+    # validation users retrieve the memory of the item after their target: the more the RAM
+    # learns to copy its memories, the worse validation gets, so the first epoch is the best
+    inputs = oracle_inputs(split)
+    inputs["valid_neighbours"] = (inputs["valid_neighbours"] + 1) % N_ITEMS
+    head = ram()
+    cfg = RAFTConfig(epochs=40, batch_size=64, lr=1e-2, patience=3)
+    res = train_ram(head, split, cfg, show_progress=False, **inputs)
+    assert res.epochs_run == res.best_epoch + 3 < 40  # stopped early, patience epochs after
+    last = res.history[-1]["valid_HR@10"]
+    assert last < res.best_valid["HR@10"]  # so the RAM's final weights are not the best ones
+    again = evaluate_ram(
+        head,
+        split,
+        inputs["valid_queries"],
+        inputs["valid_neighbours"],
+        inputs["memories"],
+        inputs["item_table"],
+    )
+    assert again == pytest.approx(res.best_valid)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_train_ram_sends_no_gradient_into_the_callers_tensors(split, precision):
+    inputs = oracle_inputs(split)
+    table = torch.nn.Parameter(inputs["item_table"].clone())  # e.g. an encoder's item table
+    encoder = torch.nn.Linear(D, D)  # queries still attached to the graph that made them
+    inputs.update(
+        item_table=table,
+        queries=encoder(inputs["queries"]),
+        valid_queries=encoder(inputs["valid_queries"]),
+        memories=tuple(m.clone().requires_grad_(True) for m in inputs["memories"]),
+    )
+    cfg = RAFTConfig(epochs=2, batch_size=64, precision=precision)
+    train_ram(ram(), split, cfg, show_progress=False, **inputs)
+    assert table.grad is None and encoder.weight.grad is None
+    assert all(m.grad is None for m in inputs["memories"])
+
+
+def test_train_ram_seeds_its_dropout_and_keeps_the_callers_random_state(split):
+    inputs = oracle_inputs(split)
+
+    def head() -> RetrievalAugmentedModule:
+        torch.manual_seed(0)
+        return RetrievalAugmentedModule(D, RAMConfig(k=K, dropout=0.5))
+
+    cfg = RAFTConfig(epochs=2, batch_size=64, seed=5)
+    a, b = head(), head()
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    train_ram(a, split, cfg, show_progress=False, **inputs)
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is left as it was
+    torch.manual_seed(2)  # another global state: the same RAM all the same
+    train_ram(b, split, cfg, show_progress=False, **inputs)
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+    c = head()
+    train_ram(c, split, RAFTConfig(epochs=2, batch_size=64, seed=6), show_progress=False, **inputs)
+    assert any(  # another seed: other dropout masks and batch order, another RAM
+        not torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(), strict=True)
+    )
+
+
+def test_train_ram_gives_the_weights_back_when_training_fails(split, monkeypatch):
+    import raserec_adapter.raft as raft
+
+    inputs = oracle_inputs(split)
+    head = ram()
+    start = {k: v.clone() for k, v in head.state_dict().items()}
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):  # epoch 1's weights were updated before this
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(raft, "evaluate_ram", failing)
+    with pytest.raises(KeyboardInterrupt):
+        train_ram(head, split, RAFTConfig(epochs=3, batch_size=64), show_progress=False, **inputs)
+    assert calls["n"] == 1
+    for k, v in head.state_dict().items():
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0, msg=k)
+
+
+def test_evaluate_ram_keeps_the_mode_when_it_fails(split):
+    inputs = oracle_inputs(split)
+    head = ram().train()
+    with pytest.raises(IndexError):  # a neighbour id past the memories
+        evaluate_ram(
+            head,
+            split,
+            inputs["valid_queries"],
+            inputs["valid_neighbours"] + 10 * N_ITEMS,
+            inputs["memories"],
+            inputs["item_table"],
+        )
+    assert head.training
+
+
 def test_search_neighbours_obeys_the_exclusion_rule_in_any_step():
     g = torch.Generator().manual_seed(1)
     n = 60
@@ -145,6 +243,9 @@ def test_search_neighbours_obeys_the_exclusion_rule_in_any_step():
         ("memories_dim", r"memories must be \(keys, values\) of shape \(M, 16\)"),
         ("table_small", r"item_table must be \(N \+ 1, 16\) with N >= 40"),
         ("queries_nan", r"queries holds NaN or infinite values"),
+        ("values_nan", r"memories' values holds NaN or infinite values"),
+        ("table_inf", r"item_table holds NaN or infinite values"),
+        ("queries_int", r"queries must be a floating-point tensor .* got torch.int64"),
     ],
 )
 def test_train_ram_refuses_inputs_that_do_not_fit(split, change, match):
@@ -169,6 +270,16 @@ def test_train_ram_refuses_inputs_that_do_not_fit(split, change, match):
     elif change == "queries_nan":
         inputs["queries"] = inputs["queries"].clone()
         inputs["queries"][4, 2] = float("nan")
+    elif change == "values_nan":
+        keys, values = inputs["memories"]
+        values = values.clone()
+        values[3, 0] = float("nan")
+        inputs["memories"] = (keys, values)
+    elif change == "table_inf":
+        inputs["item_table"] = inputs["item_table"].clone()
+        inputs["item_table"][7, 1] = float("inf")
+    elif change == "queries_int":
+        inputs["queries"] = inputs["queries"].long()
     head = ram()
     state = {k: v.clone() for k, v in head.state_dict().items()}
     with pytest.raises(ValueError, match=match):
