@@ -55,6 +55,18 @@ def ram(seed: int = 0) -> RetrievalAugmentedModule:
     return RetrievalAugmentedModule(D, RAMConfig(k=K, dropout=0.0))
 
 
+def valid_metrics(head: RetrievalAugmentedModule, split, inputs: dict) -> dict[str, float]:
+    """The RAM's validation metrics over ``inputs`` (as :func:`oracle_inputs` makes them)."""
+    return evaluate_ram(
+        head,
+        split,
+        inputs["valid_queries"],
+        inputs["valid_neighbours"],
+        inputs["memories"],
+        inputs["item_table"],
+    )
+
+
 def test_train_ram_learns_to_read_the_memories(split):
     # the labels are the pairs' targets and the memories' values are what the RAM can use:
     # trained, it must rank the remembered item first far more often than the queries alone do
@@ -67,14 +79,7 @@ def test_train_ram_learns_to_read_the_memories(split):
     assert res.best_valid["HR@5"] > 0.9, res.best_valid
     assert res.best_valid["HR@10"] > res.baseline_valid["HR@10"] + 0.4
     # an untrained RAM over the same memories does not rank them first
-    fresh = evaluate_ram(
-        ram(),
-        split,
-        inputs["valid_queries"],
-        inputs["valid_neighbours"],
-        inputs["memories"],
-        inputs["item_table"],
-    )
+    fresh = valid_metrics(ram(), split, inputs)
     assert fresh["HR@5"] < 0.6, fresh
 
 
@@ -84,14 +89,7 @@ def test_train_ram_keeps_the_best_epoch(split):
     res = train_ram(
         head, split, RAFTConfig(epochs=8, batch_size=64, lr=1e-2), show_progress=False, **inputs
     )
-    again = evaluate_ram(
-        head,
-        split,
-        inputs["valid_queries"],
-        inputs["valid_neighbours"],
-        inputs["memories"],
-        inputs["item_table"],
-    )
+    again = valid_metrics(head, split, inputs)
     assert again == pytest.approx(res.best_valid)
     assert not head.training
     best = max(r["valid_HR@10"] for r in res.history)
@@ -126,14 +124,7 @@ def test_train_ram_stops_after_patience_and_restores_the_best_epoch(split):
     assert res.epochs_run == res.best_epoch + 3 < 40  # stopped early, patience epochs after
     last = res.history[-1]["valid_HR@10"]
     assert last < res.best_valid["HR@10"]  # so the RAM's final weights are not the best ones
-    again = evaluate_ram(
-        head,
-        split,
-        inputs["valid_queries"],
-        inputs["valid_neighbours"],
-        inputs["memories"],
-        inputs["item_table"],
-    )
+    again = valid_metrics(head, split, inputs)
     assert again == pytest.approx(res.best_valid)
 
 
