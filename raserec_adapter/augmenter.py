@@ -498,6 +498,7 @@ class RetrievalAugmenter(nn.Module):
         """
         keys, values = self._memories(h, users, lengths)
         dev = h.device
+        self.ram.to(dev)  # a small head: it follows the queries (no-op when already there)
         return self.ram(h, keys.to(dev), values.to(dev))
 
     # ------------------------------------------------------------------ stage 2
@@ -807,6 +808,13 @@ class RetrievalAugmenter(nn.Module):
                 u = torch.from_numpy(as_id_array(users, "users", len(lens), low=0))
             h = self.augment(h, u, None if u is None else full)
         scores = h @ self._item_table().to(device).t()
+        if not bool(torch.isfinite(scores[:, 1:]).all()):
+            where = "the RAM's output h~" if augmented else "the encoder's item table"
+            raise ValueError(
+                f"scores contain NaN or infinite values (from {where}); the top-k would be "
+                "arbitrary: check the item embeddings and the RAM weights (a checkpoint of a "
+                "diverged run), or retrain"
+            )
         scores[:, 0] = -math.inf
         if seen is not None:
             scores.scatter_(1, seen.to(device), -math.inf)
@@ -896,6 +904,7 @@ class RetrievalAugmenter(nn.Module):
                 f"{path / 'ram.pt'} does not fit the RAM of this config: {e}"
             ) from e
         _check_device(device)
+        aug.ram.to(device)
         aug.bank = read_bank(path, saved, device)
         phase = meta.get("bank_phase")
         if aug.bank is None and phase is not None:

@@ -89,14 +89,21 @@ def write_checkpoint(
         torch.save(ram_state, tmp / "ram.pt")
         if bank is not None:
             bank.save(tmp / "bank")
-        old = tmp.with_name(tmp.name + ".old")  # unique, like tmp
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = tmp.with_name(tmp.name + ".old")  # unique, like tmp
+    had_old = path.exists()
+    try:
+        if had_old:
+            path.rename(old)
+        tmp.rename(path)
+    except BaseException:  # put the earlier checkpoint back where it was
+        if had_old and old.exists() and not path.exists():
+            old.rename(path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_meta(
@@ -141,7 +148,8 @@ def read_ram_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The RAM's state dict from ``path/ram.pt``, never unpickling anything.
 
     Raises:
-        CheckpointError: If the file is missing, truncated or not a tensor file.
+        CheckpointError: If the file is missing, truncated or not a tensor file, or a
+            weight holds NaN or infinite values.
     """
     file = Path(path) / "ram.pt"
     try:
@@ -151,6 +159,14 @@ def read_ram_state(path: str | Path) -> dict[str, torch.Tensor]:
             f"{file} cannot be read ({type(e).__name__}: {e}); the checkpoint is "
             "incomplete or damaged: save it again"
         ) from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file} holds a {type(state).__name__}, not a state dict")
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(t.isfinite().all()):
+            raise CheckpointError(
+                f"{file}: the RAM weight {name!r} holds NaN or infinite values (saved from a "
+                "run that diverged); train the RAM again (fit_raft) and save it"
+            )
     return state
 
 
@@ -160,18 +176,20 @@ def read_bank(
     """The bank saved in ``path/bank`` (of ``config.bank.kind``), ``None`` when there is none.
 
     Raises:
-        CheckpointError: If the bank's files cannot be read.
+        CheckpointError: If the bank's files cannot be read or its dimension is not the
+            config's hidden size.
         ImportError: If a Faiss bank is saved and faiss is not installed.
     """
     where = Path(path) / "bank"
     if not where.exists():
         return None
+    dim = config.hidden_size or None  # a bank of another size does not fit the RAM
     try:
         if config.bank.kind == "torch":
-            return TorchMemoryBank.load(where, device=device)
+            return TorchMemoryBank.load(where, device=device, dim=dim)
         from raserec_adapter.faiss_bank import FaissMemoryBank
 
-        return FaissMemoryBank.load(where)
+        return FaissMemoryBank.load(where, dim=dim)
     except ImportError:  # e.g. faiss not installed: the environment, not the checkpoint
         raise
     except Exception as e:

@@ -53,6 +53,10 @@ def rank_targets(
         show_progress: Show a progress bar.
     """
     check_protocol(protocol)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"batch_size must be a positive int (queries per batch), got {batch_size!r}"
+        )
     ranks = torch.empty(len(prefixes), dtype=torch.long)
     weights_t = item_weights.to(device).t()
     n_batches = -(-len(prefixes) // batch_size)

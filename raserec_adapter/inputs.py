@@ -30,8 +30,15 @@ def to_padded(
     if isinstance(sequences, torch.Tensor):
         seq, lens, full, cpu = check_padded(sequences, lengths, max_len, num_items)
         return seq, lens, full, cpu if with_seen else None
+    if not len(sequences):
+        raise ValueError("no sequences given: pass a list of item-id sequences, e.g. [[1, 2, 3]]")
+    if any(not hasattr(s, "__len__") for s in sequences):
+        raise ValueError(
+            "pass a list of sequences (one list of item ids per user), e.g. [[1, 2, 3]], not "
+            "one flat list of ids"
+        )
     full = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    if not len(full) or int(full.min()) == 0:
+    if int(full.min()) == 0:
         raise ValueError("every sequence needs at least one item (got an empty one)")
     rows = [list(s)[-max_len:] for s in sequences]
     bad = [

@@ -174,6 +174,12 @@ def test_recommend_inputs(trained):
     assert not set(ids[0].tolist()) & {1, 2, 3} and 0 not in ids[0].tolist()
     with pytest.raises(ValueError, match="at least one item"):
         aug.recommend([[]], k=5)
+    with pytest.raises(ValueError, match=r"not one flat list of ids"):
+        aug.recommend([1, 2, 3], k=5)
+    with pytest.raises(ValueError, match=r"no sequences given"):
+        aug.recommend([], k=5)
+    with pytest.raises(ValueError, match=r"batch_size must be a positive int"):
+        aug.evaluate(split, "test", batch_size=0)
     with pytest.raises(ValueError, match="item ids must be integers in 1..30"):
         aug.recommend([[0, 1]], k=5)
     with pytest.raises(ValueError, match="k must be in 1..30"):

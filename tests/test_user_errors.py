@@ -3,8 +3,10 @@ fix it, and a refused load leaves the checkpoint on disk as it was."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from raserec_adapter import (
     EncoderError,
     RetrievalAugmenter,
     Sequences,
+    TorchMemoryBank,
     iter_batches,
     wrap_encoder,
 )
@@ -134,3 +137,70 @@ def test_bank_sources_and_phases_that_cannot_work_are_refused(trained):
     assert len(aug.bank) == n  # each refused build kept the bank it had
     with pytest.raises(ValueError, match="which must be 'valid' or 'test', got 'train'"):
         aug.ranks(split, "train")
+
+
+def test_a_save_that_fails_while_moving_in_puts_the_old_checkpoint_back(
+    trained, tmp_path, monkeypatch
+):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    aug.save(tmp_path / "ck")
+    before = _snapshot(tmp_path / "ck")
+    real = Path.rename
+    calls = {"n": 0}
+
+    def second_fails(self, target):  # the old one moves aside, the new one cannot move in
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("simulated failure")
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", second_fails)
+    with pytest.raises(OSError, match="simulated failure"):
+        aug.save(tmp_path / "ck")
+    monkeypatch.undo()
+    assert calls["n"] == 3  # aside, (failed) in, back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no stray copies
+    assert _snapshot(tmp_path / "ck") == before
+    RetrievalAugmenter.load(model, tmp_path / "ck")  # and it still loads
+
+
+def test_ram_weights_with_nan_are_refused_at_load(trained, tmp_path):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    aug.save(tmp_path / "ck")
+    state = torch.load(tmp_path / "ck" / "ram.pt", weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    torch.save(state, tmp_path / "ck" / "ram.pt")
+    with pytest.raises(CheckpointError, match=rf"RAM weight '{name}' holds NaN"):
+        RetrievalAugmenter.load(model, tmp_path / "ck")
+
+
+def test_a_bank_of_another_size_is_refused_at_load(trained, tmp_path):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    aug.save(tmp_path / "ck")
+    small = TorchMemoryBank(dim=8)
+    small.add(
+        torch.randn(4, 8), torch.randn(4, 8), torch.arange(4), torch.ones(4, dtype=torch.long)
+    )
+    shutil.rmtree(tmp_path / "ck" / "bank")
+    small.save(tmp_path / "ck" / "bank")
+    with pytest.raises(CheckpointError, match=r"memory bank .* cannot be read"):
+        RetrievalAugmenter.load(model, tmp_path / "ck")
+
+
+def test_recommend_refuses_nan_scores_instead_of_ranking_them_first(trained):
+    model, split = trained
+    broken = copy.deepcopy(model)
+    aug = make(broken)
+    aug.build_bank(split, show_progress=False)
+    with torch.no_grad():
+        broken.item_embedding.weight[7] = float("nan")
+    for augmented in (False, True):
+        with pytest.raises(ValueError, match="scores contain NaN or infinite values"):
+            aug.recommend([[1, 2, 3]], k=3, augmented=augmented)
