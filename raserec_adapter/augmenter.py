@@ -37,6 +37,7 @@ from raserec_adapter.checkpoint import (
     read_bank,
     read_meta,
     read_ram_state,
+    table_fingerprint,
     write_checkpoint,
 )
 from raserec_adapter.config import AugmenterConfig, PretrainConfig, RAFTConfig, RAMConfig
@@ -854,6 +855,7 @@ class RetrievalAugmenter(nn.Module):
             self.encoder.num_items,
             type(self.encoder.module).__name__,
             self._bank_phase,
+            self._item_table(),
         )
         write_checkpoint(path, meta, self.ram.state_dict(), self.bank)
 
@@ -896,6 +898,15 @@ class RetrievalAugmenter(nn.Module):
                 path,
                 saved_class,
                 type(aug.encoder.module).__name__,
+            )
+        saved_table = meta.get("item_table_sha256")
+        if saved_table is not None and saved_table != table_fingerprint(aug._item_table()):
+            logger.warning(
+                "%s was saved with an encoder whose item table differs from this encoder's "
+                "(another training run or changed weights): the bank's keys and values and the "
+                "RAM were fit to that encoder; load the encoder's own weights, or rebuild the "
+                "bank (build_bank) and retrain the RAM (fit_raft)",
+                path,
             )
         try:
             aug.ram.load_state_dict(read_ram_state(path))

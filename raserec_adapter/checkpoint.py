@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -48,16 +49,33 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_meta(
-    config: AugmenterConfig, num_items: int, encoder_class: str, bank_phase: str | None
+    config: AugmenterConfig,
+    num_items: int,
+    encoder_class: str,
+    bank_phase: str | None,
+    item_table: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """The content of ``config.json``: format version, config and what the RAM was fit to."""
-    return {
+    """The content of ``config.json``: format version, config and what the RAM was fit to.
+
+    With ``item_table`` it also holds :func:`table_fingerprint` of the encoder's item table, so
+    that a load with another encoder (other weights, same shapes) is noticed.
+    """
+    meta = {
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
         "num_items": num_items,
         "encoder_class": encoder_class,
         "bank_phase": bank_phase,
     }
+    if item_table is not None:
+        meta["item_table_sha256"] = table_fingerprint(item_table)
+    return meta
+
+
+def table_fingerprint(item_table: torch.Tensor) -> str:
+    """sha256 of the item table's float32 values (the same weights give the same string)."""
+    data = item_table.detach().float().cpu().contiguous().numpy()
+    return hashlib.sha256(data.tobytes()).hexdigest()
 
 
 def write_checkpoint(

@@ -204,3 +204,17 @@ def test_recommend_refuses_nan_scores_instead_of_ranking_them_first(trained):
     for augmented in (False, True):
         with pytest.raises(ValueError, match="scores contain NaN or infinite values"):
             aug.recommend([[1, 2, 3]], k=3, augmented=augmented)
+
+
+def test_loading_with_another_encoders_weights_warns(trained, tmp_path, caplog):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    aug.save(tmp_path / "ck")
+    with caplog.at_level("WARNING", logger="raserec_adapter"):
+        RetrievalAugmenter.load(copy.deepcopy(model), tmp_path / "ck")  # the same weights
+    assert "item table differs" not in caplog.text
+    other, _ = pretrained_sasrec(60, 20, seed=4, epochs=1, max_len=MAX_LEN)  # same shapes
+    with caplog.at_level("WARNING", logger="raserec_adapter"):
+        RetrievalAugmenter.load(other, tmp_path / "ck")
+    assert "item table differs from this encoder's" in caplog.text
