@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -88,10 +89,12 @@ def write_checkpoint(
 
     The directory is written to a temporary place and moved in at the end, so a failure never
     leaves a half-written checkpoint or destroys an earlier one. Only an earlier checkpoint (a
-    directory with ``config.json``) or an empty directory is replaced.
+    directory with ``config.json`` and nothing save() did not write) or an empty directory is
+    replaced; the new directory keeps the old one's permissions (else the umask's).
 
     Raises:
-        FileExistsError: If ``path`` is a file or a directory that is not a checkpoint.
+        FileExistsError: If ``path`` is a file, a directory that is not a checkpoint, or a
+            checkpoint that holds other files too.
     """
     path = Path(path)
     if path.exists() and not (path.is_dir() and _is_checkpoint_or_empty(path)):
@@ -100,8 +103,16 @@ def write_checkpoint(
             f"{path} is {what}; save() replaces only an earlier augmenter checkpoint (a "
             "directory with config.json) or an empty directory: choose another path"
         )
+    foreign = sorted(e.name for e in path.iterdir() if e.name not in OWN) if path.exists() else []
+    if foreign:
+        raise FileExistsError(
+            f"{path} holds files that save() did not write ({', '.join(foreign[:5])}); saving "
+            "replaces the whole directory and would delete them: move them out (e.g. keep your "
+            "encoder's weights next to the checkpoint, not inside it) or choose another path"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+    tmp.chmod(path.stat().st_mode & 0o7777 if path.exists() else 0o777 & ~_umask())
     try:
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         torch.save(ram_state, tmp / "ram.pt")
@@ -218,6 +229,15 @@ def read_bank(
             f"the memory bank in {where} cannot be read ({why}); the checkpoint is "
             "incomplete or damaged: save it again or rebuild the bank with build_bank"
         ) from e
+
+
+OWN = frozenset({"config.json", "ram.pt", "bank"})  # what a checkpoint directory holds
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _is_checkpoint_or_empty(path: Path) -> bool:

@@ -350,6 +350,15 @@ def test_save_never_replaces_what_is_not_a_checkpoint(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "mine"]
     (tmp_path / "empty").mkdir()
     aug.save(tmp_path / "empty")  # an empty directory is fine
+    ck = tmp_path / "empty"
+    (ck / "encoder.pt").write_bytes(b"the user's weights")  # kept inside the checkpoint
+    with pytest.raises(FileExistsError, match=r"holds files that save\(\) did not write \(encoder"):
+        aug.save(ck)
+    assert (ck / "encoder.pt").read_bytes() == b"the user's weights"
+    (ck / "encoder.pt").unlink()
+    ck.chmod(0o750)
+    aug.save(ck)  # a checkpoint of its own parts only is replaced, keeping its permissions
+    assert ck.stat().st_mode & 0o777 == 0o750
     aug.save(tmp_path / "empty")  # and so is an earlier checkpoint, over and over
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.txt", "mine"]
     assert RetrievalAugmenter.load(model, tmp_path / "empty")._bank_phase == "train"
