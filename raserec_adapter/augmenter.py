@@ -499,7 +499,8 @@ class RetrievalAugmenter(nn.Module):
         """
         keys, values = self._memories(h, users, lengths)
         dev = h.device
-        self.ram.to(dev)  # a small head: it follows the queries (no-op when already there)
+        if next(self.ram.parameters()).device != dev:
+            self.ram.to(dev)  # a small head: it follows the queries
         return self.ram(h, keys.to(dev), values.to(dev))
 
     # ------------------------------------------------------------------ stage 2
@@ -808,13 +809,18 @@ class RetrievalAugmenter(nn.Module):
             if users is not None:
                 u = torch.from_numpy(as_id_array(users, "users", len(lens), low=0))
             h = self.augment(h, u, None if u is None else full)
-        scores = h @ self._item_table().to(device).t()
-        if not bool(torch.isfinite(scores[:, 1:]).all()):
-            where = "the RAM's output h~" if augmented else "the encoder's item table"
+        table = self._item_table()
+        scores = h @ table.to(device).t()
+        if not bool(torch.isfinite(scores[:, 1:]).all()):  # say where, only when it happened
+            if not bool(torch.isfinite(table[1:]).all()):
+                where = "the encoder's item table"
+            elif augmented:
+                where = "the RAM's output h~ (its weights or the bank's memories)"
+            else:
+                where = "the encoder's output for these sequences"
             raise ValueError(
-                f"scores contain NaN or infinite values (from {where}); the top-k would be "
-                "arbitrary: check the item embeddings and the RAM weights (a checkpoint of a "
-                "diverged run), or retrain"
+                f"scores contain NaN or infinite values, from {where}; the top-k would be "
+                "arbitrary: check for weights of a diverged run, or retrain"
             )
         scores[:, 0] = -math.inf
         if seen is not None:

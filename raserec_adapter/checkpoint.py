@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -97,22 +96,12 @@ def write_checkpoint(
             checkpoint that holds other files too.
     """
     path = Path(path)
-    if path.exists() and not (path.is_dir() and _is_checkpoint_or_empty(path)):
-        what = "a file" if not path.is_dir() else "a directory that is not a checkpoint"
-        raise FileExistsError(
-            f"{path} is {what}; save() replaces only an earlier augmenter checkpoint (a "
-            "directory with config.json) or an empty directory: choose another path"
-        )
-    foreign = sorted(e.name for e in path.iterdir() if e.name not in OWN) if path.exists() else []
-    if foreign:
-        raise FileExistsError(
-            f"{path} holds files that save() did not write ({', '.join(foreign[:5])}); saving "
-            "replaces the whole directory and would delete them: move them out (e.g. keep your "
-            "encoder's weights next to the checkpoint, not inside it) or choose another path"
-        )
+    _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
-    tmp.chmod(path.stat().st_mode & 0o7777 if path.exists() else 0o777 & ~_umask())
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}")
+    tmp.mkdir()  # the umask's permissions, as any new directory
+    if path.exists():
+        tmp.chmod(path.stat().st_mode & 0o7777)  # a replaced checkpoint keeps its own
     try:
         (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         torch.save(ram_state, tmp / "ram.pt")
@@ -234,14 +223,24 @@ def read_bank(
 OWN = frozenset({"config.json", "ram.pt", "bank"})  # what a checkpoint directory holds
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _is_checkpoint_or_empty(path: Path) -> bool:
-    return (path / "config.json").is_file() or not any(path.iterdir())
+def _check_replaceable(path: Path) -> None:
+    """Refuses a ``path`` that save() may not replace: only nothing, an empty directory or an
+    earlier checkpoint holding nothing but its own parts."""
+    if not path.exists():
+        return
+    names = {e.name for e in path.iterdir()} if path.is_dir() else None
+    if names is None or (names and "config.json" not in names):
+        what = "a file" if names is None else "a directory that is not a checkpoint"
+        raise FileExistsError(
+            f"{path} is {what}; save() replaces only an earlier augmenter checkpoint (a "
+            "directory with config.json) or an empty directory: choose another path"
+        )
+    if foreign := sorted(names - OWN):
+        raise FileExistsError(
+            f"{path} holds files that save() did not write ({', '.join(foreign[:5])}); saving "
+            "replaces the whole directory and would delete them: move them out (e.g. keep your "
+            "encoder's weights next to the checkpoint, not inside it) or choose another path"
+        )
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

@@ -35,9 +35,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +52,7 @@ from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.losses import frozen_table_cross_entropy
 from raserec_adapter.pretraining import mean_of
 from raserec_adapter.ram import RetrievalAugmentedModule
-from raserec_adapter.train_state import TrainResult
+from raserec_adapter.train_state import EarlyStopping, TrainResult
 
 __all__ = ["evaluate_ram", "search_neighbours", "train_ram"]
 
@@ -184,6 +186,20 @@ def _check_inputs(
             )
 
 
+def _weights(ram: RetrievalAugmentedModule) -> dict[str, torch.Tensor]:
+    return {n: t.detach().clone() for n, t in ram.state_dict().items()}
+
+
+@contextlib.contextmanager
+def _gives_back_best(ram: RetrievalAugmentedModule, stop: EarlyStopping) -> Iterator[None]:
+    """On leaving (an error or interrupt too): the best epoch's weights, else the RAM's own."""
+    start = _weights(ram)
+    try:
+        yield
+    finally:
+        ram.load_state_dict(stop.best_state if stop.best_state is not None else start)
+
+
 def train_ram(
     ram: RetrievalAugmentedModule,
     split: LeaveOneOutSplit,
@@ -271,76 +287,71 @@ def train_ram(
     )
     gen = torch.Generator().manual_seed(config.seed)
     n_pairs = len(split.train)
-    start_state = {n: t.detach().clone() for n, t in ram.state_dict().items()}
-    best_state: dict[str, torch.Tensor] | None = None
-    best, bad = -math.inf, 0
     n_steps = math.ceil(n_pairs / config.batch_size)
+
+    def step(rows: torch.Tensor) -> torch.Tensor:
+        nb = neighbours[rows]
+        h_aug = ram(queries[rows], mem_k[nb], mem_v[nb])
+        y = targets[rows] - 1
+        if dtype == torch.float32:
+            loss = frozen_table_cross_entropy(h_aug, scores_t, y)
+        else:
+            loss = F.cross_entropy(h_aug.to(dtype) @ scores_t, y).float()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    stop = EarlyStopping(result=result)
     cuda: list[int] = []  # the CUDA device whose random state dropout draws from
     if dev.type == "cuda":
         cuda = [dev.index if dev.index is not None else torch.cuda.current_device()]
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(config.seed)  # the RAM's dropout; the caller's state is kept
-            for epoch in range(1, config.epochs + 1):
-                t0 = time.perf_counter()
-                ram.train()
-                order = torch.randperm(n_pairs, generator=gen).to(dev)
-                losses: list[torch.Tensor] = []  # read from the device once per epoch
-                for s in progress(
-                    range(0, n_pairs, config.batch_size),
-                    n_steps,
-                    f"RAFT epoch {epoch}",
-                    show_progress,
-                ):
-                    rows = order[s : s + config.batch_size]
-                    nb = neighbours[rows]
-                    h_aug = ram(queries[rows], mem_k[nb], mem_v[nb])
-                    y = targets[rows] - 1
-                    if dtype == torch.float32:
-                        loss = frozen_table_cross_entropy(h_aug, scores_t, y)
-                    else:
-                        loss = F.cross_entropy(h_aug.to(dtype) @ scores_t, y).float()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(loss.detach())
-                mean_loss = mean_of(losses)
-                seconds = time.perf_counter() - t0
-                valid = evaluate_ram(ram, split, valid_h, valid_nb, (mem_k, mem_v), table)
-                score = valid[config.valid_metric]
-                result.history.append(
-                    {
-                        "epoch": epoch,
-                        "loss": mean_loss,
-                        "train_seconds": seconds,
-                        **{f"valid_{m}": v for m, v in valid.items()},
-                    }
+    with torch.random.fork_rng(devices=cuda), _gives_back_best(ram, stop):
+        torch.manual_seed(config.seed)  # the RAM's dropout; the caller's state is kept
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            ram.train()
+            order = torch.randperm(n_pairs, generator=gen).to(dev)
+            batches = range(0, n_pairs, config.batch_size)
+            losses = [  # read from the device once per epoch
+                step(order[s : s + config.batch_size])
+                for s in progress(batches, n_steps, f"RAFT epoch {epoch}", show_progress)
+            ]
+            mean_loss = mean_of(losses)
+            seconds = time.perf_counter() - t0
+            valid = evaluate_ram(ram, split, valid_h, valid_nb, (mem_k, mem_v), table)
+            score = valid[config.valid_metric]
+            result.history.append(
+                {
+                    "epoch": epoch,
+                    "loss": mean_loss,
+                    "train_seconds": seconds,
+                    **{f"valid_{m}": v for m, v in valid.items()},
+                }
+            )
+            improved = score > stop.best_score
+            if show_progress:
+                logger.info(
+                    "RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s",
+                    epoch,
+                    mean_loss,
+                    config.valid_metric,
+                    score,
+                    " *" if improved else "",
+                    seconds,
                 )
-                improved = score > best
-                if show_progress:
-                    logger.info(
-                        "RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s",
-                        epoch,
-                        mean_loss,
-                        config.valid_metric,
-                        score,
-                        " *" if improved else "",
-                        seconds,
-                    )
-                if improved:
-                    best, bad = score, 0
-                    result.best_epoch, result.best_valid = epoch, valid
-                    best_state = {n: t.detach().clone() for n, t in ram.state_dict().items()}
-                else:
-                    bad += 1
-                result.epochs_run = epoch
-                if bad >= config.patience:
-                    break
-    finally:  # the best weights so far, or the RAM as it came, also after an error
-        ram.load_state_dict(best_state if best_state is not None else start_state)
+            if improved:
+                stop.best_score, stop.bad_epochs = score, 0
+                result.best_epoch, result.best_valid = epoch, valid
+                stop.best_state = _weights(ram)
+            else:
+                stop.bad_epochs += 1
+            result.epochs_run = epoch
+            if stop.bad_epochs >= config.patience:
+                break
     ram.eval()
     result.seconds = time.perf_counter() - t_start
-    plain = result.baseline_valid[config.valid_metric]
+    plain, best = result.baseline_valid[config.valid_metric], stop.best_score
     if best <= plain:
         logger.warning(
             "RAFT: the RAM's best validation %s (%.4f) does not beat the frozen encoder "

@@ -202,7 +202,7 @@ def test_recommend_refuses_nan_scores_instead_of_ranking_them_first(trained):
     with torch.no_grad():
         broken.item_embedding.weight[7] = float("nan")
     for augmented in (False, True):
-        with pytest.raises(ValueError, match="scores contain NaN or infinite values"):
+        with pytest.raises(ValueError, match="NaN or infinite values, from the encoder's item"):
             aug.recommend([[1, 2, 3]], k=3, augmented=augmented)
 
 
@@ -218,3 +218,14 @@ def test_loading_with_another_encoders_weights_warns(trained, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="raserec_adapter"):
         RetrievalAugmenter.load(other, tmp_path / "ck")
     assert "item table differs from this encoder's" in caplog.text
+
+
+def test_recommend_names_the_ram_when_only_its_output_is_nan(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    with torch.no_grad():
+        next(aug.ram.parameters()).fill_(float("nan"))
+    assert torch.isfinite(aug.recommend([[1, 2, 3]], k=3, augmented=False)[1]).all()
+    with pytest.raises(ValueError, match=r"from the RAM's output h~"):
+        aug.recommend([[1, 2, 3]], k=3, augmented=True)
