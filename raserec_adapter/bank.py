@@ -232,7 +232,19 @@ def _validate_add(
             "keys, values, users and lengths must have the same number of rows, got "
             f"{rows[0]}, {rows[1]}, {rows[2]} and {rows[3]}"
         )
+    _check_lengths(n, "memory")
     return k, v, u, n
+
+
+def _check_lengths(n: torch.Tensor, what: str) -> None:
+    """Prefix lengths count the items before a target (a memory) or in a query: >= 1."""
+    if n.numel() and int(n.min()) < 1:
+        bad = int((n < 1).sum())
+        raise ValueError(
+            f"{what} lengths must be >= 1 (the number of items in the prefix), got "
+            f"{int(n.min())} in {bad} of {n.numel()} rows; pass each pair's prefix length, "
+            "not a 0-based position"
+        )
 
 
 def _validate_search(
@@ -266,6 +278,7 @@ def _validate_search(
             "queries, users and lengths must have the same number of rows, got "
             f"{q.shape[0]}, {u.shape[0]} and {n.shape[0]}"
         )
+    _check_lengths(n, "query")
     return q, u, n
 
 
@@ -544,7 +557,8 @@ class TorchMemoryBank:
             lengths: ``(n,)`` integer prefix lengths of the pairs.
 
         Raises:
-            ValueError: on wrong shapes, NaN/inf rows or mismatched row counts.
+            ValueError: on wrong shapes, NaN/inf rows, lengths below 1 or mismatched row
+                counts.
 
         Example:
             >>> bank = TorchMemoryBank(dim=2)

@@ -173,6 +173,18 @@ def read_bank_dir(
             raise MemoryBankFormatError(
                 f"{arrays_path}: {name} must be integer, got {arrays[name].dtype}"
             )
+    for name in ("keys", "values"):
+        bad = int((~np.isfinite(arrays[name])).any(axis=1).sum()) if count else 0
+        if bad:
+            raise MemoryBankFormatError(
+                f"{arrays_path}: {name} hold NaN or infinite values in {bad} of {count} rows "
+                "(saved from a diverged encoder, or damaged); rebuild the bank (build_bank)"
+            )
+    if count and int(arrays["lengths"].min()) < 1:
+        raise MemoryBankFormatError(
+            f"{arrays_path}: lengths must be >= 1 (prefix lengths), got "
+            f"{int(arrays['lengths'].min())}; the file is damaged: rebuild the bank"
+        )
     return meta, arrays
 
 

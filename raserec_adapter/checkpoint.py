@@ -131,7 +131,7 @@ def read_meta(
 
     Raises:
         CheckpointError: If ``config.json`` is missing or malformed, has another format
-            version, or ``config`` differs from the saved one (other than ``hidden_size``).
+            version, or ``config`` differs from the saved one (``hidden_size`` 0 matches any).
     """
     path = Path(path)
     meta_file = path / "config.json"
@@ -152,6 +152,12 @@ def read_meta(
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{meta_file} is malformed: {e!r}") from e
     if config is not None:
+        if config.hidden_size not in (0, saved.hidden_size):
+            raise CheckpointError(
+                f"{path} was saved with hidden size {saved.hidden_size}, the given config asks "
+                f"for {config.hidden_size}; pass hidden_size=0 (take the encoder's) or "
+                f"{saved.hidden_size}, or retrain with the new size"
+            )
         given = config.replace(hidden_size=saved.hidden_size)
         if given != saved:
             diff = _config_diff(saved.to_dict(), given.to_dict())

@@ -30,6 +30,11 @@ def to_padded(
     if isinstance(sequences, torch.Tensor):
         seq, lens, full, cpu = check_padded(sequences, lengths, max_len, num_items)
         return seq, lens, full, cpu if with_seen else None
+    if lengths is not None:
+        raise ValueError(
+            "lengths are only for a padded tensor of sequences; lists carry their own lengths "
+            "(drop lengths=, or cut each list to the items you want used)"
+        )
     if not len(sequences):
         raise ValueError("no sequences given: pass a list of item-id sequences, e.g. [[1, 2, 3]]")
     if any(not hasattr(s, "__len__") for s in sequences):

@@ -138,6 +138,11 @@ def test_save_load_identical_scores_and_config_check(trained, tmp_path):
         RetrievalAugmenter.load(model, tmp_path / "ck", other)
     with pytest.raises(CheckpointError, match="hidden size 16.*settings it was saved with"):
         RetrievalAugmenter.load(SASRec(30, hidden_size=8, max_len=MAX_LEN), tmp_path / "ck")
+    same = again.config  # the saved config, hidden size and all, loads; 0 takes the encoder's
+    for size in (same.hidden_size, 0):
+        RetrievalAugmenter.load(model, tmp_path / "ck", same.replace(hidden_size=size))
+    with pytest.raises(CheckpointError, match="hidden size 16, the given config asks for 32"):
+        RetrievalAugmenter.load(model, tmp_path / "ck", same.replace(hidden_size=32))
     with pytest.raises(CheckpointError, match="trained for 30 items.*encoder it was saved with"):
         RetrievalAugmenter.load(SASRec(31, hidden_size=16, max_len=MAX_LEN), tmp_path / "ck")
     meta = json.loads((tmp_path / "ck" / "config.json").read_text())

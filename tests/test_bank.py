@@ -488,6 +488,8 @@ def test_load_errors(tmp_path: Path) -> None:
         ({"users": None}, r"lacks arrays \['users'\]"),
         ({"keys": arrays["keys"].astype(np.int64)}, "keys must be float, got int64"),
         ({"lengths": arrays["lengths"].astype(np.float32)}, "lengths must be integer"),
+        ({"lengths": arrays["lengths"] * 0}, r"lengths must be >= 1 \(prefix lengths\), got 0"),
+        ({"values": arrays["values"] * np.nan}, "values hold NaN or infinite values in 20 of 20"),
     ):
         edited = {k: v for k, v in {**arrays, **change}.items() if v is not None}
         np.savez(path / "arrays.npz", **edited)
@@ -574,6 +576,8 @@ def test_error_messages(cls) -> None:
         bank.add(ones, ones, ids[:4], ids)
     with pytest.raises(TypeError, match="lengths must be an integer tensor"):
         bank.add(ones, ones, ids, ones[:, 0])
+    with pytest.raises(ValueError, match=r"memory lengths must be >= 1 .* got 0 in 1 of 5 rows"):
+        bank.add(ones, ones, ids, ids)  # 0-based positions instead of prefix lengths
     assert len(bank) == 0  # failed adds add nothing
     bank.add(torch.randn(5, 4), ones, torch.tensor([0, 0, 0, 1, 1]), torch.tensor([1, 2, 3, 1, 2]))
     q = torch.randn(2, 4)
@@ -589,6 +593,8 @@ def test_error_messages(cls) -> None:
         bank.search(q, 1, users=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="queries, users and lengths must have the same"):
         bank.search(q, 1, users=torch.tensor([0]), lengths=torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"query lengths must be >= 1 .* got -1 in 1 of 2"):
+        bank.search(q, 1, users=torch.tensor([0, 1]), lengths=torch.tensor([-1, 2]))
     # user 0 at length 2 may see (0, 1) and both memories of user 1: 3 admissible
     qu, ql = torch.tensor([1, 0]), torch.tensor([1, 2])
     assert bank.search(q, 3, qu, ql).ids.shape == (2, 3)

@@ -86,6 +86,8 @@ def test_padded_tensors_that_do_not_fit_are_refused(trained):
         aug.recommend(torch.ones(2, 3, dtype=torch.long), lengths=torch.tensor([3]), k=3)
     with pytest.raises(ValueError, match="lengths must be 1 integers"):
         aug.recommend(torch.ones(1, 3, dtype=torch.long), lengths=torch.tensor([2.0]), k=3)
+    with pytest.raises(ValueError, match="lengths are only for a padded tensor"):
+        aug.recommend([[1, 2, 3]], lengths=torch.tensor([2]), k=3)  # would be ignored
 
 
 def test_memories_with_items_the_encoder_does_not_know_are_refused(trained):
