@@ -51,6 +51,7 @@ from raserec_adapter.bank_format import (
     BANK_FORMAT,
     BANK_FORMAT_VERSION,
     MemoryBankFormatError,
+    add_saved,
     bank_arrays,
     bank_meta,
     read_bank_dir,
@@ -710,10 +711,5 @@ class TorchMemoryBank:
             query_chunk=int(config.get("query_chunk", 4096)),
             max_chunk_elements=int(config.get("max_chunk_elements", 2**27)),
         )
-        bank.add(
-            torch.from_numpy(arrays["keys"]),
-            torch.from_numpy(arrays["values"]),
-            torch.from_numpy(arrays["users"]),
-            torch.from_numpy(arrays["lengths"]),
-        )
+        add_saved(bank, arrays, path)
         return bank

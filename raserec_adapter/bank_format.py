@@ -35,6 +35,7 @@ __all__ = [
     "BANK_FORMAT",
     "BANK_FORMAT_VERSION",
     "MemoryBankFormatError",
+    "add_saved",
     "bank_arrays",
     "bank_meta",
     "read_bank_dir",
@@ -173,19 +174,20 @@ def read_bank_dir(
             raise MemoryBankFormatError(
                 f"{arrays_path}: {name} must be integer, got {arrays[name].dtype}"
             )
-    for name in ("keys", "values"):
-        bad = int((~np.isfinite(arrays[name])).any(axis=1).sum()) if count else 0
-        if bad:
-            raise MemoryBankFormatError(
-                f"{arrays_path}: {name} hold NaN or infinite values in {bad} of {count} rows "
-                "(saved from a diverged encoder, or damaged); rebuild the bank (build_bank)"
-            )
-    if count and int(arrays["lengths"].min()) < 1:
-        raise MemoryBankFormatError(
-            f"{arrays_path}: lengths must be >= 1 (prefix lengths), got "
-            f"{int(arrays['lengths'].min())}; the file is damaged: rebuild the bank"
-        )
     return meta, arrays
+
+
+def add_saved(bank: Any, arrays: dict[str, np.ndarray], path: str | os.PathLike[str]) -> None:
+    """``bank.add`` of the arrays :func:`read_bank_dir` returned; the checks ``add`` makes
+    (finite keys and values, lengths >= 1) become a :class:`MemoryBankFormatError` naming
+    the file."""
+    try:
+        bank.add(*(torch.from_numpy(arrays[f]) for f in _ARRAY_FIELDS))
+    except ValueError as err:
+        raise MemoryBankFormatError(
+            f"{Path(path) / _ARRAYS_NAME}: {err}; the file is damaged or was saved from a "
+            "diverged encoder: rebuild the bank (build_bank)"
+        ) from err
 
 
 def bank_meta(cls_name: str, dim: int, count: int, config: dict[str, Any]) -> dict[str, Any]:

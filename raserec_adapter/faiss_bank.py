@@ -51,6 +51,7 @@ from .bank import (
 )
 from .bank_format import (
     MemoryBankFormatError,
+    add_saved,
     bank_arrays,
     bank_meta,
     read_bank_dir,
@@ -476,12 +477,7 @@ class FaissMemoryBank:
             )
         except ValueError as err:
             raise MemoryBankFormatError(f"{path}: bad config in bank.json: {err}") from err
-        bank.add(
-            torch.from_numpy(arrays["keys"]),
-            torch.from_numpy(arrays["values"]),
-            torch.from_numpy(arrays["users"]),
-            torch.from_numpy(arrays["lengths"]),
-        )
+        add_saved(bank, arrays, path)
         index_path = Path(path) / _INDEX_NAME
         if len(bank) and index_path.is_file():
             try:
