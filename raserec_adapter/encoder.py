@@ -224,6 +224,27 @@ def _check_finite(h: torch.Tensor, what: str) -> torch.Tensor:
     return h
 
 
+def _check_declared_items(model: nn.Module, weights: torch.Tensor) -> None:
+    """Refuses an ``item_embedding`` whose row count disagrees with the model's ``num_items``.
+
+    A table with extra rows (a ``[mask]`` or other special token after the items) would
+    otherwise be taken for more items, and the extra rows ranked and recommended.
+    """
+    declared = getattr(model, "num_items", None)
+    if not isinstance(declared, int) or isinstance(declared, bool):
+        return
+    rows = int(weights.shape[0]) if weights.dim() == 2 else -1
+    if rows != declared + 1:
+        name = type(model).__name__
+        raise EncoderError(
+            f"{name}.item_embedding has {rows} rows but {name}.num_items = {declared} means "
+            f"{declared + 1} (items 1..{declared} plus the padding row 0). If the extra rows are "
+            "special tokens (e.g. a [mask] row), say which rows score items: "
+            f"wrap_encoder(model, item_weights=lambda: model.item_embedding.weight[: {declared} "
+            "+ 1]), or give the model an item_weights() method returning them"
+        )
+
+
 def wrap_encoder(
     model: nn.Module,
     encode: EncodeFn | None = None,
@@ -235,12 +256,16 @@ def wrap_encoder(
     Args:
         model: The user's encoder. A RecBole-style model needs no other argument.
         encode: ``(item_seq, lengths) -> (B, d)``; default ``model(item_seq, lengths)``.
-        item_weights: ``() -> (N + 1, d)`` item table; default ``model.item_embedding.weight``.
+        item_weights: ``() -> (N + 1, d)`` item table; default ``model.item_weights()`` if the
+            model has that method, else ``model.item_embedding.weight`` (whose row count must
+            then agree with ``model.num_items`` when the model has that attribute).
         encode_all: ``(item_seq, lengths) -> (B, T, d)`` for causal encoders; default
             ``model.forward_all`` if the model has it and sets ``is_causal = True``.
 
     Raises:
-        EncoderError: Naming what is missing and how to adapt the model.
+        EncoderError: Naming what is missing and how to adapt the model, e.g. an
+            ``item_embedding`` with more rows than ``model.num_items + 1`` (a ``[mask]`` row)
+            and no ``item_weights`` saying which rows score items.
 
     Example:
         >>> from torch import nn
@@ -254,6 +279,9 @@ def wrap_encoder(
     if not isinstance(model, nn.Module):
         raise EncoderError(f"the encoder must be a torch.nn.Module, got {type(model).__name__}")
     name = type(model).__name__
+    own_weights = getattr(model, "item_weights", None)
+    if item_weights is None and callable(own_weights):
+        item_weights = own_weights  # the model says which rows score items (e.g. BERT4Rec)
     if item_weights is None:
         table = getattr(model, "item_embedding", None)
         if table is None:
@@ -272,6 +300,7 @@ def wrap_encoder(
                 f"{name}.item_embedding is a {type(table).__name__}, expected nn.Embedding. "
                 + _HOW_TO_ADAPT
             )
+        _check_declared_items(model, item_weights())
     if encode is None:
         encode = model
     if encode_all is None and getattr(model, "is_causal", False):

@@ -56,7 +56,14 @@ from raserec_adapter.data import (
 from raserec_adapter.encoder import WrappedEncoder, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.inputs import require_config, require_split
-from raserec_adapter.train_state import EarlyStopping, TrainingRun, TrainResult, atomic_save
+from raserec_adapter.train_state import (
+    EarlyStopping,
+    TrainingRun,
+    TrainResult,
+    atomic_save,
+    gives_back_best,
+    weights_copy,
+)
 
 __all__ = ["RecLoss", "TrainResult", "info_nce", "next_item_loss", "pretrain", "seed_everything"]
 
@@ -335,7 +342,9 @@ def pretrain(
             had stopped early returns its result without training.
 
     Returns:
-        A :class:`TrainResult`; the model holds the best epoch's weights afterwards.
+        A :class:`TrainResult`; the model holds the best epoch's weights afterwards, also when
+        training stops by an error or an interrupt (then the weights it came with if no epoch
+        finished), so a run that diverges after good epochs keeps them.
 
     Raises:
         ValueError: The encoder's item table is too small for the data; ``resume`` without
@@ -396,102 +405,103 @@ def pretrain(
         logger.info("no training state at %s yet: starting from epoch 1", state_path)
     result, seconds_before = stop.result, stop.result.seconds
     start = time.perf_counter()
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        enc.train()
-        t0 = time.perf_counter()
-        if windows is not None:
-            batches = iter_windows(split.sequences, windows, cfg.batch_size, True, cfg.seed + epoch)
-            n_batches = math.ceil(windows.num_pairs / cfg.batch_size)
-        else:
-            batches = iter_batches(
-                split.sequences,
-                split.train,
-                cfg.batch_size,
-                split.max_len,
-                True,
-                cfg.seed + epoch,
-                bucket=cfg.batching != "random",
-            )
-            n_batches = math.ceil(len(split.train) / cfg.batch_size)
-        # losses stay on the device until the epoch ends: reading one every step stalls a GPU
-        rec_losses: list[torch.Tensor] = []
-        ret_losses: list[torch.Tensor] = []
-        for host in progress(batches, n_batches, f"pretrain epoch {epoch}", show_progress):
-            batch = host.to(device)
-            with enc.trusted_inputs():  # batches of the validated split
-                if fuse:
-                    h, targets, z1, z2, view_pairs = _fused_views(
-                        enc, split, batch, host, windows, causal, rec_loss is None, sampler
-                    )
-                else:
-                    h, targets, pair_rows, second_view = _anchors(
-                        enc, batch, host, windows, causal, need_h=rec_loss is None
-                    )
-            if rec_loss is None:
-                assert h is not None
-                loss_rec = next_item_loss(h, enc.item_weights(), targets)
-            else:  # the user's code builds its own inputs: its encoder calls stay checked
-                loss_rec = rec_loss(enc, batch)
-            loss = loss_rec
-            if sampler is not None:
-                if not fuse:
-                    with enc.trusted_inputs():
-                        z1 = second_view()
-                        pos_rows = sampler.sample(pair_rows)
-                        view_pairs = np.concatenate([pair_rows, pos_rows])
-                        z2 = _encode_pairs(enc, split, pos_rows, device)
-                assert z1 is not None and z2 is not None and view_pairs is not None
-                mask_t = targets if cfg.mask_false_negatives else None
-                groups = None
-                if cfg.mask_same_user_negatives:
-                    groups = torch.from_numpy(split.train.users[view_pairs]).to(device)
-                loss_ret = info_nce(z1, z2, cfg.temperature, mask_t, groups)
-                loss = loss + cfg.retrieval_weight * loss_ret
-                ret_losses.append(loss_ret.detach())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            rec_losses.append(loss_rec.detach())
-        mean_rec, mean_ret = mean_of(rec_losses), mean_of(ret_losses)
-        train_seconds = time.perf_counter() - t0
-        valid = evaluate_encoder(enc, split, "valid", device=device)
-        record = {
-            "epoch": epoch,
-            "loss_rec": mean_rec,
-            "loss_ret": mean_ret,
-            "train_seconds": train_seconds,
-            **{f"valid_{k}": v for k, v in valid.items()},
-        }
-        result.history.append(record)
-        score = valid[cfg.valid_metric]
-        improved = score > stop.best_score
-        if show_progress:
-            logger.info(
-                "pretrain epoch %d: loss_rec %.4f loss_ret %.4f | valid %s %.4f%s | %.1f s",
-                epoch,
-                record["loss_rec"],
-                record["loss_ret"],
-                cfg.valid_metric,
-                score,
-                " *" if improved else "",
-                train_seconds,
-            )
-        if improved:
-            stop.best_score, stop.bad_epochs = score, 0
-            result.best_epoch, result.best_valid = epoch, valid
-            stop.best_state = {k: v.detach().clone() for k, v in enc.module.state_dict().items()}
-            if checkpoint is not None:
-                atomic_save(stop.best_state, Path(checkpoint))
-        else:
-            stop.bad_epochs += 1
-        result.epochs_run = epoch
-        result.seconds = seconds_before + time.perf_counter() - start
-        if state_path is not None and stop.best_state is not None:
-            run.save(Path(state_path), stop)
-        if stop.bad_epochs >= cfg.patience:
-            break
-    if stop.best_state is not None:
-        enc.module.load_state_dict(stop.best_state)
+    with gives_back_best(enc.module, stop):  # an error or interrupt too: the best weights
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            enc.train()
+            t0 = time.perf_counter()
+            if windows is not None:
+                batches = iter_windows(
+                    split.sequences, windows, cfg.batch_size, True, cfg.seed + epoch
+                )
+                n_batches = math.ceil(windows.num_pairs / cfg.batch_size)
+            else:
+                batches = iter_batches(
+                    split.sequences,
+                    split.train,
+                    cfg.batch_size,
+                    split.max_len,
+                    True,
+                    cfg.seed + epoch,
+                    bucket=cfg.batching != "random",
+                )
+                n_batches = math.ceil(len(split.train) / cfg.batch_size)
+            # losses stay on the device until the epoch ends: reading one every step stalls a GPU
+            rec_losses: list[torch.Tensor] = []
+            ret_losses: list[torch.Tensor] = []
+            for host in progress(batches, n_batches, f"pretrain epoch {epoch}", show_progress):
+                batch = host.to(device)
+                with enc.trusted_inputs():  # batches of the validated split
+                    if fuse:
+                        h, targets, z1, z2, view_pairs = _fused_views(
+                            enc, split, batch, host, windows, causal, rec_loss is None, sampler
+                        )
+                    else:
+                        h, targets, pair_rows, second_view = _anchors(
+                            enc, batch, host, windows, causal, need_h=rec_loss is None
+                        )
+                if rec_loss is None:
+                    assert h is not None
+                    loss_rec = next_item_loss(h, enc.item_weights(), targets)
+                else:  # the user's code builds its own inputs: its encoder calls stay checked
+                    loss_rec = rec_loss(enc, batch)
+                loss = loss_rec
+                if sampler is not None:
+                    if not fuse:
+                        with enc.trusted_inputs():
+                            z1 = second_view()
+                            pos_rows = sampler.sample(pair_rows)
+                            view_pairs = np.concatenate([pair_rows, pos_rows])
+                            z2 = _encode_pairs(enc, split, pos_rows, device)
+                    assert z1 is not None and z2 is not None and view_pairs is not None
+                    mask_t = targets if cfg.mask_false_negatives else None
+                    groups = None
+                    if cfg.mask_same_user_negatives:
+                        groups = torch.from_numpy(split.train.users[view_pairs]).to(device)
+                    loss_ret = info_nce(z1, z2, cfg.temperature, mask_t, groups)
+                    loss = loss + cfg.retrieval_weight * loss_ret
+                    ret_losses.append(loss_ret.detach())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                rec_losses.append(loss_rec.detach())
+            mean_rec, mean_ret = mean_of(rec_losses), mean_of(ret_losses)
+            train_seconds = time.perf_counter() - t0
+            valid = evaluate_encoder(enc, split, "valid", device=device)
+            record = {
+                "epoch": epoch,
+                "loss_rec": mean_rec,
+                "loss_ret": mean_ret,
+                "train_seconds": train_seconds,
+                **{f"valid_{k}": v for k, v in valid.items()},
+            }
+            result.history.append(record)
+            score = valid[cfg.valid_metric]
+            improved = score > stop.best_score
+            if show_progress:
+                logger.info(
+                    "pretrain epoch %d: loss_rec %.4f loss_ret %.4f | valid %s %.4f%s | %.1f s",
+                    epoch,
+                    record["loss_rec"],
+                    record["loss_ret"],
+                    cfg.valid_metric,
+                    score,
+                    " *" if improved else "",
+                    train_seconds,
+                )
+            if improved:
+                stop.best_score, stop.bad_epochs = score, 0
+                result.best_epoch, result.best_valid = epoch, valid
+                stop.best_state = weights_copy(enc.module)
+                if checkpoint is not None:
+                    atomic_save(stop.best_state, Path(checkpoint))
+            else:
+                stop.bad_epochs += 1
+            result.epochs_run = epoch
+            result.seconds = seconds_before + time.perf_counter() - start
+            if state_path is not None and stop.best_state is not None:
+                run.save(Path(state_path), stop)
+            if stop.bad_epochs >= cfg.patience:
+                break
     enc.eval()
     result.seconds = seconds_before + time.perf_counter() - start
     return result

@@ -35,11 +35,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +50,7 @@ from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.losses import frozen_table_cross_entropy
 from raserec_adapter.pretraining import mean_of
 from raserec_adapter.ram import RetrievalAugmentedModule
-from raserec_adapter.train_state import EarlyStopping, TrainResult
+from raserec_adapter.train_state import EarlyStopping, TrainResult, gives_back_best, weights_copy
 
 __all__ = ["evaluate_ram", "search_neighbours", "train_ram"]
 
@@ -186,20 +184,6 @@ def _check_inputs(
             )
 
 
-def _weights(ram: RetrievalAugmentedModule) -> dict[str, torch.Tensor]:
-    return {n: t.detach().clone() for n, t in ram.state_dict().items()}
-
-
-@contextlib.contextmanager
-def _gives_back_best(ram: RetrievalAugmentedModule, stop: EarlyStopping) -> Iterator[None]:
-    """On leaving (an error or interrupt too): the best epoch's weights, else the RAM's own."""
-    start = _weights(ram)
-    try:
-        yield
-    finally:
-        ram.load_state_dict(stop.best_state if stop.best_state is not None else start)
-
-
 def train_ram(
     ram: RetrievalAugmentedModule,
     split: LeaveOneOutSplit,
@@ -306,7 +290,7 @@ def train_ram(
     cuda: list[int] = []  # the CUDA device whose random state dropout draws from
     if dev.type == "cuda":
         cuda = [dev.index if dev.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=cuda), _gives_back_best(ram, stop):
+    with torch.random.fork_rng(devices=cuda), gives_back_best(ram, stop):
         torch.manual_seed(config.seed)  # the RAM's dropout; the caller's state is kept
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
@@ -343,7 +327,7 @@ def train_ram(
             if improved:
                 stop.best_score, stop.bad_epochs = score, 0
                 result.best_epoch, result.best_valid = epoch, valid
-                stop.best_state = _weights(ram)
+                stop.best_state = weights_copy(ram)
             else:
                 stop.bad_epochs += 1
             result.epochs_run = epoch

@@ -10,8 +10,11 @@ a temporary name and renamed, and read with ``torch.load(..., weights_only=True)
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,34 @@ class EarlyStopping:
     best_state: dict[str, torch.Tensor] | None = None
     best_score: float = -math.inf
     bad_epochs: int = 0
+
+
+def weights_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``module``'s state dict (one epoch's weights to give back later)."""
+    return {n: t.detach().clone() for n, t in module.state_dict().items()}
+
+
+@contextlib.contextmanager
+def gives_back_best(module: nn.Module, stop: EarlyStopping) -> Iterator[None]:
+    """On leaving the block, even by an error or an interrupt: ``module`` holds the best epoch's
+    weights, else (no epoch finished) the weights it had on entering.
+
+    A run that diverges (NaN) or is interrupted after a good epoch thus never leaves the
+    model with the broken or half-trained weights of the last steps.
+    """
+    start = weights_copy(module)
+    try:
+        yield
+    except BaseException as exc:
+        kept = "the weights it had before training"
+        if stop.best_state is not None:
+            kept = f"the weights of its best epoch ({stop.result.best_epoch})"
+        logging.getLogger("raserec_adapter").warning(
+            "training stopped by %s: %s keeps %s", type(exc).__name__, type(module).__name__, kept
+        )
+        raise
+    finally:
+        module.load_state_dict(stop.best_state if stop.best_state is not None else start)
 
 
 def atomic_save(state: dict[str, Any], path: Path) -> None:

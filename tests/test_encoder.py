@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from examples.models import SASRec
+from examples.models import BERT4Rec, SASRec
 from raserec_adapter.encoder import EncoderError, wrap_encoder
 
 
@@ -43,6 +43,35 @@ def test_sasrec_is_causal_and_positions_count_from_start():
 def test_recbole_style_model_wraps_without_glue():
     enc = wrap_encoder(SASRec(num_items=20, hidden_size=16))
     assert enc.is_causal and enc.num_items == 20 and enc.hidden_size == 16
+
+
+class ExtraRow(nn.Module):
+    """A table with a special-token row after the items, declared by ``num_items``."""
+
+    def __init__(self, num_items=10):
+        super().__init__()
+        self.num_items = num_items
+        self.item_embedding = nn.Embedding(num_items + 2, 8, padding_idx=0)
+
+    def forward(self, seq, lens):
+        return self.item_embedding(seq).mean(1)
+
+
+def test_item_table_with_extra_rows_is_not_taken_for_more_items():
+    with pytest.raises(
+        EncoderError, match=r"has 12 rows but ExtraRow.num_items = 10.*\[: 10 \+ 1\]"
+    ):
+        wrap_encoder(ExtraRow())
+    model = ExtraRow()
+    enc = wrap_encoder(model, item_weights=lambda: model.item_embedding.weight[:11])
+    assert enc.num_items == 10
+    # a model's own item_weights() method says which rows score items: BERT4Rec's [mask] row
+    # is neither ranked nor accepted as an input id
+    bert = BERT4Rec(num_items=20, hidden_size=16, max_len=8)
+    enc = wrap_encoder(bert)
+    assert enc.num_items == 20 and enc.score(torch.zeros(1, 16)).shape == (1, 21)
+    with pytest.raises(ValueError, match=r"item ids must lie in 1\.\.20"):
+        enc(torch.tensor([[bert.mask_token]]), torch.tensor([1]))
 
 
 def test_missing_item_table_names_candidates():

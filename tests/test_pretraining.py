@@ -72,6 +72,62 @@ def test_info_nce_same_group_negatives_are_dropped(mask):
         info_nce(z1, z2, 0.5, t, groups[:5])
 
 
+def test_a_run_that_diverges_keeps_the_best_epochs_weights(tmp_path, caplog):
+    split = leave_one_out(synthetic_sequences(40, 20, seed=3), max_len=10)
+    torch.manual_seed(0)
+    model = SASRec(20, hidden_size=8, max_len=10)
+    steps_per_epoch = math.ceil(len(split.train) / 32)
+    calls = {"n": 0}
+
+    def diverging(enc, batch):  # epoch 2's first step sends the weights to NaN
+        calls["n"] += 1
+        if calls["n"] == steps_per_epoch + 1:
+            with torch.no_grad():
+                model.item_embedding.weight.fill_(float("nan"))
+        h = enc(batch.item_seq, batch.lengths)
+        return nn.functional.cross_entropy(h @ enc.item_weights().t(), batch.targets)
+
+    with pytest.raises(ValueError, match="NaN"):
+        pretrain(
+            model,
+            split,
+            PretrainConfig(epochs=3, batch_size=32, max_len=10, retrieval_weight=0.0),
+            rec_loss=diverging,
+            checkpoint=tmp_path / "best.pt",
+            show_progress=False,
+        )
+    best = torch.load(tmp_path / "best.pt", weights_only=True)  # epoch 1's weights
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, best[k], rtol=0, atol=0, msg=k)
+    assert "best epoch (1)" in caplog.text
+
+
+def test_a_run_that_fails_in_its_first_epoch_gives_the_weights_back():
+    split = leave_one_out(synthetic_sequences(40, 20, seed=3), max_len=10)
+    model = MeanEncoder(20)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def interrupted(enc, batch):
+        h = enc(batch.item_seq, batch.lengths)
+        loss = nn.functional.cross_entropy(h @ enc.item_weights().t(), batch.targets)
+        if interrupted.steps == 2:  # two optimizer steps have changed the weights
+            raise KeyboardInterrupt
+        interrupted.steps += 1
+        return loss
+
+    interrupted.steps = 0
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(
+            model,
+            split,
+            PretrainConfig(epochs=2, batch_size=8, max_len=10, retrieval_weight=0.0),
+            rec_loss=interrupted,
+            show_progress=False,
+        )
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0, msg=k)
+
+
 @pytest.mark.parametrize("batching", ["windows", "random"])
 @pytest.mark.parametrize("fuse", [False, True])
 def test_same_user_groups_are_the_views_users(batching, fuse, monkeypatch):
