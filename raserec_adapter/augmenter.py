@@ -55,8 +55,11 @@ from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
 from raserec_adapter.evaluation import rank_targets
 from raserec_adapter.inputs import (
     as_id_array,
+    check_device,
     refuse_as_batches,
     require_config,
+    require_flag,
+    require_positive_int,
     require_split,
     to_padded,
 )
@@ -96,6 +99,8 @@ class RetrievalAugmenter(nn.Module):
         encode_all: EncodeFn | None = None,
     ) -> None:
         super().__init__()
+        if config is not None:
+            require_config(config, AugmenterConfig, "RetrievalAugmenter")
         self.encoder = wrap_encoder(encoder, encode, item_weights, encode_all)
         cfg = config or AugmenterConfig()
         d = self.encoder.hidden_size
@@ -158,6 +163,8 @@ class RetrievalAugmenter(nn.Module):
         device: torch.device | str = "cpu",
     ) -> torch.Tensor:
         """Frozen-encoder representations ``(n, d)`` of prefixes (dropout off), in their order."""
+        require_positive_int(batch_size, "batch_size")
+        check_device(device)
         self.encoder.eval()
         out = torch.empty(len(prefixes), self.encoder.hidden_size)
         with self.encoder.trusted_inputs():  # batches of validated sequences
@@ -225,7 +232,7 @@ class RetrievalAugmenter(nn.Module):
         """
         if phase not in ("train", "test"):
             raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
-        _check_device(device)
+        check_device(device)
         t0 = time.perf_counter()
         # the new bank is built aside: a failed build leaves the old bank (and its cache) as is
         bank = self._new_bank(device)
@@ -552,7 +559,7 @@ class RetrievalAugmenter(nn.Module):
         them.
         """
         require_split(split, "fit_raft")
-        _check_device(device)
+        check_device(device)
         if config is not None:
             require_config(config, RAFTConfig, "fit_raft")
         cfg = config or RAFTConfig()
@@ -704,7 +711,7 @@ class RetrievalAugmenter(nn.Module):
             raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
         require_split(split, "ranks")
         augmented = _variants(augmented)
-        _check_device(device)
+        check_device(device)
         self._check_split(split)
         queries = split.eval_set(which)
         sequences, prefixes = split.sequences, queries
@@ -787,7 +794,12 @@ class RetrievalAugmenter(nn.Module):
         n = self.encoder.num_items
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an int, got {k!r}")
+        augmented = require_flag(augmented, "augmented")
+        exclude_seen = require_flag(exclude_seen, "exclude_seen")
         seq, lens, full, seen = to_padded(sequences, lengths, self.config.max_len, n, exclude_seen)
+        u = None
+        if users is not None:  # checked also when unused, so a wrong list fails either way
+            u = torch.from_numpy(as_id_array(users, "users", len(lens), low=0))
         if k < 1 or k > n:
             raise ValueError(f"k must be in 1..{n}, got {k}")
         if seen is not None:
@@ -800,14 +812,11 @@ class RetrievalAugmenter(nn.Module):
                     f"k = {k} but sequence {i} leaves only {int(unseen[i])} unseen items of "
                     f"{n}; lower k or pass exclude_seen=False"
                 )
-        _check_device(device)
+        check_device(device)
         self.eval()
         seq, lens = seq.to(device), lens.to(device)
         h = self.encoder(seq, lens)
         if augmented:
-            u = None
-            if users is not None:
-                u = torch.from_numpy(as_id_array(users, "users", len(lens), low=0))
             h = self.augment(h, u, None if u is None else full)
         table = self._item_table()
         scores = h @ table.to(device).t()
@@ -881,6 +890,8 @@ class RetrievalAugmenter(nn.Module):
             CheckpointError: If the checkpoint is missing or malformed, was saved with another
                 config than ``config`` (when given), or does not fit the encoder.
         """
+        if config is not None:
+            require_config(config, AugmenterConfig, "RetrievalAugmenter.load")
         path = Path(path)
         meta, saved = read_meta(path, config)
         aug = cls(encoder, saved.replace(hidden_size=0), **wrap_kwargs)
@@ -920,7 +931,7 @@ class RetrievalAugmenter(nn.Module):
             raise CheckpointError(
                 f"{path / 'ram.pt'} does not fit the RAM of this config: {e}"
             ) from e
-        _check_device(device)
+        check_device(device)
         aug.ram.to(device)
         aug.bank = read_bank(path, saved, device)
         phase = meta.get("bank_phase")
@@ -1003,12 +1014,3 @@ def _variants(augmented: bool | Sequence[bool]) -> tuple[bool, ...]:
             f"augmented must be True, False or a non-empty sequence of them, got {augmented!r}"
         )
     return out
-
-
-def _check_device(device: torch.device | str) -> None:
-    """A clear error for a CUDA device on a machine (or torch build) without CUDA."""
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={str(device)!r} but CUDA is not available here (a CPU build of torch or "
-            "no GPU); use device='cpu'"
-        )

@@ -57,6 +57,7 @@ from raserec_adapter.bank_format import (
     read_bank_dir,
     write_bank_dir,
 )
+from raserec_adapter.inputs import check_device
 
 __all__ = [
     "BANK_FORMAT",
@@ -528,7 +529,7 @@ class TorchMemoryBank:
             )
         self.query_chunk = query_chunk
         self.max_chunk_elements = max_chunk_elements
-        self._device = torch.device(device)
+        self._device = check_device(device)
         self._store = _TensorStore(self.dim, self._device)
 
     @property

@@ -23,9 +23,12 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from raserec_adapter.inputs import require_positive_int
 
 __all__ = [
     "Batch",
@@ -129,6 +132,58 @@ class Sequences:
 
     def __getitem__(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def labels_of(self, ids: Any) -> np.ndarray:
+        """The original item ids (as in the data file) of 1-based item ids, same shape.
+
+        Use it on ``recommend``'s output: readers renumber items, so id ``i`` is the file's
+        ``item_labels[i - 1]``.
+
+        Raises:
+            ValueError: If the sequences carry no ``item_labels`` or an id is outside ``1..N``.
+
+        Example:
+            >>> seqs = Sequences.from_lists([[1, 2], [2, 3]], item_labels=["b07", "a11", "c42"])
+            >>> seqs.labels_of([[3, 1]]).tolist(), seqs.ids_of(["a11", "c42"]).tolist()
+            ([['c42', 'b07']], [2, 3])
+        """
+        labels = self._item_labels()
+        arr = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
+        if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 1 or arr.max() > self.num_items):
+            raise ValueError(
+                f"item ids must be integers in 1..{self.num_items}, got {arr.dtype} values "
+                + (f"from {arr.min()} to {arr.max()}" if arr.dtype.kind in "iuf" else "")
+            )
+        return labels[arr.astype(np.int64) - 1]
+
+    def ids_of(self, labels: Sequence[str] | np.ndarray) -> np.ndarray:
+        """The 1-based item ids of original item ids (the file's), e.g. to build a query.
+
+        Raises:
+            ValueError: If the sequences carry no ``item_labels`` or a label is unknown (the
+                message names the first few).
+        """
+        table = self._item_labels()
+        wanted = np.asarray(labels).astype(str)
+        order = np.argsort(table, kind="stable")
+        pos = np.searchsorted(table, wanted, sorter=order)
+        pos = np.minimum(pos, len(table) - 1)
+        found = table[order[pos]] == wanted
+        if not found.all():
+            missing = wanted[~found]
+            raise ValueError(
+                f"{len(missing)} item labels are not in the data, e.g. {missing[:5].tolist()}; "
+                "items the data never saw have no id (drop them from the query)"
+            )
+        return order[pos].astype(np.int64) + 1
+
+    def _item_labels(self) -> np.ndarray:
+        if self.item_labels is None:
+            raise ValueError(
+                "these sequences carry no item_labels (they were built from ids, not read from "
+                "a file): their item ids are the only ids there are"
+            )
+        return np.asarray(self.item_labels, dtype=str)
 
     def save(self, path: str | Path) -> None:
         """Writes an ``.npz`` file (no pickles) holding the sequences and the id maps."""
@@ -297,10 +352,13 @@ def leave_one_out(sequences: Sequences, max_len: int = 50, min_length: int = 3) 
     Raises:
         DataFormatError: If a user has fewer than ``min_length`` items.
     """
-    if max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
-    if min_length < 3:
-        raise ValueError("min_length must be >= 3 for a leave-one-out split")
+    if not isinstance(sequences, Sequences):
+        raise TypeError(
+            f"leave_one_out takes Sequences, got {type(sequences).__name__}; build them with "
+            "Sequences.from_lists(lists_of_item_ids) or a reader (read_interactions, ...)"
+        )
+    max_len = require_positive_int(max_len, "max_len")
+    min_length = require_positive_int(min_length, "min_length (a leave-one-out split)", low=3)
     lengths = sequences.lengths
     short = np.flatnonzero(lengths < min_length)
     if len(short):
@@ -437,6 +495,8 @@ def iter_batches(
         >>> b.item_seq.tolist(), b.lengths.tolist()
         ([[1, 2, 3, 0], [2, 3, 1, 4]], [3, 4])
     """
+    batch_size = require_positive_int(batch_size, "batch_size")
+    max_len = require_positive_int(max_len, "max_len")
     if len(prefixes) and prefixes.lengths.min() < 1:
         raise DataFormatError("every prefix needs at least one item (empty sequence found)")
     in_lengths = np.minimum(prefixes.lengths, max_len)
@@ -536,6 +596,7 @@ def iter_windows(
     that each step sees about ``batch_size`` pairs (as a per-prefix batch of that size would),
     whether its windows are short or long.
     """
+    batch_size = require_positive_int(batch_size, "batch_size")
     rng = np.random.default_rng(seed) if shuffle else None
     buckets = _length_buckets(windows.lengths, batch_size, shuffle, rng, windows.loss_from_end)
     for rows in buckets:

@@ -91,6 +91,12 @@ class WrappedEncoder(nn.Module):
                 f"the item table must be a (N + 1, d) matrix with row 0 for padding, got shape "
                 f"{tuple(weights.shape)}"
             )
+        if weights.dtype != torch.float32:
+            raise EncoderError(
+                f"the item table is {weights.dtype}; the library trains, scores and stores "
+                "memories in torch.float32: convert the model with model.float() (for lower "
+                "precision at run time, use torch.autocast around the calls)"
+            )
 
     @property
     def num_items(self) -> int:
@@ -153,6 +159,7 @@ class WrappedEncoder(nn.Module):
                 f"forward_all must return (B, T, d) = {(*item_seq.shape, self.hidden_size)}, "
                 f"got {tuple(h.shape)}"
             )
+        _check_dtype(h, "encode_all")
         if not torch.is_grad_enabled():  # real positions only: padding may hold anything
             real = torch.arange(h.shape[1], device=h.device) < item_seq_len.unsqueeze(1)
             _check_finite(torch.where(real.unsqueeze(2), h, 0.0), "encode_all")
@@ -203,12 +210,24 @@ class WrappedEncoder(nn.Module):
             )
         if h.dim() != 2 or h.shape[0] != batch:
             raise EncoderError(f"the encoder's {what} must return (B, d), got {tuple(h.shape)}")
+        _check_dtype(h, what)
         if h.shape[1] != self.hidden_size:
             raise EncoderError(
                 f"the encoder returns vectors of size {h.shape[1]} but the item table has size "
                 f"{self.hidden_size}; scores need both equal (add a projection to the encoder)"
             )
         return _check_finite(h, what)
+
+
+def _check_dtype(h: torch.Tensor, what: str) -> None:
+    """Refuses float64/half outputs (outside autocast): scores against the float32 item table
+    would fail deep inside a matmul."""
+    if h.dtype != torch.float32 and not torch.is_autocast_enabled(h.device.type):
+        raise EncoderError(
+            f"the encoder's {what} returned {h.dtype} vectors but the item table is "
+            "torch.float32; scores need one dtype: return h.float() from the encoder (or "
+            "compute it in float32)"
+        )
 
 
 def _check_finite(h: torch.Tensor, what: str) -> torch.Tensor:

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_id_array", "check_padded", "to_padded"]
+__all__ = [
+    "as_id_array",
+    "check_device",
+    "check_padded",
+    "require_flag",
+    "require_positive_int",
+    "to_padded",
+]
 
 
 def to_padded(
@@ -198,3 +205,30 @@ def require_config(config: object, kind: type, method: str) -> None:
             + (f" {config!r}" if isinstance(config, dict) else "")
             + f"; e.g. {kind.__name__}(epochs=...)"
         )
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a ``torch.device``; a clear error for CUDA on a machine without it."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={str(device)!r} but CUDA is not available here (a CPU build of torch or "
+            "no GPU); use device='cpu'"
+        )
+    return dev
+
+
+def require_flag(value: object, name: str) -> bool:
+    """``value`` if it is a bool (numpy's too): a string such as ``"False"`` would be truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def require_positive_int(value: object, name: str, low: int = 1) -> int:
+    """``value`` if it is an int ``>= low`` (numpy's too; not a bool or a float like 2.5)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)

@@ -55,7 +55,12 @@ from raserec_adapter.data import (
 )
 from raserec_adapter.encoder import WrappedEncoder, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
-from raserec_adapter.inputs import require_config, require_split
+from raserec_adapter.inputs import (
+    check_device,
+    require_config,
+    require_positive_int,
+    require_split,
+)
 from raserec_adapter.train_state import (
     EarlyStopping,
     TrainingRun,
@@ -375,7 +380,7 @@ def pretrain(
     _check_inputs(cfg, split, checkpoint, state_path)
     enc = wrap_encoder(encoder)
     check_item_count(enc.num_items, split)
-    device = torch.device(device)
+    device = check_device(device)
     fuse = device.type != "cpu" if fuse is None else fuse
     enc.to(device)
     seed_everything(cfg.seed)
@@ -531,6 +536,13 @@ def _check_inputs(
                 f"{name} = {where} is a directory; pass a file path such as "
                 f"{Path(where) / ('encoder.pt' if name == 'checkpoint' else 'pretrain-state.pt')}"
             )
+        if where is not None:  # atomic_save makes missing folders; a file in the way fails
+            blocking = next((p for p in Path(where).parents if p.exists()), None)
+            if blocking is not None and not blocking.is_dir():
+                raise ValueError(
+                    f"{name} = {where} cannot be written: {blocking} is a file, not a folder; "
+                    "pass a path inside a folder"
+                )
 
 
 def check_item_count(num_items: int, split: LeaveOneOutSplit) -> None:
@@ -569,6 +581,9 @@ def evaluate_encoder(
 
     The encoder is put in eval mode (dropout off) for the evaluation and restored afterwards.
     """
+    require_split(split, "evaluate_encoder")
+    check_device(device)
+    require_positive_int(batch_size, "batch_size")
     enc = wrap_encoder(encoder)
     was_training = enc.training
     enc.eval()

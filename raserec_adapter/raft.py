@@ -47,6 +47,7 @@ from raserec_adapter.bank import MemoryBank
 from raserec_adapter.config import RAFTConfig
 from raserec_adapter.data import Batch, LeaveOneOutSplit
 from raserec_adapter.evaluation import evaluate_ranking
+from raserec_adapter.inputs import check_device
 from raserec_adapter.losses import frozen_table_cross_entropy
 from raserec_adapter.pretraining import mean_of
 from raserec_adapter.ram import RetrievalAugmentedModule
@@ -243,7 +244,7 @@ def train_ram(
         ),
     )
     t_start = time.perf_counter()
-    dev = torch.device(device)
+    dev = check_device(device)
     ram.to(dev)
 
     def fixed(t: torch.Tensor) -> torch.Tensor:  # an input: no gradient, float32, on dev

@@ -30,6 +30,7 @@ import codecs
 import csv
 import gzip
 import io
+import logging
 import os
 import re
 import zlib
@@ -42,6 +43,8 @@ import numpy as np
 from .data import DataFormatError, Sequences
 
 __all__ = ["k_core_filter", "read_interactions", "read_sequences_txt"]
+
+logger = logging.getLogger("raserec_adapter")
 
 _INT64_MAX = np.iinfo(np.int64).max
 _NOT_INT_BYTE = re.compile(rb"[^0-9 \t\r\n]")
@@ -147,8 +150,10 @@ def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
     name ending in ``.gz`` is decompressed while reading.
     Users keep the file order (internal user ``u`` is the ``u``-th non-blank line). If the item
     ids are exactly ``1..N`` they are kept unchanged (so results match the published files);
-    otherwise items are renumbered ``1..N`` in order of first appearance. ``user_labels`` and
-    ``item_labels`` hold the original ids as strings.
+    otherwise items are renumbered ``1..N`` in order of first appearance (logged at INFO).
+    ``user_labels`` and ``item_labels`` hold the original ids as strings;
+    :meth:`~raserec_adapter.Sequences.labels_of` and :meth:`~raserec_adapter.Sequences.ids_of`
+    map between them and the ids the library uses.
 
     Args:
         path: The text file.
@@ -216,7 +221,17 @@ def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
 
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts - 1, out=offsets[1:])
+    original = items
     items, item_labels = _renumber_items(items)
+    if items is not original:
+        logger.info(
+            "%s: item ids are not exactly 1..N (they run from %d to %d); renumbered 1..%d in "
+            "order of first appearance: sequences.labels_of(ids) gives the file's ids back",
+            path,
+            original.min(),
+            original.max(),
+            len(item_labels),
+        )
     return Sequences(items, offsets, len(item_labels), users.astype(str), item_labels)
 
 
@@ -352,7 +367,8 @@ def read_interactions(
             interactions (see :func:`k_core_filter`) before numbering.
 
     Returns:
-        The sequences, with the original ids in ``user_labels`` and ``item_labels``.
+        The sequences, with the original ids in ``user_labels`` and ``item_labels``
+        (:meth:`~raserec_adapter.Sequences.labels_of` maps recommended ids back to them).
 
     Raises:
         DataFormatError: If the file has no header or rows, a column is missing (the

@@ -127,3 +127,27 @@ def test_trusted_inputs_skip_only_the_device_reading_value_checks():
     assert enc._trusted == 0
     with pytest.raises(RuntimeError):
         enc._check_input(*on_meta)
+
+
+def test_other_dtypes_are_refused_with_the_fix():
+    class Double(AllPositions):
+        def forward(self, seq, lens):
+            return self.proj(self.item_embedding(seq)).mean(1).double()
+
+    enc = wrap_encoder(Double())
+    with pytest.raises(EncoderError, match=r"returned torch.float64 .* h.float\(\)"):
+        enc(torch.tensor([[1, 2]]), torch.tensor([2]))
+    causal = SASRec(num_items=20, hidden_size=16, max_len=10)
+    causal.forward_all = lambda s, n: SASRec.forward_all(causal, s, n).half()
+    with pytest.raises(EncoderError, match=r"encode_all returned torch.float16"):
+        wrap_encoder(causal).forward_all(torch.tensor([[1, 2]]), torch.tensor([2]))
+    with pytest.raises(EncoderError, match=r"item table is torch.float64.*model.float\(\)"):
+        wrap_encoder(SASRec(num_items=20, hidden_size=16).double())
+
+    class Mean(AllPositions):
+        def forward(self, seq, lens):
+            return self.proj(self.item_embedding(seq)).mean(1)
+
+    mean = wrap_encoder(Mean())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # lower precision by autocast is fine
+        assert mean(torch.tensor([[1, 2]]), torch.tensor([2])).dtype == torch.bfloat16

@@ -303,6 +303,17 @@ def test_settings_that_would_fail_late_are_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="state_path = .* is a directory"):
         pretrain(model, split, cfg, state_path=tmp_path)
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "runs").write_text("a file where a folder should be")
+    for kwargs in (
+        {"checkpoint": tmp_path / "runs" / "a" / "enc.pt"},
+        {"state_path": tmp_path / "runs" / "state.pt"},
+    ):
+        with pytest.raises(ValueError, match=r"cannot be written: .*runs is a file, not a folder"):
+            pretrain(model, split, cfg, **kwargs)
+    (tmp_path / "runs").unlink()
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available here.*device='cpu'"):
+            pretrain(model, split, cfg, device="cuda")
     short = leave_one_out(Sequences.from_lists([[1, 2, 3]] * 4), max_len=10)
     with pytest.raises(ValueError, match="no training pairs"):
         pretrain(SASRec(3, hidden_size=8, max_len=10), short, cfg)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -66,6 +67,29 @@ def test_txt_non_contiguous_ids_are_remapped_by_first_appearance(tmp_path: Path)
     assert seqs.item_labels.tolist() == ["50", "7", "0", "99"]
     assert seqs.user_labels.tolist() == ["10", "20"]
     assert labelled(seqs) == {"10": ["50", "7", "0"], "20": ["7", "99", "50"]}
+
+
+def test_renumbering_is_logged_and_labels_map_both_ways(tmp_path: Path, caplog) -> None:
+    caplog.set_level("INFO", logger="raserec_adapter")
+    read_sequences_txt(write(tmp_path, "kept.txt", "1 1 2\n2 2 1\n"))
+    assert "renumbered" not in caplog.text  # ids already 1..N: nothing to say
+    seqs = read_sequences_txt(write(tmp_path, "a.txt", "10 50 7 0\n20 7 99 50\n"))
+    assert "a.txt: item ids are not exactly 1..N (they run from 0 to 99)" in caplog.text
+    assert "renumbered 1..4" in caplog.text
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, seqs.num_items + 1, size=(3, 5))
+    labels = seqs.labels_of(torch.from_numpy(ids))  # recommend's output is a tensor
+    assert labels.shape == (3, 5)
+    assert labels.tolist() == [[seqs.item_labels[i - 1] for i in row] for row in ids.tolist()]
+    assert seqs.ids_of(labels.ravel()).tolist() == ids.ravel().tolist()  # a round trip
+    assert seqs.ids_of(np.array([99, 0])).tolist() == [4, 3]  # labels compare as strings
+    with pytest.raises(ValueError, match=r"2 item labels are not in the data, e.g. \['8', 'x'\]"):
+        seqs.ids_of(["50", "8", "x"])
+    for bad in ([0], [5], [1.5]):
+        with pytest.raises(ValueError, match=r"item ids must be integers in 1..4"):
+            seqs.labels_of(bad)
+    with pytest.raises(ValueError, match="carry no item_labels"):
+        Sequences.from_lists([[1, 2]]).labels_of([1])
 
 
 def test_txt_gap_in_ids_is_remapped(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import pretrained_sasrec, small_augmenter
@@ -19,7 +20,9 @@ from raserec_adapter import (
     RetrievalAugmenter,
     Sequences,
     TorchMemoryBank,
+    evaluate_encoder,
     iter_batches,
+    leave_one_out,
     wrap_encoder,
 )
 
@@ -231,3 +234,51 @@ def test_recommend_names_the_ram_when_only_its_output_is_nan(trained):
     assert torch.isfinite(aug.recommend([[1, 2, 3]], k=3, augmented=False)[1]).all()
     with pytest.raises(ValueError, match=r"from the RAM's output h~"):
         aug.recommend([[1, 2, 3]], k=3, augmented=True)
+
+
+def test_wrong_types_get_the_call_to_make_instead_of_an_attribute_error(trained, tmp_path):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    aug.save(tmp_path / "ck")
+    with pytest.raises(TypeError, match=r"RetrievalAugmenter takes a AugmenterConfig, got dict"):
+        RetrievalAugmenter(model, {"max_len": MAX_LEN})
+    with pytest.raises(TypeError, match=r"RetrievalAugmenter.load takes a AugmenterConfig"):
+        RetrievalAugmenter.load(model, tmp_path / "ck", {"max_len": MAX_LEN})
+    with pytest.raises(TypeError, match=r"leave_one_out takes Sequences, got list.*from_lists"):
+        leave_one_out([[1, 2, 3, 4]])
+    with pytest.raises(TypeError, match=r"evaluate_encoder takes a LeaveOneOutSplit"):
+        evaluate_encoder(model, split.sequences)
+    for bad in (2.5, True, "8"):
+        with pytest.raises(TypeError, match=r"max_len must be an int >= 1"):
+            leave_one_out(split.sequences, max_len=bad)
+        with pytest.raises(TypeError, match=r"batch_size must be an int >= 1"):
+            next(iter_batches(split.sequences, split.test, batch_size=bad))
+        with pytest.raises(TypeError, match=r"batch_size must be an int >= 1"):
+            aug.encode(split.sequences, split.test, batch_size=bad)
+    with pytest.raises(ValueError, match=r"batch_size must be >= 1, got 0"):
+        next(iter_batches(split.sequences, split.test, batch_size=0))
+    with pytest.raises(ValueError, match=r"max_len must be >= 1, got 0"):
+        next(iter_batches(split.sequences, split.test, batch_size=4, max_len=0))
+    with pytest.raises(ValueError, match=r"min_length .* must be >= 3, got 2"):
+        leave_one_out(split.sequences, min_length=2)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available here"):
+            evaluate_encoder(model, split, device="cuda")
+        with pytest.raises(RuntimeError, match="CUDA is not available here"):
+            TorchMemoryBank(model.item_embedding.weight.shape[1], device="cuda")
+
+
+def test_recommend_flags_must_be_bools_and_users_are_checked_either_way(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    for name in ("augmented", "exclude_seen"):
+        for bad in ("no", "False", 0, None):
+            with pytest.raises(TypeError, match=rf"{name} must be True or False, got"):
+                aug.recommend([[1, 2, 3]], k=3, **{name: bad})
+    ids, _ = aug.recommend([[1, 2, 3]], k=3, augmented=np.bool_(False))  # numpy bools are fine
+    assert ids.shape == (1, 3)
+    for augmented in (True, False):
+        with pytest.raises(ValueError, match=r"users"):
+            aug.recommend([[1, 2, 3]], k=3, augmented=augmented, users=[0, 1])  # 2 for 1 row
