@@ -121,8 +121,10 @@ class SASRec(nn.Module):
         t = item_seq.shape[1]
         if t > self.max_len:
             raise ValueError(
-                f"sequences of {t} items exceed max_len = {self.max_len}; keep the last "
-                f"{self.max_len} items (the data pipeline does this)"
+                f"sequences of {t} items exceed this model's max_len = {self.max_len}; build "
+                f"the model with a larger max_len, or cut inputs to {self.max_len} items: "
+                f"leave_one_out(sequences, max_len={self.max_len}) and "
+                f"AugmenterConfig(max_len={self.max_len})"
             )
         pos = torch.arange(t, device=item_seq.device)
         x = self.dropout(self.norm(self.item_embedding(item_seq) + self.position_embedding(pos)))
@@ -309,8 +311,10 @@ class BERT4Rec(nn.Module):
         t = tokens.shape[1]
         if t > self.max_len + 1:
             raise ValueError(
-                f"sequences of {t - 1} items exceed max_len = {self.max_len}; keep the last "
-                f"{self.max_len} items (the data pipeline does this)"
+                f"sequences of {t - 1} items exceed this model's max_len = {self.max_len}; "
+                f"build the model with a larger max_len, or cut inputs to {self.max_len} items: "
+                f"leave_one_out(sequences, max_len={self.max_len}) and "
+                f"AugmenterConfig(max_len={self.max_len})"
             )
         pos = torch.arange(t, device=tokens.device)
         if self.positions == "end":  # left-aligned rows: count back from each row's last token

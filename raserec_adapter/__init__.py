@@ -2,6 +2,7 @@
 
 from raserec_adapter.augmenter import RetrievalAugmenter
 from raserec_adapter.bank import MemoryBank, SearchResult, TorchMemoryBank, admissible
+from raserec_adapter.bank_format import MemoryBankFormatError
 from raserec_adapter.checkpoint import CheckpointError
 from raserec_adapter.config import (
     AugmenterConfig,
@@ -12,6 +13,7 @@ from raserec_adapter.config import (
 )
 from raserec_adapter.data import (
     Batch,
+    DataFormatError,
     LeaveOneOutSplit,
     PrefixSet,
     Sequences,
@@ -47,12 +49,14 @@ __all__ = [
     "Batch",
     "CheckpointError",
     "ChecksumError",
+    "DataFormatError",
     "DatasetInfo",
     "DatasetNotFoundError",
     "EncoderError",
     "FaissMemoryBank",
     "LeaveOneOutSplit",
     "MemoryBank",
+    "MemoryBankFormatError",
     "PrefixSet",
     "PretrainConfig",
     "RAFTConfig",

@@ -109,6 +109,7 @@ class RetrievalAugmenter(nn.Module):
                 f"config.hidden_size = {cfg.hidden_size} but the encoder's item table has size "
                 f"{d}; leave hidden_size at 0 to take the encoder's"
             )
+        self.encoder.check_max_len(cfg.max_len, "AugmenterConfig.max_len")
         self.config = cfg.replace(hidden_size=d)
         self.ram = RetrievalAugmentedModule(d, self.config.ram)
         self.bank: MemoryBank | None = None
@@ -372,6 +373,8 @@ class RetrievalAugmenter(nn.Module):
             >>> # augmenter.remove_memories([7, 42])
         """
         bank = self._require_bank("remove_memories")
+        if users is None or isinstance(users, (str, bytes, float, bool)):
+            raise TypeError(f"users must be bank user ids: an int or a list of ints, got {users!r}")
         if not isinstance(users, (torch.Tensor, np.ndarray, int, np.integer)):
             users = list(users)  # generators too; the bank checks the ids
         removed = bank.remove(users)

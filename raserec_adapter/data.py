@@ -105,6 +105,16 @@ class Sequences:
             DataFormatError: If an item id is not an integer (the message names the user and
                 the position), or is not in ``1..num_items``.
         """
+        example = "pass one list of item ids per user, e.g. [[1, 2, 3], [2, 4]]"
+        if isinstance(sequences, (str, bytes)):
+            raise DataFormatError(f"{example}, got {type(sequences).__name__} {sequences!r}")
+        if not hasattr(sequences, "__len__"):
+            sequences = list(sequences)  # a generator
+        flat = next((i for i, s in enumerate(sequences) if not hasattr(s, "__len__")), None)
+        if flat is not None:
+            raise DataFormatError(
+                f"{example}, not one flat list of ids (element {flat} is {sequences[flat]!r})"
+            )
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -359,6 +369,8 @@ def leave_one_out(sequences: Sequences, max_len: int = 50, min_length: int = 3) 
         )
     max_len = require_positive_int(max_len, "max_len")
     min_length = require_positive_int(min_length, "min_length (a leave-one-out split)", low=3)
+    if sequences.num_users == 0:
+        raise DataFormatError("the sequences hold no users: there is nothing to split")
     lengths = sequences.lengths
     short = np.flatnonzero(lengths < min_length)
     if len(short):

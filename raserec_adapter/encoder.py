@@ -107,6 +107,21 @@ class WrappedEncoder(nn.Module):
     def hidden_size(self) -> int:
         return int(self.item_weights().shape[1])
 
+    def check_max_len(self, max_len: int, source: str) -> None:
+        """Refuses inputs of up to ``max_len`` items when the model declares a smaller
+        ``max_len`` (e.g. its position table), before any work rather than in the first batch.
+
+        ``source`` names where ``max_len`` comes from, e.g. ``"AugmenterConfig.max_len"``.
+        """
+        own = getattr(self.module, "max_len", None)
+        if isinstance(own, int) and not isinstance(own, bool) and max_len > own:
+            raise ValueError(
+                f"{source} = {max_len} but {type(self.module).__name__}.max_len = {own}: inputs "
+                f"of {max_len} items would not fit the model. Use max_len={own} (e.g. "
+                f"leave_one_out(sequences, max_len={own}), AugmenterConfig(max_len={own})), or "
+                f"build the model with max_len >= {max_len}"
+            )
+
     @property
     def is_causal(self) -> bool:
         """Whether all prefixes of a sequence can be encoded in one pass."""

@@ -94,6 +94,8 @@ def evaluate_ranking(
         >>> evaluate_ranking(last, table, seqs, leave_one_out(seqs).test, ks=(1,))
         {'HR@1': 0.0, 'NDCG@1': 0.0, 'MRR@1': 0.0}
     """
+    if len(prefixes) == 0:
+        raise ValueError("no prefixes to evaluate: metrics over zero users would read as 0")
     metrics = RankingMetrics(ks)
     metrics.update(
         rank_targets(

@@ -125,12 +125,18 @@ class FaissMemoryBank:
         if not isinstance(index_factory, str) or not index_factory.strip():
             raise ValueError(f"index_factory must be a non-empty string, got {index_factory!r}")
         try:
-            faiss.index_factory(self.dim, index_factory, faiss.METRIC_INNER_PRODUCT)
+            probe = faiss.index_factory(self.dim, index_factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
             raise ValueError(
                 f"Faiss cannot build index_factory={index_factory!r} for dim {self.dim}: "
                 f"{str(err).strip().splitlines()[-1]}"
             ) from err
+        if isinstance(probe, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            raise ValueError(
+                f"index_factory={index_factory!r} asks for an IDMap; the bank numbers its "
+                "memories itself (users and positions are kept beside the index): drop the "
+                f"'IDMap' part, e.g. index_factory={index_factory.split(',', 1)[-1]!r}"
+            )
         self.index_factory = index_factory
         self.nprobe = _positive_int(nprobe, "nprobe")
         self.overfetch = _positive_int(overfetch, "overfetch")

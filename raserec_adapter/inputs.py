@@ -42,6 +42,16 @@ def to_padded(
             "lengths are only for a padded tensor of sequences; lists carry their own lengths "
             "(drop lengths=, or cut each list to the items you want used)"
         )
+    if not isinstance(sequences, (list, tuple)):  # a generator, a NumPy array, a range...
+        try:
+            sequences = list(sequences)
+        except TypeError:
+            raise TypeError(
+                "sequences must be lists of item ids (e.g. [[1, 2, 3]]) or a padded tensor with "
+                f"lengths, got {type(sequences).__name__}"
+            ) from None
+    # rows given as tensors or arrays (e.g. [torch.tensor([1, 2, 3])]) count as lists of ids
+    sequences = [s.tolist() if isinstance(s, (torch.Tensor, np.ndarray)) else s for s in sequences]
     if not len(sequences):
         raise ValueError("no sequences given: pass a list of item-id sequences, e.g. [[1, 2, 3]]")
     if any(not hasattr(s, "__len__") for s in sequences):

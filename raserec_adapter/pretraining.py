@@ -380,6 +380,7 @@ def pretrain(
     _check_inputs(cfg, split, checkpoint, state_path)
     enc = wrap_encoder(encoder)
     check_item_count(enc.num_items, split)
+    enc.check_max_len(split.max_len, "the split's max_len")
     device = check_device(device)
     fuse = device.type != "cpu" if fuse is None else fuse
     enc.to(device)
@@ -585,6 +586,7 @@ def evaluate_encoder(
     check_device(device)
     require_positive_int(batch_size, "batch_size")
     enc = wrap_encoder(encoder)
+    enc.check_max_len(split.max_len, "the split's max_len")
     was_training = enc.training
     enc.eval()
     try:

@@ -613,6 +613,9 @@ def test_error_messages(cls) -> None:
 def test_faiss_constructor_errors() -> None:
     with pytest.raises(ValueError, match="Faiss cannot build index_factory='Bogus'"):
         FaissMemoryBank(4, index_factory="Bogus")
+    for factory, fix in (("IDMap,Flat", "'Flat'"), ("IDMap2,HNSW32", "'HNSW32'")):
+        with pytest.raises(ValueError, match=rf"asks for an IDMap; .*index_factory={fix}"):
+            FaissMemoryBank(4, index_factory=factory)
     with pytest.raises(ValueError, match="nprobe must be a positive integer"):
         FaissMemoryBank(4, nprobe=0)
     with pytest.raises(ValueError, match="overfetch must be a positive integer"):

@@ -106,7 +106,9 @@ def test_input_errors():
         enc(torch.tensor([[1, 21]]), torch.tensor([2]))
     with pytest.raises(ValueError, match="empty sequences"):
         enc(torch.tensor([[0, 0]]), torch.tensor([0]))
-    with pytest.raises(ValueError, match="exceed max_len"):
+    with pytest.raises(
+        ValueError, match=r"exceed this model.s max_len = \d+; .*leave_one_out\(sequences, max_len="
+    ):
         enc(torch.ones(1, 60, dtype=torch.long), torch.tensor([60]))
     with pytest.raises(EncoderError, match="nn.Module"):
         wrap_encoder(lambda s, n: s)

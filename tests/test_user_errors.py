@@ -16,13 +16,16 @@ from conftest import pretrained_sasrec, small_augmenter
 from examples.models import SASRec
 from raserec_adapter import (
     CheckpointError,
+    DataFormatError,
     EncoderError,
+    PretrainConfig,
     RetrievalAugmenter,
     Sequences,
     TorchMemoryBank,
     evaluate_encoder,
     iter_batches,
     leave_one_out,
+    pretrain,
     wrap_encoder,
 )
 
@@ -282,3 +285,58 @@ def test_recommend_flags_must_be_bools_and_users_are_checked_either_way(trained)
     for augmented in (True, False):
         with pytest.raises(ValueError, match=r"users"):
             aug.recommend([[1, 2, 3]], k=3, augmented=augmented, users=[0, 1])  # 2 for 1 row
+
+
+def test_a_max_len_longer_than_the_models_is_refused_before_any_work(trained):
+    model, split = trained  # SASRec(max_len=MAX_LEN)
+    long_split = leave_one_out(split.sequences, max_len=MAX_LEN + 2)
+    fix = rf"SASRec.max_len = {MAX_LEN}: .*Use max_len={MAX_LEN}"
+    with pytest.raises(ValueError, match=rf"AugmenterConfig.max_len = {MAX_LEN + 2} but {fix}"):
+        small_augmenter(model, max_len=MAX_LEN + 2, k=3)
+    with pytest.raises(ValueError, match=rf"the split's max_len = {MAX_LEN + 2} but {fix}"):
+        evaluate_encoder(model, long_split)
+    with pytest.raises(ValueError, match=rf"the split's max_len = {MAX_LEN + 2} but {fix}"):
+        pretrain(model, long_split, PretrainConfig(epochs=1))
+    assert set(evaluate_encoder(model, leave_one_out(split.sequences, max_len=MAX_LEN - 2)))
+
+
+def test_recommend_takes_rows_as_tensors_arrays_or_a_generator(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    rows = [[1, 2, 3], [4, 5]]
+    want = aug.recommend(rows, k=3, exclude_seen=True)[0]
+    for same in (
+        [torch.tensor(r) for r in rows],
+        [np.array(r) for r in rows],
+        (r for r in rows),
+        tuple(rows),
+    ):
+        assert torch.equal(aug.recommend(same, k=3, exclude_seen=True)[0], want)
+    with pytest.raises(ValueError, match=r"item ids must be integers in 1..20 .* got \[1.5, 2.0\]"):
+        aug.recommend([torch.tensor([1.5, 2.0])], k=3)
+    with pytest.raises(ValueError, match="not one flat list of ids"):
+        aug.recommend(list(torch.tensor([1, 2, 3])), k=3)  # 0-d tensors: one flat list
+    with pytest.raises(TypeError, match="sequences must be lists of item ids .* got int"):
+        aug.recommend(5, k=3)
+
+
+def test_flat_lists_strings_and_empty_data_are_refused_by_name(trained):
+    model, split = trained
+    aug = make(model)
+    aug.build_bank(split, show_progress=False)
+    for bad in ("0", None, 1.0, True):
+        with pytest.raises(TypeError, match=r"users must be bank user ids: an int or a list"):
+            aug.remove_memories(bad)
+    with pytest.raises(DataFormatError, match=r"not one flat list of ids \(element 0 is 1\)"):
+        aug.add_memories([1, 2, 3], users=[0])
+    with pytest.raises(DataFormatError, match=r"not one flat list of ids"):
+        Sequences.from_lists([[1, 2], 3])
+    with pytest.raises(DataFormatError, match=r"one list of item ids per user, .*got str"):
+        Sequences.from_lists("123")
+    assert Sequences.from_lists(iter([[1, 2], [3]])).lengths.tolist() == [2, 1]  # generators
+    with pytest.raises(DataFormatError, match="hold no users"):
+        leave_one_out(Sequences.from_lists([], num_items=5))
+    empty = dataclasses.replace(split, test=split.test.subset(np.zeros(0, dtype=np.int64)))
+    with pytest.raises(ValueError, match="no prefixes to evaluate"):
+        evaluate_encoder(model, empty, "test")
