@@ -18,12 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -72,6 +73,28 @@ from raserec_adapter.train_state import TrainResult
 __all__ = ["RetrievalAugmenter"]
 
 logger = logging.getLogger("raserec_adapter")
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _gives_back_encoder_modes(method: _Method) -> _Method:
+    """The user's encoder leaves the call in the train/eval modes it came with.
+
+    Inference and bank building switch its dropout off (``eval()``); a model the user goes on
+    training elsewhere must not silently stay that way.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: RetrievalAugmenter, *args: Any, **kwargs: Any) -> Any:
+        modes = [(m, m.training) for m in self.encoder.module.modules()]
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    return cast(_Method, wrapper)
 
 
 class RetrievalAugmenter(nn.Module):
@@ -156,6 +179,7 @@ class RetrievalAugmenter(nn.Module):
 
     # ------------------------------------------------------------------ encoding
     @torch.no_grad()
+    @_gives_back_encoder_modes
     def encode(
         self,
         sequences: Sequences,
@@ -212,6 +236,7 @@ class RetrievalAugmenter(nn.Module):
         return self.encoder.item_weights().detach().float().cpu()
 
     @torch.no_grad()
+    @_gives_back_encoder_modes
     def build_bank(
         self,
         source: LeaveOneOutSplit | Iterable[Batch],
@@ -286,6 +311,7 @@ class RetrievalAugmenter(nn.Module):
         logger.info("memory bank: %d memories in %.1f s", len(bank), time.perf_counter() - t0)
 
     @torch.no_grad()
+    @_gives_back_encoder_modes
     def add_memories(
         self,
         sequences: Sequence[Sequence[int]] | Sequences,
@@ -545,6 +571,7 @@ class RetrievalAugmenter(nn.Module):
         self.ram = head.to(device)
         self.config = self.config.replace(ram=cfg)
 
+    @_gives_back_encoder_modes
     def fit_raft(
         self,
         split: LeaveOneOutSplit,
@@ -631,6 +658,7 @@ class RetrievalAugmenter(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
+    @_gives_back_encoder_modes
     def evaluate(
         self,
         split: LeaveOneOutSplit,
@@ -667,6 +695,7 @@ class RetrievalAugmenter(nn.Module):
         return out
 
     @torch.no_grad()
+    @_gives_back_encoder_modes
     def ranks(
         self,
         split: LeaveOneOutSplit,
@@ -752,6 +781,7 @@ class RetrievalAugmenter(nn.Module):
         return out
 
     @torch.no_grad()
+    @_gives_back_encoder_modes
     def recommend(
         self,
         sequences: Sequence[Sequence[int]] | torch.Tensor,

@@ -19,6 +19,7 @@ from raserec_adapter import (
     DataFormatError,
     EncoderError,
     PretrainConfig,
+    RAFTConfig,
     RetrievalAugmenter,
     Sequences,
     TorchMemoryBank,
@@ -340,3 +341,28 @@ def test_flat_lists_strings_and_empty_data_are_refused_by_name(trained):
     empty = dataclasses.replace(split, test=split.test.subset(np.zeros(0, dtype=np.int64)))
     with pytest.raises(ValueError, match="no prefixes to evaluate"):
         evaluate_encoder(model, empty, "test")
+
+
+def test_the_users_encoder_keeps_its_train_and_eval_modes(trained):
+    model, split = trained
+    model.train()
+    model.layers[0].eval()  # a mixed state, e.g. a frozen first block, is given back as it was
+    modes = {name: m.training for name, m in model.named_modules()}
+    aug = make(model)
+    calls = (
+        lambda: aug.build_bank(split, show_progress=False),
+        lambda: aug.encode(split.sequences, split.valid),
+        lambda: aug.fit_raft(split, RAFTConfig(epochs=1), show_progress=False),
+        lambda: aug.evaluate(split, "test"),
+        lambda: aug.recommend([[1, 2, 3]], k=3),
+        lambda: aug.add_memories([[1, 2, 3, 4]], users=[10_000]),
+    )
+    for call in calls:
+        call()
+        assert {name: m.training for name, m in model.named_modules()} == modes
+    with pytest.raises(ValueError):  # a failing call gives the modes back too
+        aug.recommend([[0]], k=3)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    plain = aug.recommend([[1, 2, 3]], k=3, augmented=False)[0]
+    model.eval()
+    assert torch.equal(plain, aug.recommend([[1, 2, 3]], k=3, augmented=False)[0])  # dropout off
