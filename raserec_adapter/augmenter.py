@@ -92,9 +92,18 @@ def _gives_back_encoder_modes(method: _Method) -> _Method:
             return method(self, *args, **kwargs)
         finally:
             for module, training in modes:
-                module.training = training
+                if module.training != training:  # setting is slow (nn.Module.__setattr__)
+                    module.training = training
 
     return cast(_Method, wrapper)
+
+
+def _eval(module: nn.Module) -> None:
+    """``module.eval()`` that touches only what is in training mode: ``eval()`` sets every
+    submodule's flag, about 1.5 ms per call for SASRec + RAM, a third of a recommendation."""
+    for m in module.modules():
+        if m.training:
+            m.training = False
 
 
 class RetrievalAugmenter(nn.Module):
@@ -190,7 +199,7 @@ class RetrievalAugmenter(nn.Module):
         """Frozen-encoder representations ``(n, d)`` of prefixes (dropout off), in their order."""
         require_positive_int(batch_size, "batch_size")
         check_device(device)
-        self.encoder.eval()
+        _eval(self.encoder)
         out = torch.empty(len(prefixes), self.encoder.hidden_size)
         with self.encoder.trusted_inputs():  # batches of validated sequences
             for batch in iter_batches(sequences, prefixes, batch_size, self.config.max_len):
@@ -203,7 +212,7 @@ class RetrievalAugmenter(nn.Module):
         self, split: LeaveOneOutSplit, device: torch.device | str, show_progress: bool
     ) -> torch.Tensor:
         """Representations of all training pairs; one pass per sequence for causal encoders."""
-        self.encoder.eval()
+        _eval(self.encoder)
         if not self.encoder.is_causal:
             return self.encode(split.sequences, split.train, device=device)
         windows = causal_windows(split)
@@ -278,7 +287,7 @@ class RetrievalAugmenter(nn.Module):
             new_phase = phase
         else:
             refuse_as_batches(source, "build_bank")
-            self.encoder.eval()
+            _eval(self.encoder)
             for batch in progress(source, None, "encode bank", show_progress):
                 if not isinstance(batch, Batch):
                     raise TypeError(
@@ -603,7 +612,7 @@ class RetrievalAugmenter(nn.Module):
         self._use_phase(split, "valid", device)
         bank = self._require_bank("fit_raft")
         seed_everything(cfg.seed)
-        self.encoder.eval()
+        _eval(self.encoder)
         trainable = [p.requires_grad for p in self.encoder.parameters()]
         for p in self.encoder.parameters():
             p.requires_grad_(False)
@@ -751,7 +760,7 @@ class RetrievalAugmenter(nn.Module):
             sequences, prefixes = _with_inputs(split, queries, inputs)
         split_users = torch.from_numpy(queries.users)
         split_lengths = torch.from_numpy(queries.lengths)
-        self.eval()
+        _eval(self)
         out: dict[str, torch.Tensor] = {}
         table = self._item_table().to(device)
         if True in augmented:
@@ -846,7 +855,7 @@ class RetrievalAugmenter(nn.Module):
                     f"{n}; lower k or pass exclude_seen=False"
                 )
         check_device(device)
-        self.eval()
+        _eval(self)
         seq, lens = seq.to(device), lens.to(device)
         h = self.encoder(seq, lens)
         if augmented:
