@@ -203,9 +203,9 @@ class BERT4Rec(nn.Module):
 
     Settings follow RecBole's BERT4Rec (2 layers, 2 heads, FFN inner 256, GELU, dropout 0.2,
     LayerNorm eps 1e-12, N(0, 0.02) weights, mask ratio 0.2). The item table has ``N + 2`` rows:
-    row 0 is padding and row ``N + 1`` the ``[mask]`` token; scores use rows ``0..N`` only, so
-    wrap the model with ``item_weights=model.item_weights`` (see
-    :func:`raserec_adapter.wrap_encoder`). :meth:`forward` appends a ``[mask]`` after the last
+    row 0 is padding and row ``N + 1`` the ``[mask]`` token; scores use rows ``0..N`` only,
+    which the model's :meth:`item_weights` returns and :func:`raserec_adapter.wrap_encoder`
+    uses by default. :meth:`forward` appends a ``[mask]`` after the last
     item and returns the output there after BERT4Rec's prediction head (linear -> GELU ->
     LayerNorm, as in the BERT4Rec paper and RecBole; the paper's per-item output bias is left
     out, since this library scores by plain dot products); :meth:`cloze_loss` is the
@@ -243,7 +243,7 @@ class BERT4Rec(nn.Module):
         >>> import torch
         >>> from raserec_adapter import wrap_encoder
         >>> model = BERT4Rec(num_items=100)
-        >>> enc = wrap_encoder(model, item_weights=model.item_weights)
+        >>> enc = wrap_encoder(model)  # scores through model.item_weights(): no [mask] row
         >>> enc(torch.tensor([[5, 7, 0]]), torch.tensor([2])).shape, enc.num_items
         (torch.Size([1, 64]), 100)
     """
