@@ -87,6 +87,14 @@ class Sequences:
             raise DataFormatError("user_labels must have one entry per user")
         if self.item_labels is not None and len(self.item_labels) != self.num_items:
             raise DataFormatError("item_labels must have one entry per item")
+        if self.item_labels is not None:
+            labels, counts = np.unique(np.asarray(self.item_labels, dtype=str), return_counts=True)
+            if (counts > 1).any():
+                raise DataFormatError(
+                    f"item_labels must be distinct (one original id per item), but "
+                    f"{labels[counts > 1][:5].tolist()} appear more than once; merge those items "
+                    "into one id first"
+                )
 
     @classmethod
     def from_lists(

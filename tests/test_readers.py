@@ -88,6 +88,8 @@ def test_renumbering_is_logged_and_labels_map_both_ways(tmp_path: Path, caplog) 
     for bad in ([0], [5], [1.5]):
         with pytest.raises(ValueError, match=r"item ids must be integers in 1..4"):
             seqs.labels_of(bad)
+    with pytest.raises(DataFormatError, match=r"item_labels must be distinct.*\['a'\]"):
+        Sequences.from_lists([[1, 2, 3]], item_labels=["a", "b", "a"])
     with pytest.raises(ValueError, match="carry no item_labels"):
         Sequences.from_lists([[1, 2]]).labels_of([1])
 
