@@ -58,7 +58,6 @@ from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.inputs import (
     check_device,
     require_config,
-    require_positive_int,
     require_split,
 )
 from raserec_adapter.train_state import (
@@ -67,7 +66,6 @@ from raserec_adapter.train_state import (
     TrainResult,
     atomic_save,
     gives_back_best,
-    weights_copy,
 )
 
 __all__ = ["RecLoss", "TrainResult", "info_nce", "next_item_loss", "pretrain", "seed_everything"]
@@ -482,7 +480,9 @@ def pretrain(
             }
             result.history.append(record)
             score = valid[cfg.valid_metric]
-            improved = score > stop.best_score
+            improved = stop.update(epoch, score, valid, enc.module)
+            if improved and checkpoint is not None and stop.best_state is not None:
+                atomic_save(stop.best_state, Path(checkpoint))  # update() has just set it
             if show_progress:
                 logger.info(
                     "pretrain epoch %d: loss_rec %.4f loss_ret %.4f | valid %s %.4f%s | %.1f s",
@@ -494,15 +494,6 @@ def pretrain(
                     " *" if improved else "",
                     train_seconds,
                 )
-            if improved:
-                stop.best_score, stop.bad_epochs = score, 0
-                result.best_epoch, result.best_valid = epoch, valid
-                stop.best_state = weights_copy(enc.module)
-                if checkpoint is not None:
-                    atomic_save(stop.best_state, Path(checkpoint))
-            else:
-                stop.bad_epochs += 1
-            result.epochs_run = epoch
             result.seconds = seconds_before + time.perf_counter() - start
             if state_path is not None and stop.best_state is not None:
                 run.save(Path(state_path), stop)
@@ -584,7 +575,6 @@ def evaluate_encoder(
     """
     require_split(split, "evaluate_encoder")
     check_device(device)
-    require_positive_int(batch_size, "batch_size")
     enc = wrap_encoder(encoder)
     enc.check_max_len(split.max_len, "the split's max_len")
     was_training = enc.training

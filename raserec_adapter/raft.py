@@ -51,7 +51,7 @@ from raserec_adapter.inputs import check_device
 from raserec_adapter.losses import frozen_table_cross_entropy
 from raserec_adapter.pretraining import mean_of
 from raserec_adapter.ram import RetrievalAugmentedModule
-from raserec_adapter.train_state import EarlyStopping, TrainResult, gives_back_best, weights_copy
+from raserec_adapter.train_state import EarlyStopping, TrainResult, gives_back_best
 
 __all__ = ["evaluate_ram", "search_neighbours", "train_ram"]
 
@@ -314,7 +314,7 @@ def train_ram(
                     **{f"valid_{m}": v for m, v in valid.items()},
                 }
             )
-            improved = score > stop.best_score
+            improved = stop.update(epoch, score, valid, ram)
             if show_progress:
                 logger.info(
                     "RAFT epoch %d: loss %.4f | valid %s %.4f%s | %.1f s",
@@ -325,13 +325,6 @@ def train_ram(
                     " *" if improved else "",
                     seconds,
                 )
-            if improved:
-                stop.best_score, stop.bad_epochs = score, 0
-                result.best_epoch, result.best_valid = epoch, valid
-                stop.best_state = weights_copy(ram)
-            else:
-                stop.bad_epochs += 1
-            result.epochs_run = epoch
             if stop.bad_epochs >= config.patience:
                 break
     ram.eval()

@@ -57,6 +57,21 @@ class EarlyStopping:
     best_score: float = -math.inf
     bad_epochs: int = 0
 
+    def update(self, epoch: int, score: float, valid: dict[str, float], module: nn.Module) -> bool:
+        """Records an epoch's validation ``score``; on a new best keeps ``module``'s weights.
+
+        Returns:
+            Whether the epoch improved on the best score so far.
+        """
+        self.result.epochs_run = epoch
+        if score <= self.best_score:
+            self.bad_epochs += 1
+            return False
+        self.best_score, self.bad_epochs = score, 0
+        self.result.best_epoch, self.result.best_valid = epoch, valid
+        self.best_state = weights_copy(module)
+        return True
+
 
 def weights_copy(module: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of ``module``'s state dict (one epoch's weights to give back later)."""
