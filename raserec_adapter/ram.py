@@ -35,6 +35,28 @@ from raserec_adapter.config import RAMConfig
 __all__ = ["CrossAttention", "RetrievalAugmentedModule"]
 
 
+class Dropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` whose CPU mask comes from 31-bit random integers.
+
+    The same distribution (each entry kept with probability ``1 - p``, scaled by
+    ``1 / (1 - p)``), drawn about 2x faster than ``nn.Dropout`` on a CPU, where the RAM's
+    dropout masks were a fifth of a RAFT step. Other devices use ``nn.Dropout`` itself.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> y = Dropout(0.5)(torch.ones(10_000))
+        >>> sorted(set(y.tolist())), round(float((y > 0).float().mean()), 1)
+        ([0.0, 2.0], 0.5)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu" or self.p >= 1:
+            return super().forward(x)
+        bits = torch.empty(x.shape, dtype=torch.int32).random_()  # uniform in [0, 2^31)
+        keep = (bits >= round(self.p * 2**31)).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * keep
+
+
 class CrossAttention(nn.Module):
     """Multi-head cross-attention of one query vector over K memory vectors.
 
@@ -53,23 +75,25 @@ class CrossAttention(nn.Module):
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden)
-        self.attn_dropout = nn.Dropout(dropout)
-        self.out_dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(dropout)
+        self.out_dropout = Dropout(dropout)
 
     def forward(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         b, d = q.shape
-        hq = self.query(q).view(b, self.heads, self.head_size)
+        heads, size = self.heads, self.head_size
+        # batched matrix products over heads or queries (einsum's per-call planning cost more
+        # than the products themselves for one query)
+        hq = self.query(q).view(b, heads, size).transpose(0, 1)  # (H, B, s)
         # (W_k^T q) per head, in the memories' d-dim space; the key bias adds a per-query
         # constant to all scores and cancels in the softmax.
-        wk = self.key.weight.view(self.heads, self.head_size, d)
-        qk = torch.einsum("bhs,hsd->bhd", hq, wk)
-        scale = 1.0 / (math.sqrt(self.head_size) * self.temperature)
-        scores = torch.einsum("bhd,bkd->bhk", qk, keys) * scale
+        qk = torch.bmm(hq, self.key.weight.view(heads, size, d)).transpose(0, 1)  # (B, H, d)
+        scale = 1.0 / (math.sqrt(size) * self.temperature)
+        scores = torch.bmm(qk, keys.transpose(1, 2)) * scale  # (B, H, K)
         weights = self.attn_dropout(torch.softmax(scores, dim=-1))
-        mixed = torch.einsum("bhk,bkd->bhd", weights, values)  # (B, H, d), raw memory space
-        wv = self.value.weight.view(self.heads, self.head_size, d)
-        ctx = torch.einsum("bhd,hsd->bhs", mixed, wv)
-        ctx = ctx + weights.sum(-1, keepdim=True) * self.value.bias.view(self.heads, self.head_size)
+        mixed = torch.bmm(weights, values).transpose(0, 1)  # (H, B, d), raw memory space
+        wv_t = self.value.weight.view(heads, size, d).transpose(1, 2)  # (H, d, s)
+        ctx = torch.bmm(mixed, wv_t).transpose(0, 1)  # (B, H, s)
+        ctx = ctx + weights.sum(-1, keepdim=True) * self.value.bias.view(heads, size)
         return self.out_dropout(self.out(ctx.reshape(b, d)))
 
 
@@ -80,7 +104,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(hidden, inner)
         self.fc2 = nn.Linear(inner, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -89,3 +89,47 @@ def test_frozen_table_cross_entropy_matches_torch(n, chunk):
     (g_got,) = torch.autograd.grad(2.0 * got, x)  # upstream gradient != 1 is scaled correctly
     torch.testing.assert_close(got, ref)
     torch.testing.assert_close(g_got, g_ref)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_frozen_table_cross_entropy_wide_scores_float32(scale):
+    """Float32 scores spread far wider than exp()'s range (the clamped tail) still give
+    torch's loss and gradient; the target itself may lie in the clamped tail."""
+    from raserec_adapter.losses import frozen_table_cross_entropy
+
+    torch.manual_seed(0)
+    x = (torch.randn(40, 8) * scale).requires_grad_()
+    w_t = torch.randn(8, 300)
+    y = torch.randint(0, 300, (40,))
+    logits = (x @ w_t).detach()
+    if scale > 1:  # some targets score more than 80 below their row's best
+        assert ((logits.amax(1) - logits.gather(1, y[:, None]).squeeze(1)) > 80).any()
+    ref = F.cross_entropy(x @ w_t, y)
+    (g_ref,) = torch.autograd.grad(ref, x)
+    got = frozen_table_cross_entropy(x, w_t, y, chunk=16)
+    (g_got,) = torch.autograd.grad(got, x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_ram_dropout_keeps_one_minus_p_scaled(p):
+    """The RAM's CPU dropout: entries are 0 or x / (1 - p), kept at rate 1 - p (within 5
+    standard deviations over 200k draws), the gradient is the same mask, eval mode and p = 0
+    are the identity, and a seed fixes the mask."""
+    from raserec_adapter.ram import Dropout
+
+    n = 200_000
+    x = torch.full((n,), 3.0, requires_grad=True)
+    drop = Dropout(p).train()
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], torch.full((int(kept.sum()),), 3.0 / (1 - p)))
+    assert abs(float(kept.float().mean()) - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)
+    assert drop.eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
