@@ -318,6 +318,10 @@ class FaissMemoryBank:
             valid &= admissible(
                 qu[:, None], ql[:, None], self._store.users[safe], self._store.lengths[safe]
             )
+        if bool(valid[:, :k].all()):  # the usual case: each query's first k candidates
+            return SearchResult(
+                ids=cand_ids[:, :k].contiguous(), scores=cand_scores[:, :k].contiguous()
+            )
         keep = valid & (valid.cumsum(dim=1) <= k)
         enough = valid.sum(dim=1) >= k
         nq = q.shape[0]
