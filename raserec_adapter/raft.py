@@ -115,8 +115,9 @@ def evaluate_ram(
     mem_k, mem_v = memories
 
     def represent(b: Batch) -> torch.Tensor:
-        nb = neighbours[b.index.to(dev)]
-        return ram(queries[b.index.to(dev)], gather_rows(mem_k, nb), gather_rows(mem_v, nb))
+        rows = b.index.to(dev)
+        nb = neighbours[rows]
+        return ram(queries[rows], gather_rows(mem_k, nb), gather_rows(mem_v, nb))
 
     try:
         return evaluate_ranking(

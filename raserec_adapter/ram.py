@@ -32,15 +32,16 @@ from torch import nn
 
 from raserec_adapter.config import RAMConfig
 
-__all__ = ["CrossAttention", "RetrievalAugmentedModule"]
+__all__ = ["CrossAttention", "Dropout", "RetrievalAugmentedModule"]
 
 
 class Dropout(nn.Dropout):
     """:class:`torch.nn.Dropout` whose CPU mask comes from 31-bit random integers.
 
     The same distribution (each entry kept with probability ``1 - p``, scaled by
-    ``1 / (1 - p)``), drawn about 2x faster than ``nn.Dropout`` on a CPU, where the RAM's
-    dropout masks were a fifth of a RAFT step. Other devices use ``nn.Dropout`` itself.
+    ``1 / (1 - p)``), drawn about 2x faster than ``nn.Dropout`` on a CPU, where its masks
+    took about a fifth of the RAM's forward and backward pass in RAFT. Other devices use
+    ``nn.Dropout`` itself.
 
     Example:
         >>> _ = torch.manual_seed(0)
