@@ -8,7 +8,9 @@ items, K = 20 memories from a bank of 131,413):
   score matrix; at score scales whose row spreads stay under exp()'s float32 range and at one
   where most of them are beyond it;
 * gathering the memories with ``index_select`` against advanced indexing;
-* the RAM's dropout against ``nn.Dropout`` (forward + backward).
+* the RAM's dropout against ``nn.Dropout`` (forward + backward);
+* ``target_rank`` on 1024 users x 12,101 items (the evaluation's kernel) against the same count
+  summed as int64 with an elementwise NaN test, its form before.
 
     python benchmarks/speed_kernels.py
 """
@@ -26,6 +28,7 @@ from _common import median, save
 
 from raserec_adapter.bank import gather_rows
 from raserec_adapter.losses import frozen_table_cross_entropy
+from raserec_adapter.metrics import target_rank
 from raserec_adapter.ram import Dropout
 
 
@@ -127,6 +130,27 @@ def main() -> None:
         f"dropout (1024, 64), forward + backward: ours {drop['ram_dropout_ms']:.2f} ms, "
         f"nn.Dropout {drop['nn_dropout_ms']:.2f} ms "
         f"({drop['nn_dropout_ms'] / drop['ram_dropout_ms']:.1f}x)"
+    )
+    scores = torch.randn(b, n_items + 1)
+    targets = torch.randint(1, n_items + 1, (b,))
+
+    def old_rank() -> torch.Tensor:
+        if torch.isnan(scores).any():
+            raise ValueError("NaN")
+        own = scores[torch.arange(b), targets].unsqueeze(1)
+        return (scores[:, 1:] >= own).sum(dim=1)
+
+    if not torch.equal(old_rank(), target_rank(scores, targets)):
+        raise AssertionError("target_rank disagrees with the int64 count")
+    rank = {
+        "target_rank_ms": ms(lambda: target_rank(scores, targets), args.repeats),
+        "int64_count_ms": ms(old_rank, args.repeats),
+    }
+    record["target_rank"] = rank
+    print(
+        f"target_rank (1024 x 12,101): {rank['target_rank_ms']:.1f} ms, int64 count with "
+        f"elementwise NaN test {rank['int64_count_ms']:.1f} ms "
+        f"({rank['int64_count_ms'] / rank['target_rank_ms']:.1f}x)"
     )
     print(f"written to {save('speed-kernels', record, time.perf_counter() - t_start)}")
 

@@ -101,3 +101,14 @@ def test_bad_input():
         target_rank(torch.zeros(1, 5), torch.tensor([0]))
     with pytest.raises(ValueError, match="NaN"):
         target_rank(torch.full((1, 5), float("nan")), torch.tensor([1]))
+
+
+def test_target_rank_infinities_are_not_nan_and_ranks_are_long():
+    """+inf and -inf together (their sum is NaN) are valid scores; a NaN next to them is not."""
+    scores = torch.tensor([[0.0, float("inf"), 1.0, float("-inf"), 2.0]])
+    ranks = target_rank(scores, torch.tensor([2]))
+    assert ranks.dtype == torch.int64
+    assert ranks.tolist() == [3]  # inf and 2.0 score higher than 1.0
+    scores[0, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        target_rank(scores, torch.tensor([2]))
