@@ -61,10 +61,11 @@ class EarlyStopping:
         """Records an epoch's validation ``score``; on a new best keeps ``module``'s weights.
 
         Returns:
-            Whether the epoch improved on the best score so far.
+            Whether the epoch improved on the best score so far (a tie or a NaN score does
+            not).
         """
         self.result.epochs_run = epoch
-        if score <= self.best_score:
+        if not score > self.best_score:  # also NaN: `NaN <= best` would be False
             self.bad_epochs += 1
             return False
         self.best_score, self.bad_epochs = score, 0

@@ -575,3 +575,19 @@ def test_resume_keeps_this_devices_optimizer_flags(toy_split, tmp_path, monkeypa
     monkeypatch.setattr(torch.optim.Adam, "step", step)
     _toy_pretrain(toy_split, state, epochs=2, resume=True)
     assert seen and all(flags == [False] * len(flags) for flags in seen)
+
+
+def test_early_stopping_counts_ties_and_nan_as_no_improvement():
+    """EarlyStopping.update keeps the best weights only on a strictly better, real score."""
+    from raserec_adapter.train_state import EarlyStopping
+
+    module = torch.nn.Linear(2, 1)
+    stop = EarlyStopping()
+    assert stop.update(1, 0.5, {"m": 0.5}, module)
+    best = {k: v.clone() for k, v in stop.best_state.items()}
+    torch.nn.init.constant_(module.weight, 9.0)
+    assert not stop.update(2, 0.5, {"m": 0.5}, module)  # a tie
+    assert not stop.update(3, float("nan"), {"m": float("nan")}, module)
+    assert (stop.bad_epochs, stop.best_score, stop.result.best_epoch) == (2, 0.5, 1)
+    assert stop.result.epochs_run == 3
+    assert all(torch.equal(best[k], stop.best_state[k]) for k in best)
