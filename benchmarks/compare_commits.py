@@ -1,4 +1,4 @@
-"""RAFT epoch and single-user recommend time of two versions of the library, in one run.
+"""RAFT, recommend or stage-1 epoch time of two versions of the library, in one run.
 
 Timings from different runs of a noisy machine are not comparable, so this script measures an
 older commit (``--old``, checked out into a temporary folder with ``git archive``) and the
@@ -12,6 +12,14 @@ writes ``benchmarks/results/compare-commits.json``.
 Each process builds the default (Faiss IVF) bank of Beauty's training pairs, trains the RAM for
 ``--epochs`` epochs (``RAFTConfig`` defaults otherwise) and times ``--requests`` single-user
 ``recommend`` calls over the test users' histories.
+
+``--stage pretrain`` times stage-1 epochs instead: each process trains a fresh example encoder
+(``--backbone sasrec``, ``gru4rec`` or ``bert4rec``, seed 0) with ``pretrain`` and the
+``PretrainConfig`` defaults (cross-entropy + contrastive retrieval loss) for ``--epochs``
+epochs, and the results go to ``compare-commits-pretrain-<backbone>.json``:
+
+    python benchmarks/compare_commits.py --old c6c3ff4 --stage pretrain --epochs 1 \
+        --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -26,6 +34,36 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+
+
+def child_pretrain(tree: str, data_dir: str | None, backbone: str, epochs: int) -> None:
+    """Stage-1 epochs of a fresh example encoder, in a process importing from ``tree``."""
+    sys.path.insert(0, tree)
+    import torch
+
+    import raserec_adapter
+    from examples import models
+    from raserec_adapter import PretrainConfig, leave_one_out, load_dataset, pretrain
+
+    if not str(Path(raserec_adapter.__file__).resolve()).startswith(str(Path(tree).resolve())):
+        raise RuntimeError(f"imported {raserec_adapter.__file__}, not the tree {tree}")
+    split = leave_one_out(load_dataset("beauty", data_dir=data_dir))
+    torch.manual_seed(0)
+    cls = {"sasrec": models.SASRec, "gru4rec": models.GRU4Rec, "bert4rec": models.BERT4Rec}
+    model = cls[backbone](split.sequences.num_items)
+    res = pretrain(
+        model, split, PretrainConfig(epochs=epochs, patience=epochs + 1), show_progress=False
+    )
+    print(
+        json.dumps(
+            {
+                "pretrain_epoch_seconds": [e["train_seconds"] for e in res.history],
+                "loss_rec": [e["loss_rec"] for e in res.history],
+                "loss_ret": [e["loss_ret"] for e in res.history],
+                "best_valid": res.best_valid,
+            }
+        )
+    )
 
 
 def child(tree: str, data_dir: str | None, checkpoint: str | None, epochs: int, requests: int):
@@ -83,10 +121,25 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="old/new pairs of processes")
     p.add_argument("--epochs", type=int, default=3, help="RAFT epochs timed per process")
     p.add_argument("--requests", type=int, default=300, help="recommend calls per process")
+    p.add_argument(
+        "--stage",
+        choices=["raft", "pretrain"],
+        default="raft",
+        help="raft: bank, RAFT epochs and recommend; pretrain: stage-1 epochs",
+    )
+    p.add_argument(
+        "--backbone",
+        choices=["sasrec", "gru4rec", "bert4rec"],
+        default="sasrec",
+        help="example encoder trained by --stage pretrain",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.child, args.data_dir, args.encoder_checkpoint, args.epochs, args.requests)
+        if args.stage == "pretrain":
+            child_pretrain(args.child, args.data_dir, args.backbone, args.epochs)
+        else:
+            child(args.child, args.data_dir, args.encoder_checkpoint, args.epochs, args.requests)
         return
     if not args.old:
         p.error("--old REVISION is required")
@@ -107,6 +160,7 @@ def main() -> None:
             for name, tree in trees.items():
                 cmd = [sys.executable, str(HERE), "--child", str(tree)]
                 cmd += ["--epochs", str(args.epochs), "--requests", str(args.requests)]
+                cmd += ["--stage", args.stage, "--backbone", args.backbone]
                 if args.data_dir:
                     cmd += ["--data-dir", args.data_dir]
                 if args.encoder_checkpoint:
@@ -116,11 +170,20 @@ def main() -> None:
                     sys.exit(f"the {name} tree's run failed:\n{out.stderr[-3000:]}")
                 run = json.loads(out.stdout.strip().splitlines()[-1])
                 runs[name].append(run)
+                if args.stage == "pretrain":
+                    print(
+                        f"round {r + 1} {name}: stage-1 epoch median "
+                        f"{median(run['pretrain_epoch_seconds']):.2f} s"
+                    )
+                    continue
                 print(
                     f"round {r + 1} {name}: RAFT epoch median "
                     f"{median(run['raft_epoch_seconds']):.2f} s, recommend p50 "
                     f"{run['recommend_ms_p50']:.2f} ms"
                 )
+    if args.stage == "pretrain":
+        save_pretrain(args, runs, time.perf_counter() - t_start)
+        return
     summary = {}
     for name, rs in runs.items():
         summary[name] = {
@@ -147,6 +210,35 @@ def main() -> None:
         f"old {summary['old']['recommend_ms_p50_median']:.2f} ms, new "
         f"{summary['new']['recommend_ms_p50_median']:.2f} ms ({ratio_rec:.2f}x)"
     )
+    print(f"written to {path}")
+
+
+def save_pretrain(args: argparse.Namespace, runs: dict[str, list[dict]], wall: float) -> None:
+    from _common import median, save
+
+    summary = {
+        name: {
+            "pretrain_epoch_seconds_median": median(
+                [e for r in rs for e in r["pretrain_epoch_seconds"]]
+            )
+        }
+        for name, rs in runs.items()
+    }
+    old = summary["old"]["pretrain_epoch_seconds_median"]
+    new = summary["new"]["pretrain_epoch_seconds_median"]
+    record = {
+        "benchmark": "compare-commits",
+        "stage": "pretrain",
+        "backbone": args.backbone,
+        "old": args.old,
+        "new": "the working tree",
+        "epochs_per_process": args.epochs,
+        "runs": runs,
+        "summary": summary,
+        "pretrain_epoch_speedup_old_over_new": old / new,
+    }
+    path = save(f"compare-commits-pretrain-{args.backbone}", record, wall)
+    print(f"stage-1 epoch ({args.backbone}): old {old:.2f} s, new {new:.2f} s ({old / new:.2f}x)")
     print(f"written to {path}")
 
 

@@ -27,6 +27,7 @@ from raserec_adapter import (
     leave_one_out,
     wrap_encoder,
 )
+from raserec_adapter.layers import dropout
 
 NUM_ITEMS = 30
 MAX_LEN = 10
@@ -247,17 +248,18 @@ def test_bert4rec_example_records_its_stage1_objective(
     assert bool(seen) == (objective == "cloze")  # next-item never calls the cloze loss
 
 
-def recbole_layer(block, x, p):
-    """RecBole's TransformerLayer written out (no attention dropout): dropout on the attention
-    output and on the feed-forward output only, each before residual + LayerNorm."""
+def recbole_layer(block, x, p, attn_p=0.0):
+    """RecBole's TransformerLayer written out: dropout on the attention weights, the attention
+    output and the feed-forward output only, each output one before residual + LayerNorm."""
     b, t, d = x.shape
     q, k, v = block.qkv(x).view(b, t, 3, block.heads, d // block.heads).permute(2, 0, 3, 1, 4)
     scores = q @ k.transpose(-1, -2) / math.sqrt(d // block.heads)
     future = torch.ones(t, t, dtype=torch.bool).triu(1)
-    a = (scores.masked_fill(future, float("-inf")).softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
-    x = block.norm1(x + F.dropout(block.out(a), p))
+    weights = dropout(scores.masked_fill(future, float("-inf")).softmax(-1), attn_p)
+    a = (weights @ v).transpose(1, 2).reshape(b, t, d)
+    x = block.norm1(x + dropout(block.out(a), p))
     hidden = block.ff2(F.gelu(block.ff1(x)))
-    return block.norm2(x + F.dropout(hidden, p))
+    return block.norm2(x + dropout(hidden, p))
 
 
 def test_transformer_block_drops_out_where_recbole_does():
@@ -270,6 +272,40 @@ def test_transformer_block_drops_out_where_recbole_does():
     got = block(x, causal=True)
     torch.manual_seed(1)  # the same dropout masks, drawn in the same order
     torch.testing.assert_close(got, recbole_layer(block, x, 0.5))
+    block.attn_dropout = 0.5  # on a CPU the attention is written out to use the cheaper masks
+    torch.manual_seed(2)
+    got = block(x, causal=True)
+    torch.manual_seed(2)
+    torch.testing.assert_close(got, recbole_layer(block, x, 0.5, attn_p=0.5))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_with_dropout_is_sdpa_with_dropout(causal):
+    """The written-out attention of the example Transformers' CPU training: without dropout it
+    is F.scaled_dot_product_attention (causal, or with a key mask); with dropout, reading the
+    weights through identity values, each weight is 0 or w / (1 - p) at rate 1 - p, and masked
+    keys stay at 0."""
+    from examples.models import _attention_with_dropout
+
+    torch.manual_seed(0)
+    b, h, t = 64, 2, 6
+    q, k = torch.randn(b, h, t, 8), torch.randn(b, h, t, 8)
+    key_mask = None
+    if not causal:  # random keys masked, never the first (no row without keys)
+        key_mask = (torch.rand(b, 1, 1, t) < 0.7).index_fill_(3, torch.tensor([0]), True)
+    v = torch.randn(b, h, t, 8)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=causal)
+    got = _attention_with_dropout(q, k, v, causal, key_mask, 0.0)
+    torch.testing.assert_close(got, ref)
+    eye = torch.eye(t).expand(b, h, t, t)  # values = one-hot keys: the output is the weights
+    w = F.scaled_dot_product_attention(q, k, eye, attn_mask=key_mask, is_causal=causal)
+    dropped = _attention_with_dropout(q, k, eye, causal, key_mask, 0.5)
+    zero = dropped == 0
+    torch.testing.assert_close(dropped[~zero], 2 * w[~zero])
+    assert torch.all(zero[w == 0])
+    rate = float((~zero[w > 0]).float().mean())
+    n = int((w > 0).sum())
+    assert abs(rate - 0.5) < 5 * math.sqrt(0.25 / n)
 
 
 def test_example_resume_continues_stage1(dataset_file, tmp_path):

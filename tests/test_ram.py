@@ -110,26 +110,3 @@ def test_frozen_table_cross_entropy_wide_scores_float32(scale):
     (g_got,) = torch.autograd.grad(got, x)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(g_got, g_ref, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
-def test_ram_dropout_keeps_one_minus_p_scaled(p):
-    """The RAM's CPU dropout: entries are 0 or x / (1 - p), kept at rate 1 - p (within 5
-    standard deviations over 200k draws), the gradient is the same mask, eval mode and p = 0
-    are the identity, and a seed fixes the mask."""
-    from raserec_adapter.ram import Dropout
-
-    n = 200_000
-    x = torch.full((n,), 3.0, requires_grad=True)
-    drop = Dropout(p).train()
-    torch.manual_seed(0)
-    y = drop(x)
-    kept = y != 0
-    torch.testing.assert_close(y[kept], torch.full((int(kept.sum()),), 3.0 / (1 - p)))
-    assert abs(float(kept.float().mean()) - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
-    y.sum().backward()
-    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
-    torch.manual_seed(0)
-    assert torch.equal(drop(x), y)
-    assert drop.eval()(x) is x
-    assert Dropout(0.0).train()(x) is x
