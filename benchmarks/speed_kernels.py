@@ -8,7 +8,11 @@ items, K = 20 memories from a bank of 131,413):
   score matrix; at score scales whose row spreads stay under exp()'s float32 range and at one
   where most of them are beyond it;
 * gathering the memories with ``index_select`` against advanced indexing;
-* the RAM's dropout against ``nn.Dropout`` (forward + backward);
+* dropout (``raserec_adapter.layers``, forward + backward) against ``nn.Dropout`` and against
+  the RAM's dropout before (masks from 31-bit random integers), at the RAM's size and at the
+  example SASRec's hidden states (256 x 50 x 64); and a SASRec block's attention in training
+  (attention dropout 0.5), written out with those masks, against
+  ``F.scaled_dot_product_attention(dropout_p=0.5)``;
 * ``target_rank`` on 1024 users x 12,101 items (the evaluation's kernel) against the same count
   summed as int64 with an elementwise NaN test, its form before.
 
@@ -26,10 +30,17 @@ import torch
 import torch.nn.functional as F
 from _common import median, save
 
+from examples.models import _attention_with_dropout
 from raserec_adapter.bank import gather_rows
+from raserec_adapter.layers import Dropout
 from raserec_adapter.losses import frozen_table_cross_entropy
 from raserec_adapter.metrics import target_rank
-from raserec_adapter.ram import Dropout
+
+
+def _int31_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The RAM's CPU dropout before ``raserec_adapter.layers``: one 31-bit integer per entry."""
+    bits = torch.empty(x.shape, dtype=torch.int32).random_()
+    return x * (bits >= round(p * 2**31)).to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 class _TwoPassCE(torch.autograd.Function):
@@ -119,18 +130,45 @@ def main() -> None:
         f"({gather['advanced_indexing_ms'] / gather['index_select_ms']:.1f}x)"
     )
 
-    h = torch.randn(b, d, requires_grad=True)
+    drop: dict[str, dict[str, float]] = {}
     ours, ref = Dropout(0.5).train(), torch.nn.Dropout(0.5).train()
-    drop = {
-        "ram_dropout_ms": ms(lambda: ours(h).sum().backward(), args.repeats),
-        "nn_dropout_ms": ms(lambda: ref(h).sum().backward(), args.repeats),
+    for name, shape in (("ram_1024x64", (b, d)), ("sasrec_hidden_256x50x64", (256, 50, d))):
+        h = torch.randn(shape, requires_grad=True)
+        drop[name] = {
+            "ours_ms": ms(lambda h=h: ours(h).sum().backward(), args.repeats),
+            "int31_masks_before_ms": ms(
+                lambda h=h: _int31_dropout(h, 0.5).sum().backward(), args.repeats
+            ),
+            "nn_dropout_ms": ms(lambda h=h: ref(h).sum().backward(), args.repeats),
+        }
+        r = drop[name]
+        print(
+            f"dropout {name}, forward + backward: ours {r['ours_ms']:.2f} ms, 31-bit masks "
+            f"(before) {r['int31_masks_before_ms']:.2f} ms, nn.Dropout {r['nn_dropout_ms']:.2f} "
+            f"ms ({r['nn_dropout_ms'] / r['ours_ms']:.1f}x)"
+        )
+    q, k, v = (torch.randn(256, 2, 50, d // 2, requires_grad=True) for _ in range(3))
+    drop["sasrec_attention_256x2x50"] = {
+        "written_out_ms": ms(
+            lambda: _attention_with_dropout(q, k, v, True, None, 0.5).sum().backward(),
+            args.repeats,
+        ),
+        "sdpa_dropout_ms": ms(
+            lambda: (
+                F.scaled_dot_product_attention(q, k, v, dropout_p=0.5, is_causal=True)
+                .sum()
+                .backward()
+            ),
+            args.repeats,
+        ),
     }
-    record["dropout"] = drop
+    r = drop["sasrec_attention_256x2x50"]
     print(
-        f"dropout (1024, 64), forward + backward: ours {drop['ram_dropout_ms']:.2f} ms, "
-        f"nn.Dropout {drop['nn_dropout_ms']:.2f} ms "
-        f"({drop['nn_dropout_ms'] / drop['ram_dropout_ms']:.1f}x)"
+        f"causal attention with dropout 0.5, (256, 2, 50, 32), forward + backward: written out "
+        f"{r['written_out_ms']:.2f} ms, SDPA {r['sdpa_dropout_ms']:.2f} ms "
+        f"({r['sdpa_dropout_ms'] / r['written_out_ms']:.1f}x)"
     )
+    record["dropout"] = drop
     scores = torch.randn(b, n_items + 1)
     targets = torch.randint(1, n_items + 1, (b,))
 
