@@ -272,6 +272,7 @@ API_SECTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("Pre-training", ("pretraining",)),
     ("Memory banks", ("bank", "faiss_bank")),
     ("Retrieval-Augmented Module", ("ram",)),
+    ("Layers", ("layers",)),
     ("Evaluation", ("evaluation", "metrics")),
     ("Reporting", ("reporting",)),
 ]

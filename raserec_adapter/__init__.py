@@ -32,6 +32,7 @@ from raserec_adapter.datasets import (
 from raserec_adapter.encoder import EncoderError, SequenceEncoder, WrappedEncoder, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking, rank_targets
 from raserec_adapter.faiss_bank import FaissMemoryBank
+from raserec_adapter.layers import Dropout
 from raserec_adapter.metrics import RankingMetrics, target_rank
 from raserec_adapter.pretraining import evaluate_encoder, pretrain
 from raserec_adapter.raft import evaluate_ram, search_neighbours, train_ram
@@ -52,6 +53,7 @@ __all__ = [
     "DataFormatError",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "Dropout",
     "EncoderError",
     "FaissMemoryBank",
     "LeaveOneOutSplit",
