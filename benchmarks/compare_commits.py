@@ -133,6 +133,9 @@ def main() -> None:
         default="sasrec",
         help="example encoder trained by --stage pretrain",
     )
+    p.add_argument(
+        "--tag", default=None, help="results file compare-commits[-pretrain-BACKBONE]-TAG.json"
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -203,7 +206,8 @@ def main() -> None:
         "recommend_speedup_old_over_new": ratio_rec,
         "encoder": "trained checkpoint" if args.encoder_checkpoint else "random init",
     }
-    path = save("compare-commits", record, time.perf_counter() - t_start)
+    name = "compare-commits" + (f"-{args.tag}" if args.tag else "")
+    path = save(name, record, time.perf_counter() - t_start)
     print(
         f"RAFT epoch: old {summary['old']['raft_epoch_seconds_median']:.2f} s, new "
         f"{summary['new']['raft_epoch_seconds_median']:.2f} s ({ratio_raft:.2f}x); recommend p50: "
@@ -237,7 +241,8 @@ def save_pretrain(args: argparse.Namespace, runs: dict[str, list[dict]], wall: f
         "summary": summary,
         "pretrain_epoch_speedup_old_over_new": old / new,
     }
-    path = save(f"compare-commits-pretrain-{args.backbone}", record, wall)
+    name = f"compare-commits-pretrain-{args.backbone}" + (f"-{args.tag}" if args.tag else "")
+    path = save(name, record, wall)
     print(f"stage-1 epoch ({args.backbone}): old {old:.2f} s, new {new:.2f} s ({old / new:.2f}x)")
     print(f"written to {path}")
 
