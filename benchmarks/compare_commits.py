@@ -36,6 +36,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 
 
+def _check_tree(package, tree: str) -> None:
+    """Refuses to time a package imported from anywhere but ``tree``."""
+    if not str(Path(package.__file__).resolve()).startswith(str(Path(tree).resolve())):
+        raise RuntimeError(f"imported {package.__file__}, not the tree {tree}")
+
+
 def child_pretrain(tree: str, data_dir: str | None, backbone: str, epochs: int) -> None:
     """Stage-1 epochs of a fresh example encoder, in a process importing from ``tree``."""
     sys.path.insert(0, tree)
@@ -45,8 +51,7 @@ def child_pretrain(tree: str, data_dir: str | None, backbone: str, epochs: int) 
     from examples import models
     from raserec_adapter import PretrainConfig, leave_one_out, load_dataset, pretrain
 
-    if not str(Path(raserec_adapter.__file__).resolve()).startswith(str(Path(tree).resolve())):
-        raise RuntimeError(f"imported {raserec_adapter.__file__}, not the tree {tree}")
+    _check_tree(raserec_adapter, tree)
     split = leave_one_out(load_dataset("beauty", data_dir=data_dir))
     torch.manual_seed(0)
     cls = {"sasrec": models.SASRec, "gru4rec": models.GRU4Rec, "bert4rec": models.BERT4Rec}
@@ -82,8 +87,7 @@ def child(tree: str, data_dir: str | None, checkpoint: str | None, epochs: int, 
         load_dataset,
     )
 
-    if not str(Path(raserec_adapter.__file__).resolve()).startswith(str(Path(tree).resolve())):
-        raise RuntimeError(f"imported {raserec_adapter.__file__}, not the tree {tree}")
+    _check_tree(raserec_adapter, tree)
     split = leave_one_out(load_dataset("beauty", data_dir=data_dir))
     torch.manual_seed(0)
     model = SASRec(split.sequences.num_items)

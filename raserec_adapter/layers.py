@@ -8,7 +8,7 @@ instead, one word for 8 entries:
 * when ``256 p`` is an integer (``p = 0.5``, ``0.25``, ...), an entry is kept when its random
   byte is at least ``256 p``: exactly probability ``1 - p``;
 * otherwise it compares a random 32-bit integer with ``round(2^32 p)``, so the keep rate is
-  ``1 - p`` to within ``2^-32``, finer than the 24-bit uniforms of ``nn.Dropout``.
+  ``1 - p`` to within ``2^-32``.
 
 Kept entries are scaled by ``1 / (1 - p)``, the gradient is the same mask, and
 ``torch.manual_seed`` fixes the masks, as with ``nn.Dropout``; the random stream differs, so a
