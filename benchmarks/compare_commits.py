@@ -32,13 +32,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).resolve()
 
 
-def _check_tree(package, tree: str) -> None:
+def _check_tree(package: ModuleType, tree: str) -> None:
     """Refuses to time a package imported from anywhere but ``tree``."""
-    if not str(Path(package.__file__).resolve()).startswith(str(Path(tree).resolve())):
+    # a path test, not a string prefix: /tmp/wt must not accept /tmp/wt_old
+    if not Path(str(package.__file__)).resolve().is_relative_to(Path(tree).resolve()):
         raise RuntimeError(f"imported {package.__file__}, not the tree {tree}")
 
 
