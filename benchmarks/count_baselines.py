@@ -1,16 +1,18 @@
 """Two counting baselines with no learning, on validation and test: a floor for any encoder.
 
 * ``transitions``: scores item ``j`` for a history by how often ``j`` directly followed the
-  history's last item in the training part of all users' sequences (a first-order Markov
+  history's last item in the counted part of all users' sequences (a first-order Markov
   chain of counts);
-* ``popularity``: scores every item by its count in the training part.
+* ``popularity``: scores every item by its count in the counted part.
 
-For the validation split the counts come from each user's items before the last two, for the
-test split from the items before the last one (the validation items join, as they join the
-memory bank for the test). Full ranking over all items, ties counted against the target (an
-unseen transition ranks the target last), protocol ``full``. The ratio test / validation of
-each metric shows how a model that leans on the last item, or on the items' overall
-popularity, carries over from validation to test; an encoder's own ratio can be set beside it.
+Each is counted two ways. ``train``: the training part only (each user's items before the
+last two), for validation and test alike, like an encoder trained once and frozen.
+``before-target``: everything before the split's target, so the test counts include the
+validation pairs, as the memory bank does for the test. Full ranking over all items, ties
+counted against the target (an unseen transition ranks the target last), protocol ``full``.
+The ratio test / validation of each metric shows how a model that leans on the last item, or
+on the items' overall popularity, carries over from validation to test; an encoder's own ratio
+can be set beside it.
 
     python benchmarks/count_baselines.py --dataset beauty --data-dir ../shared/data
 """
@@ -28,13 +30,21 @@ from _common import save
 from raserec_adapter import DATASETS, load_dataset
 
 
-def target_ranks(seqs: list[list[int]], num_items: int, split: str) -> dict[str, np.ndarray]:
-    """1-based rank of each user's target under each baseline (ties against the target)."""
+def target_ranks(
+    seqs: list[list[int]], num_items: int, split: str, counted: str = "before-target"
+) -> dict[str, np.ndarray]:
+    """1-based rank of each user's target under each baseline (ties against the target).
+
+    ``counted``: ``"train"`` counts each user's items before the last two, ``"before-target"``
+    all items before the split's target (the same for the validation split).
+    """
+    if counted not in ("train", "before-target"):
+        raise ValueError(f"counted must be 'train' or 'before-target', got {counted!r}")
     cut = 2 if split == "valid" else 1
     follows: defaultdict[int, Counter[int]] = defaultdict(Counter)
     counts = np.zeros(num_items + 1)
     for s in seqs:
-        train = s[:-cut]
+        train = s[:-2] if counted == "train" else s[:-cut]
         np.add.at(counts, train, 1)
         for a, b in pairwise(train):
             follows[a][b] += 1
@@ -69,15 +79,17 @@ def main() -> None:
     data = load_dataset(args.dataset, data_dir=args.data_dir)
     seqs = [data[u].tolist() for u in range(data.num_users)]
     results: dict[str, dict[str, dict[str, float]]] = {}
-    per_split = {s: target_ranks(seqs, data.num_items, s) for s in ("valid", "test")}
-    for name in ("transitions", "popularity"):
-        valid, test = metrics(per_split["valid"][name]), metrics(per_split["test"][name])
-        ratio = {k: test[k] / valid[k] for k in valid}
-        results[name] = {"valid": valid, "test": test, "test_over_valid": ratio}
-        print(
-            f"{name:12s} "
-            + "  ".join(f"{k} {valid[k]:.4f} -> {test[k]:.4f} ({ratio[k]:.2f})" for k in valid)
-        )
+    for counted in ("train", "before-target"):
+        per_split = {s: target_ranks(seqs, data.num_items, s, counted) for s in ("valid", "test")}
+        for name in ("transitions", "popularity"):
+            valid, test = metrics(per_split["valid"][name]), metrics(per_split["test"][name])
+            ratio = {k: test[k] / valid[k] for k in valid}
+            label = f"{name}, counted: {counted}"
+            results[label] = {"valid": valid, "test": test, "test_over_valid": ratio}
+            print(
+                f"{label:36s} "
+                + "  ".join(f"{k} {valid[k]:.4f} -> {test[k]:.4f} ({ratio[k]:.2f})" for k in valid)
+            )
     record = {
         "benchmark": "count-baselines",
         "dataset": args.dataset,

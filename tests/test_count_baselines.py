@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import count_baselines
@@ -36,6 +37,24 @@ def test_test_ranks_by_hand():
     assert r["transitions"].tolist() == [5, 5, 1, 5]
     # counts 1:4, 2:4, 3:3, 4:1, 5:0 -> target 4: {1,2,3,4} = 4; 5: 5; 2: 2; 5: 5
     assert r["popularity"].tolist() == [4, 5, 2, 5]
+
+
+def test_test_ranks_counted_on_the_training_part_by_hand():
+    r = count_baselines.target_ranks(SEQS, 5, "test", counted="train")
+    # the validation counts above: 1->2 x2, 2->3 x1, 3->1 x1; counts 1:3, 2:3, 3:2, 4:0, 5:0
+    # user 0: last 3, target 4: unseen -> 5. user 1: last 4, no row -> 5.
+    # user 2: last 1, target 2: rank 1. user 3: last 2, target 5: unseen -> 5.
+    assert r["transitions"].tolist() == [5, 5, 1, 5]
+    # popularity: 4 and 5 have count 0 -> 5; 2 -> {1, 2} = 2
+    assert r["popularity"].tolist() == [5, 5, 2, 5]
+    # the validation split is counted the same either way
+    for name, ranks in count_baselines.target_ranks(SEQS, 5, "valid", counted="train").items():
+        assert ranks.tolist() == count_baselines.target_ranks(SEQS, 5, "valid")[name].tolist()
+
+
+def test_an_unknown_counting_is_refused():
+    with pytest.raises(ValueError, match="counted must be"):
+        count_baselines.target_ranks(SEQS, 5, "test", counted="all")
 
 
 def test_metrics_by_hand():
