@@ -25,9 +25,10 @@ from collections import Counter, defaultdict
 from itertools import pairwise
 
 import numpy as np
+import torch
 from _common import save
 
-from raserec_adapter import DATASETS, load_dataset
+from raserec_adapter import DATASETS, RankingMetrics, load_dataset
 
 
 def target_ranks(
@@ -48,7 +49,7 @@ def target_ranks(
         np.add.at(counts, train, 1)
         for a, b in pairwise(train):
             follows[a][b] += 1
-    counts[0] = -1.0  # padding is never ranked
+    ascending = np.sort(counts[1:])  # popularity rank = items counted at least as often
     ranks: dict[str, list[int]] = {"transitions": [], "popularity": []}
     for s in seqs:
         history, target = s[:-cut], s[-cut]
@@ -57,17 +58,15 @@ def target_ranks(
         # items scoring at least the target's count, the target included; zero counts tie
         # with every item never seen after the last one, so the target ranks last
         ranks["transitions"].append(sum(1 for v in row.values() if v >= c) if c > 0 else num_items)
-        ranks["popularity"].append(int((counts[1:] >= counts[target]).sum()))
+        ranks["popularity"].append(num_items - int(np.searchsorted(ascending, counts[target])))
     return {k: np.asarray(v) for k, v in ranks.items()}
 
 
 def metrics(ranks: np.ndarray) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k in (5, 10):
-        hit = ranks <= k
-        out[f"HR@{k}"] = float(hit.mean())
-        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
-    return out
+    """HR and NDCG at 5 and 10 of 1-based ranks, by the library's :class:`RankingMetrics`."""
+    m = RankingMetrics(ks=(5, 10))
+    m.update(torch.from_numpy(ranks))
+    return {k: v for k, v in m.compute().items() if not k.startswith("MRR")}
 
 
 def main() -> None:
