@@ -1,16 +1,23 @@
-"""Cross-entropy against a frozen item table, computed in cache-sized chunks.
+"""Cross-entropy against a frozen item table, without holding the whole score matrix.
 
 In RAFT only the RAM trains: the item table gets no gradient. The softmax cross-entropy of
-``x @ W`` over all N items then needs only ``dL/dx = (softmax - onehot) @ W^T / B``, which can be
-formed chunk by chunk in the forward pass, so the ``(B, N)`` score matrix is never held whole and
-no separate backward pass over it is needed (about 2.5x faster on a CPU for Beauty's 12k items).
-Each chunk takes one exp() pass over its scores, written into one reused buffer.
+``x @ W^T`` over all N items then needs only ``dL/dx = (softmax(x W^T) - onehot) @ W / B``,
+which is formed in the forward pass, so no separate backward pass over the ``(B, N)`` scores
+is needed. ``softmax(x W^T) @ W`` is attention with the table as keys and values (scale 1), and
+the loss is its log-sum-exp minus the target's score, so on a CPU (float32 or float64) both come
+from one call of PyTorch's tiled flash-attention kernel, whose score tiles stay in cache
+(``kernel="attention"``, about 1.7x faster than the chunked loop at Beauty's sizes). Elsewhere
+(and for any dtype that kernel does not take) the scores are formed in chunks of ``chunk`` rows,
+each with one exp() pass into one reused buffer (``kernel="chunked"``).
 
 Example:
     >>> import torch, torch.nn.functional as F
     >>> x = torch.randn(5, 4, requires_grad=True)
     >>> w_t, y = torch.randn(4, 9), torch.tensor([0, 3, 8, 2, 2])
     >>> torch.allclose(frozen_table_cross_entropy(x, w_t, y, chunk=2), F.cross_entropy(x @ w_t, y))
+    True
+    >>> torch.allclose(frozen_table_cross_entropy(x, w_t, y, kernel="chunked"),
+    ...                frozen_table_cross_entropy(x, w_t, y, kernel="attention"))
     True
 """
 
@@ -20,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["frozen_table_cross_entropy"]
+__all__ = ["attention_kernel_available", "frozen_table_cross_entropy"]
 
 
 # exp() of arguments below about -87 gives float32 denormals or zero, which a CPU computes
@@ -28,12 +35,45 @@ __all__ = ["frozen_table_cross_entropy"]
 _EXP_FLOOR = -80.0
 
 
+def _cpu_attention_op() -> Any:
+    """PyTorch's CPU flash-attention op returning ``(output, logsumexp)``, or None if absent."""
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _attention_ce(
+    x: torch.Tensor, w: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss and unscaled gradient ``softmax(x w^T) w - w[y]`` from one attention call.
+
+    ``w`` is the ``(N, d)`` table. The op reads its inputs as dense row-major and silently
+    returns wrong numbers for transposed views, so every input is made contiguous first.
+    """
+    op = _cpu_attention_op()
+    q = x.contiguous()[None, None]
+    kv = w.contiguous()[None, None]
+    out, lse = op(q, kv, kv, 0.0, False, scale=1.0)
+    picked_rows = w.index_select(0, targets)
+    picked = (x * picked_rows).sum(1)
+    total = (lse.reshape(-1).double() - picked.double()).sum()
+    return total, out[0, 0] - picked_rows
+
+
 class _FrozenTableCE(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, w_t: torch.Tensor, targets: torch.Tensor, chunk: int
+        ctx: Any,
+        x: torch.Tensor,
+        w_t: torch.Tensor,
+        targets: torch.Tensor,
+        chunk: int,
+        attention: bool,
     ) -> torch.Tensor:
         n = x.shape[0]
+        if attention:
+            total, grad = _attention_ce(x, w_t.t(), targets)
+            ctx.save_for_backward(grad)
+            ctx.n = n
+            return (total / n).to(x.dtype)
         grad = torch.empty_like(x)
         total = torch.zeros((), dtype=torch.float64, device=x.device)
         # one score buffer for all chunks: no allocation (and page faults) per chunk
@@ -57,22 +97,66 @@ class _FrozenTableCE(torch.autograd.Function):
         return (total / n).to(x.dtype)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, g: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None, None]:
         (grad,) = ctx.saved_tensors
-        return grad * (g / ctx.n), None, None, None
+        return grad * (g / ctx.n), None, None, None, None
+
+
+KERNELS = ("auto", "attention", "chunked")
+
+
+def attention_kernel_available(x: torch.Tensor) -> bool:
+    """Whether ``kernel="attention"`` can run on ``x``'s device and dtype."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and _cpu_attention_op() is not None
+    )
 
 
 def frozen_table_cross_entropy(
-    x: torch.Tensor, w_t: torch.Tensor, targets: torch.Tensor, chunk: int = 128
+    x: torch.Tensor,
+    w_t: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int = 128,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Mean softmax cross-entropy of ``x @ w_t``; gradient flows to ``x`` only.
 
     Args:
         x: ``(B, d)`` representations.
-        w_t: ``(d, N)`` frozen class (item) table, transposed.
+        w_t: ``(d, N)`` frozen class (item) table, transposed. The attention kernel reads the
+            ``(N, d)`` table, so pass the transposed view of a contiguous ``(N, d)`` table
+            (``table.t()``) to spare it a copy per call.
         targets: ``(B,)`` class indices in ``0..N-1``.
-        chunk: Rows scored at a time.
+        chunk: Rows scored at a time by the chunked kernel.
+        kernel: ``"attention"`` (one flash-attention call; CPU, float32/float64),
+            ``"chunked"`` (any device and dtype), or ``"auto"``: attention where it can run.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(3, 4, requires_grad=True)
+        >>> loss = frozen_table_cross_entropy(x, torch.randn(4, 10), torch.tensor([1, 0, 9]))
+        >>> loss.backward(); x.grad.shape
+        torch.Size([3, 4])
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    return _FrozenTableCE.apply(x, w_t.detach(), targets, chunk)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if x.ndim != 2 or w_t.ndim != 2 or x.shape[1] != w_t.shape[0]:
+        raise ValueError(
+            f"x must be (B, d) and w_t (d, N) with the same d; got {tuple(x.shape)} and "
+            f"{tuple(w_t.shape)}"
+        )
+    available = attention_kernel_available(x) and w_t.dtype == x.dtype
+    if kernel == "attention" and not available:
+        raise ValueError(
+            "kernel='attention' needs float32 or float64 inputs of one dtype on the CPU and a "
+            f"PyTorch with its CPU flash-attention op; got {x.dtype} / {w_t.dtype} on "
+            f"{x.device} (torch {torch.__version__}). Use kernel='chunked' or 'auto'."
+        )
+    attention = kernel == "attention" or (kernel == "auto" and available)
+    return _FrozenTableCE.apply(x, w_t.detach(), targets, chunk, attention)

@@ -253,7 +253,9 @@ def train_ram(
 
     table = fixed(item_table)
     dtype = torch.bfloat16 if config.precision == "bfloat16" else torch.float32
-    scores_t = table[1:].t().contiguous().to(dtype)  # (d, N), items 1..N
+    # (d, N), items 1..N: the transposed view of a contiguous (N, d) table, the layout both the
+    # CPU attention kernel of the cross-entropy and a plain matrix product read without a copy
+    scores_t = table[1:].contiguous().to(dtype).t()
     # what every step reads moves to the device once: a step then gathers its memories there
     mem_k, mem_v = (fixed(t) for t in memories)
     queries, neighbours = fixed(queries), neighbours.to(dev)

@@ -75,8 +75,9 @@ def test_shape_errors():
         RetrievalAugmentedModule(9, RAMConfig(num_heads=2))
 
 
+@pytest.mark.parametrize("kernel", ["chunked", "attention"])
 @pytest.mark.parametrize("n,chunk", [(1, 4), (7, 3), (16, 16), (33, 8)])
-def test_frozen_table_cross_entropy_matches_torch(n, chunk):
+def test_frozen_table_cross_entropy_matches_torch(n, chunk, kernel):
     from raserec_adapter.losses import frozen_table_cross_entropy
 
     torch.manual_seed(n)
@@ -85,14 +86,15 @@ def test_frozen_table_cross_entropy_matches_torch(n, chunk):
     y = torch.randint(0, 11, (n,))
     ref = F.cross_entropy(x @ w_t, y)
     (g_ref,) = torch.autograd.grad(2.0 * ref, x)
-    got = frozen_table_cross_entropy(x, w_t, y, chunk=chunk)
+    got = frozen_table_cross_entropy(x, w_t, y, chunk=chunk, kernel=kernel)
     (g_got,) = torch.autograd.grad(2.0 * got, x)  # upstream gradient != 1 is scaled correctly
     torch.testing.assert_close(got, ref)
     torch.testing.assert_close(g_got, g_ref)
 
 
+@pytest.mark.parametrize("kernel", ["chunked", "attention"])
 @pytest.mark.parametrize("scale", [1.0, 30.0])
-def test_frozen_table_cross_entropy_wide_scores_float32(scale):
+def test_frozen_table_cross_entropy_wide_scores_float32(scale, kernel):
     """Float32 scores spread far wider than exp()'s range (the clamped tail) still give
     torch's loss and gradient; the target itself may lie in the clamped tail."""
     from raserec_adapter.losses import frozen_table_cross_entropy
@@ -106,7 +108,43 @@ def test_frozen_table_cross_entropy_wide_scores_float32(scale):
         assert ((logits.amax(1) - logits.gather(1, y[:, None]).squeeze(1)) > 80).any()
     ref = F.cross_entropy(x @ w_t, y)
     (g_ref,) = torch.autograd.grad(ref, x)
-    got = frozen_table_cross_entropy(x, w_t, y, chunk=16)
+    got = frozen_table_cross_entropy(x, w_t, y, chunk=16, kernel=kernel)
     (g_got,) = torch.autograd.grad(got, x)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(g_got, g_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_frozen_table_cross_entropy_attention_kernel_any_layout(layout):
+    """The CPU attention op returns wrong numbers for transposed views; the kernel copies them,
+    so x and the table give torch's loss and gradient in either memory layout."""
+    from raserec_adapter.losses import frozen_table_cross_entropy
+
+    torch.manual_seed(1)
+    table = torch.randn(50, 8)  # (N, d)
+    base = torch.randn(8, 20) if layout == "transposed" else torch.randn(20, 8)
+    x = (base.t() if layout == "transposed" else base).requires_grad_()
+    w_t = table.t() if layout == "contiguous" else table.t().contiguous()
+    y = torch.randint(0, 50, (20,))
+    ref = F.cross_entropy(x @ table.t(), y)
+    (g_ref,) = torch.autograd.grad(ref, x)
+    got = frozen_table_cross_entropy(x, w_t, y, kernel="attention")
+    (g_got,) = torch.autograd.grad(got, x)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(g_got, g_ref)
+
+
+def test_frozen_table_cross_entropy_bad_input():
+    from raserec_adapter.losses import frozen_table_cross_entropy
+
+    x, w_t, y = torch.randn(3, 4), torch.randn(4, 6), torch.tensor([0, 1, 5])
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        frozen_table_cross_entropy(x, w_t, y, kernel="fast")
+    with pytest.raises(ValueError, match="same d"):
+        frozen_table_cross_entropy(x, torch.randn(5, 6), y)
+    with pytest.raises(ValueError, match="kernel='chunked'"):
+        frozen_table_cross_entropy(x.bfloat16(), w_t.bfloat16(), y, kernel="attention")
+    # "auto" falls back to the chunked loop where the attention kernel cannot run
+    got = frozen_table_cross_entropy(x.bfloat16(), w_t.bfloat16(), y)
+    ref = F.cross_entropy(x.bfloat16().float() @ w_t.bfloat16().float(), y)
+    torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
