@@ -23,9 +23,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["attention_kernel_available", "frozen_table_cross_entropy"]
 
@@ -38,6 +42,33 @@ _EXP_FLOOR = -80.0
 def _cpu_attention_op() -> Any:
     """PyTorch's CPU flash-attention op returning ``(output, logsumexp)``, or None if absent."""
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+@functools.cache
+def _attention_op_works(dtype: torch.dtype) -> bool:
+    """Whether the private CPU op exists and, on a small probe, matches a direct computation.
+
+    The op is not public API: its signature or behaviour may change between PyTorch releases,
+    so it is checked once per dtype and process (well under a millisecond) before use.
+    """
+    op = _cpu_attention_op()
+    if op is None:
+        return False
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 7, generator=gen, dtype=dtype)
+    w = torch.randn(300, 7, generator=gen, dtype=dtype)
+    try:
+        out, lse = op(x[None, None], w[None, None], w[None, None], 0.0, False, scale=1.0)
+        scores = x @ w.t()
+        ok = torch.allclose(
+            out.reshape(5, 7), scores.softmax(1) @ w, atol=1e-4, rtol=1e-4
+        ) and torch.allclose(lse.reshape(5), scores.logsumexp(1), atol=1e-4, rtol=1e-4)
+    except Exception as err:  # any failure means: do not use it
+        logger.warning("CPU flash-attention op unusable (%s); using the chunked kernel", err)
+        return False
+    if not ok:
+        logger.warning("CPU flash-attention op gave wrong numbers; using the chunked kernel")
+    return bool(ok)
 
 
 def _attention_ce(
@@ -112,7 +143,7 @@ def attention_kernel_available(x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
-        and _cpu_attention_op() is not None
+        and _attention_op_works(x.dtype)
     )
 
 

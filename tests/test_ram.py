@@ -148,3 +148,37 @@ def test_frozen_table_cross_entropy_bad_input():
     got = frozen_table_cross_entropy(x.bfloat16(), w_t.bfloat16(), y)
     ref = F.cross_entropy(x.bfloat16().float() @ w_t.bfloat16().float(), y)
     torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("failure", ["missing", "raises", "wrong numbers"])
+def test_frozen_table_cross_entropy_falls_back_from_a_broken_attention_op(monkeypatch, failure):
+    """The private CPU op is probed once; a missing, failing or wrong op means the chunked loop."""
+    from raserec_adapter import losses
+
+    real = losses._cpu_attention_op()
+
+    def broken(*args, **kwargs):
+        if failure == "raises":
+            raise RuntimeError("signature changed")
+        out, lse = real(*args, **kwargs)
+        return out + 1.0, lse
+
+    monkeypatch.setattr(
+        losses, "_cpu_attention_op", lambda: None if failure == "missing" else broken
+    )
+    losses._attention_op_works.cache_clear()
+    try:
+        x = torch.randn(6, 4, requires_grad=True)
+        w_t, y = torch.randn(4, 11), torch.tensor([0, 1, 5, 10, 3, 3])
+        assert not losses.attention_kernel_available(x)
+        with pytest.raises(ValueError, match="kernel='chunked'"):
+            losses.frozen_table_cross_entropy(x, w_t, y, kernel="attention")
+        got = losses.frozen_table_cross_entropy(x, w_t, y)
+        (g,) = torch.autograd.grad(got, x)
+        x2 = x.detach().clone().requires_grad_()
+        ref = F.cross_entropy(x2 @ w_t, y)
+        ref.backward()
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(g, x2.grad)
+    finally:
+        losses._attention_op_works.cache_clear()
