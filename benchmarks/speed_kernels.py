@@ -7,7 +7,8 @@ items, K = 20 memories from a bank of 131,413):
   flash-attention call) against its chunked loop (one exp() pass per chunk, the default before),
   against that loop with two exp() passes (``logsumexp``, then the softmax), and against
   ``F.cross_entropy`` on the whole score matrix; at score scales whose row spreads stay under
-  exp()'s float32 range and at one where most of them are beyond it;
+  exp()'s float32 range and at one where most of them are beyond it; and in bfloat16
+  (``RAFTConfig(precision="bfloat16")``) against ``F.cross_entropy`` in bfloat16, its form before;
 * gathering the memories with ``index_select`` against advanced indexing;
 * dropout (``raserec_adapter.layers``, forward + backward) against ``nn.Dropout`` and against
   the RAM's dropout before (masks from 31-bit random integers), at the RAM's size and at the
@@ -125,6 +126,28 @@ def main() -> None:
             f"{row['torch_cross_entropy_ms']:.1f} ms"
         )
     record["cross_entropy"] = ce
+
+    # RAFTConfig(precision="bfloat16"): the attention kernel in bfloat16 against the RAFT step's
+    # bfloat16 form before (one product, then F.cross_entropy), and the float32 default
+    xb = torch.randn(b, d).bfloat16().requires_grad_()
+    wb = (torch.randn(n_items, d) * 0.3).bfloat16().t()
+    y = torch.randint(0, n_items, (b,))
+    bf16 = {
+        "attention_bfloat16_ms": ms(
+            lambda: frozen_table_cross_entropy(xb, wb, y).float().backward(), args.repeats
+        ),
+        "torch_cross_entropy_bfloat16_ms": ms(
+            lambda: F.cross_entropy(xb @ wb, y).float().backward(), args.repeats
+        ),
+        "attention_float32_ms": ce[0]["frozen_table_ms"],
+    }
+    record["cross_entropy_bfloat16"] = bf16
+    print(
+        f"cross-entropy in bfloat16: attention kernel {bf16['attention_bfloat16_ms']:.1f} ms; "
+        f"F.cross_entropy {bf16['torch_cross_entropy_bfloat16_ms']:.1f} ms "
+        f"({bf16['torch_cross_entropy_bfloat16_ms'] / bf16['attention_bfloat16_ms']:.1f}x); "
+        f"float32 attention kernel {bf16['attention_float32_ms']:.1f} ms"
+    )
 
     table = torch.randn(bank, d)
     ids = torch.randint(0, bank, (b, k))

@@ -4,11 +4,12 @@ In RAFT only the RAM trains: the item table gets no gradient. The softmax cross-
 ``x @ W^T`` over all N items then needs only ``dL/dx = (softmax(x W^T) - onehot) @ W / B``,
 which is formed in the forward pass, so no separate backward pass over the ``(B, N)`` scores
 is needed. ``softmax(x W^T) @ W`` is attention with the table as keys and values (scale 1), and
-the loss is its log-sum-exp minus the target's score, so on a CPU (float32 or float64) both come
-from one call of PyTorch's tiled flash-attention kernel, whose score tiles stay in cache
-(``kernel="attention"``, about 1.7x faster than the chunked loop at Beauty's sizes). Elsewhere
-(and for any dtype that kernel does not take) the scores are formed in chunks of ``chunk`` rows,
-each with one exp() pass into one reused buffer (``kernel="chunked"``).
+the loss is its log-sum-exp minus the target's score, so on a CPU (float32, float64 or
+bfloat16) both come from one call of PyTorch's tiled flash-attention kernel, whose score tiles
+stay in cache (``kernel="attention"``, about 1.7x faster than the chunked loop at Beauty's
+sizes in float32; in bfloat16 the target's score and the gradient's subtraction are formed in
+float32). Elsewhere (and for any dtype that kernel does not take) the scores are formed in
+chunks of ``chunk`` rows, each with one exp() pass into one reused buffer (``kernel="chunked"``).
 
 Example:
     >>> import torch, torch.nn.functional as F
@@ -55,14 +56,16 @@ def _attention_op_works(dtype: torch.dtype) -> bool:
     if op is None:
         return False
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 7, generator=gen, dtype=dtype)
-    w = torch.randn(300, 7, generator=gen, dtype=dtype)
+    x = torch.randn(5, 7, generator=gen).to(dtype)
+    w = torch.randn(300, 7, generator=gen).to(dtype)
+    tol = 5e-2 if dtype == torch.bfloat16 else 1e-4
     try:
         out, lse = op(x[None, None], w[None, None], w[None, None], 0.0, False, scale=1.0)
-        scores = x @ w.t()
+        xf, wf = x.double(), w.double()
+        scores = xf @ wf.t()
         ok = torch.allclose(
-            out.reshape(5, 7), scores.softmax(1) @ w, atol=1e-4, rtol=1e-4
-        ) and torch.allclose(lse.reshape(5), scores.logsumexp(1), atol=1e-4, rtol=1e-4)
+            out.reshape(5, 7).double(), scores.softmax(1) @ wf, atol=tol, rtol=tol
+        ) and torch.allclose(lse.reshape(5).double(), scores.logsumexp(1), atol=tol, rtol=tol)
     except Exception as err:  # any failure means: do not use it
         logger.warning("CPU flash-attention op unusable (%s); using the chunked kernel", err)
         return False
@@ -84,9 +87,10 @@ def _attention_ce(
     kv = w.contiguous()[None, None]
     out, lse = op(q, kv, kv, 0.0, False, scale=1.0)
     picked_rows = w.index_select(0, targets)
-    picked = (x * picked_rows).sum(1)
+    acc = torch.promote_types(x.dtype, torch.float32)  # bfloat16 products summed in float32
+    picked = (x.to(acc) * picked_rows.to(acc)).sum(1)
     total = (lse.reshape(-1).double() - picked.double()).sum()
-    return total, out[0, 0] - picked_rows
+    return total, (out[0, 0].to(acc) - picked_rows.to(acc)).to(x.dtype)
 
 
 class _FrozenTableCE(torch.autograd.Function):
@@ -142,7 +146,7 @@ def attention_kernel_available(x: torch.Tensor) -> bool:
     """Whether ``kernel="attention"`` can run on ``x``'s device and dtype."""
     return (
         x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
+        and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
         and _attention_op_works(x.dtype)
     )
 
@@ -163,7 +167,8 @@ def frozen_table_cross_entropy(
             (``table.t()``) to spare it a copy per call.
         targets: ``(B,)`` class indices in ``0..N-1``.
         chunk: Rows scored at a time by the chunked kernel.
-        kernel: ``"attention"`` (one flash-attention call; CPU, float32/float64),
+        kernel: ``"attention"`` (one flash-attention call; CPU, float32, float64 or
+            bfloat16),
             ``"chunked"`` (any device and dtype), or ``"auto"``: attention where it can run.
 
     Example:
@@ -185,8 +190,8 @@ def frozen_table_cross_entropy(
     available = attention_kernel_available(x) and w_t.dtype == x.dtype
     if kernel == "attention" and not available:
         raise ValueError(
-            "kernel='attention' needs float32 or float64 inputs of one dtype on the CPU and a "
-            f"PyTorch with its CPU flash-attention op; got {x.dtype} / {w_t.dtype} on "
+            "kernel='attention' needs float32, float64 or bfloat16 inputs of one dtype on the "
+            f"CPU and a PyTorch with its CPU flash-attention op; got {x.dtype} / {w_t.dtype} on "
             f"{x.device} (torch {torch.__version__}). Use kernel='chunked' or 'auto'."
         )
     attention = kernel == "attention" or (kernel == "auto" and available)

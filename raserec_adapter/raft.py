@@ -48,7 +48,7 @@ from raserec_adapter.config import RAFTConfig
 from raserec_adapter.data import Batch, LeaveOneOutSplit
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.inputs import check_device
-from raserec_adapter.losses import frozen_table_cross_entropy
+from raserec_adapter.losses import attention_kernel_available, frozen_table_cross_entropy
 from raserec_adapter.pretraining import mean_of
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.train_state import EarlyStopping, TrainResult, gives_back_best
@@ -256,6 +256,8 @@ def train_ram(
     # (d, N), items 1..N: the transposed view of a contiguous (N, d) table, the layout both the
     # CPU attention kernel of the cross-entropy and a plain matrix product read without a copy
     scores_t = table[1:].contiguous().to(dtype).t()
+    # float32 anywhere; bfloat16 where the CPU attention kernel takes it
+    fused_ce = dtype == torch.float32 or attention_kernel_available(scores_t)
     # what every step reads moves to the device once: a step then gathers its memories there
     mem_k, mem_v = (fixed(t) for t in memories)
     queries, neighbours = fixed(queries), neighbours.to(dev)
@@ -281,9 +283,9 @@ def train_ram(
         nb = neighbours[rows]
         h_aug = ram(queries[rows], gather_rows(mem_k, nb), gather_rows(mem_v, nb))
         y = targets[rows] - 1
-        if dtype == torch.float32:
-            loss = frozen_table_cross_entropy(h_aug, scores_t, y)
-        else:
+        if fused_ce:
+            loss = frozen_table_cross_entropy(h_aug.to(dtype), scores_t, y).float()
+        else:  # bfloat16 off the CPU: one product and torch's cross-entropy
             loss = F.cross_entropy(h_aug.to(dtype) @ scores_t, y).float()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -143,11 +143,33 @@ def test_frozen_table_cross_entropy_bad_input():
     with pytest.raises(ValueError, match="same d"):
         frozen_table_cross_entropy(x, torch.randn(5, 6), y)
     with pytest.raises(ValueError, match="kernel='chunked'"):
-        frozen_table_cross_entropy(x.bfloat16(), w_t.bfloat16(), y, kernel="attention")
+        frozen_table_cross_entropy(x.half(), w_t.half(), y, kernel="attention")
+    with pytest.raises(ValueError, match="kernel='chunked'"):  # two dtypes
+        frozen_table_cross_entropy(x, w_t.double(), y, kernel="attention")
     # "auto" falls back to the chunked loop where the attention kernel cannot run
-    got = frozen_table_cross_entropy(x.bfloat16(), w_t.bfloat16(), y)
-    ref = F.cross_entropy(x.bfloat16().float() @ w_t.bfloat16().float(), y)
+    got = frozen_table_cross_entropy(x.half(), w_t.half(), y)
+    ref = F.cross_entropy(x.half().float() @ w_t.half().float(), y)
     torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("kernel", ["chunked", "attention"])
+def test_frozen_table_cross_entropy_bfloat16(kernel):
+    """bfloat16 inputs: loss and gradient close to float32 arithmetic on the same rounded values."""
+    from raserec_adapter.losses import frozen_table_cross_entropy
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 16, generator=gen).bfloat16().requires_grad_()
+    w = (0.5 * torch.randn(2000, 16, generator=gen)).bfloat16()
+    y = torch.randint(0, 2000, (300,), generator=gen)
+    got = frozen_table_cross_entropy(x, w.t(), y, kernel=kernel)
+    (g,) = torch.autograd.grad(got, x)
+    assert got.dtype == torch.bfloat16 and g.dtype == torch.bfloat16
+    xf = x.detach().float().requires_grad_()
+    ref = F.cross_entropy(xf @ w.float().t(), y)
+    ref.backward()
+    torch.testing.assert_close(got.float(), ref, rtol=1e-2, atol=1e-2)
+    # per-row gradients are O(1/B); compare them at that scale
+    torch.testing.assert_close(g.float() * 300, xf.grad * 300, rtol=0, atol=3e-2)
 
 
 @pytest.mark.parametrize("failure", ["missing", "raises", "wrong numbers"])
