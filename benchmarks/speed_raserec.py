@@ -10,6 +10,11 @@ Measures, in one run on the same machine (medians):
   with the Faiss bank and with the exact PyTorch bank.
 
     python benchmarks/speed_raserec.py [--encoder-checkpoint runs/.../encoder.pt]
+
+The encoder the recorded runs use is a SASRec after 3 stage-1 epochs (seed 0); to make one
+and keep it for later runs (about 2-5 minutes on a 2-core CPU):
+
+    python benchmarks/speed_raserec.py --pretrain-epochs 3 --encoder-checkpoint runs/enc3.pt
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,10 +33,12 @@ from examples.models import SASRec
 from raserec_adapter import (
     AugmenterConfig,
     BankConfig,
+    PretrainConfig,
     RAFTConfig,
     RetrievalAugmenter,
     leave_one_out,
     load_dataset,
+    pretrain,
 )
 from raserec_adapter.data import gather_windows
 
@@ -95,6 +103,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="folder with Beauty.txt")
     p.add_argument("--encoder-checkpoint", default=None, help="trained SASRec state_dict")
+    p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        help="first train the encoder this many stage-1 epochs (seed 0) and write it to "
+        "--encoder-checkpoint, which must then not exist yet",
+    )
     p.add_argument("--repeats", type=int, default=3, help="bank builds / RAFT epochs timed")
     p.add_argument("--baseline-batches", type=int, default=15, help="naive RAFT batches timed")
     p.add_argument("--requests", type=int, default=300, help="single-user recommend calls")
@@ -103,6 +118,11 @@ def main() -> None:
     split = leave_one_out(load_dataset("beauty", data_dir=args.data_dir))
     torch.manual_seed(0)
     model = SASRec(split.sequences.num_items)
+    if args.pretrain_epochs:
+        if not args.encoder_checkpoint or Path(args.encoder_checkpoint).exists():
+            p.error("--pretrain-epochs needs an --encoder-checkpoint path that does not exist yet")
+        cfg = PretrainConfig(epochs=args.pretrain_epochs, patience=args.pretrain_epochs + 1)
+        pretrain(model, split, cfg, checkpoint=args.encoder_checkpoint, show_progress=False)
     if args.encoder_checkpoint:
         model.load_state_dict(torch.load(args.encoder_checkpoint, weights_only=True))
     model.eval()
