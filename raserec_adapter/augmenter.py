@@ -923,13 +923,29 @@ class RetrievalAugmenter(nn.Module):
         config: AugmenterConfig | None = None,
         *,
         device: torch.device | str = "cpu",
+        strict: bool = False,
         **wrap_kwargs: Any,
     ) -> RetrievalAugmenter:
         """Rebuilds an augmenter around ``encoder`` from :meth:`save`'s directory.
 
+        The checkpoint records the encoder's class and a fingerprint of its item table. An
+        encoder of another class or with other item embeddings than at :meth:`save` fits the
+        checkpoint's shapes but not its bank and RAM: by default that is logged as a warning
+        (e.g. for an encoder fine-tuned on purpose); with ``strict=True`` it is refused.
+
+        Args:
+            encoder: The trained sequence encoder the checkpoint was saved with.
+            path: The directory :meth:`save` wrote.
+            config: If given, the checkpoint must have been saved with this config.
+            device: Where the RAM and the bank go.
+            strict: Refuse an encoder of another class or with other item embeddings.
+            **wrap_kwargs: ``encode`` / ``item_weights`` / ``encode_all``, as for the
+                constructor.
+
         Raises:
             CheckpointError: If the checkpoint is missing or malformed, was saved with another
-                config than ``config`` (when given), or does not fit the encoder.
+                config than ``config`` (when given), does not fit the encoder, or (with
+                ``strict=True``) was saved with an encoder of another class or other weights.
         """
         if config is not None:
             require_config(config, AugmenterConfig, "RetrievalAugmenter.load")
@@ -949,23 +965,28 @@ class RetrievalAugmenter(nn.Module):
                 "with (e.g. hidden_size), or build a new bank and RAFT for this one"
             )
         saved_class = meta.get("encoder_class")
+        mismatches = []
+        saved_class = meta.get("encoder_class")
         if saved_class is not None and saved_class != type(aug.encoder.module).__name__:
-            logger.warning(
-                "%s was saved with a %s encoder, it is loaded with a %s: the bank's keys are "
-                "that encoder's representations; rebuild the bank if the encoder changed",
-                path,
-                saved_class,
-                type(aug.encoder.module).__name__,
+            mismatches.append(
+                f"{path} was saved with a {saved_class} encoder, it is loaded with a "
+                f"{type(aug.encoder.module).__name__}: the bank's keys are that encoder's "
+                "representations; rebuild the bank if the encoder changed"
             )
         saved_table = meta.get("item_table_sha256")
         if saved_table is not None and saved_table != table_fingerprint(aug._item_table()):
-            logger.warning(
-                "%s was saved with an encoder whose item table differs from this encoder's "
-                "(another training run or changed weights): the bank's keys and values and the "
-                "RAM were fit to that encoder; load the encoder's own weights, or rebuild the "
-                "bank (build_bank) and retrain the RAM (fit_raft)",
-                path,
+            mismatches.append(
+                f"{path} was saved with an encoder whose item table differs from this "
+                "encoder's (another training run or changed weights): the bank's keys and "
+                "values and the RAM were fit to that encoder; load the encoder's own weights, "
+                "or rebuild the bank (build_bank) and retrain the RAM (fit_raft)"
             )
+        if mismatches and strict:
+            raise CheckpointError(
+                "; and ".join(mismatches) + " (strict=True; strict=False loads it with a warning)"
+            )
+        for message in mismatches:
+            logger.warning("%s", message)
         try:
             aug.ram.load_state_dict(read_ram_state(path))
         except (RuntimeError, TypeError, AttributeError) as e:

@@ -409,6 +409,8 @@ def test_load_reports_damaged_checkpoints(trained, tmp_path, caplog, monkeypatch
     with caplog.at_level("WARNING", logger="raserec_adapter"):
         RetrievalAugmenter.load(GRU4Rec(30, hidden_size=16), ck)
     assert "saved with a SASRec encoder, it is loaded with a GRU4Rec" in caplog.text
+    with pytest.raises(CheckpointError, match="saved with a SASRec encoder.*strict=True"):
+        RetrievalAugmenter.load(GRU4Rec(30, hidden_size=16), ck, strict=True)
 
 
 def test_recommend_rejects_malformed_tensors_and_excludes_the_whole_history(trained):

@@ -227,6 +227,12 @@ def test_loading_with_another_encoders_weights_warns(trained, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="raserec_adapter"):
         RetrievalAugmenter.load(other, tmp_path / "ck")
     assert "item table differs from this encoder's" in caplog.text
+    with pytest.raises(CheckpointError, match="item table differs.*strict=True"):
+        RetrievalAugmenter.load(other, tmp_path / "ck", strict=True)
+    # the same weights pass the strict check, and the loaded augmenter scores as the saved one
+    same = RetrievalAugmenter.load(copy.deepcopy(model), tmp_path / "ck", strict=True)
+    aug.eval()
+    torch.testing.assert_close(same.recommend([[1, 2, 3]], k=5), aug.recommend([[1, 2, 3]], k=5))
 
 
 def test_recommend_names_the_ram_when_only_its_output_is_nan(trained):
