@@ -19,6 +19,11 @@ items, K = 20 memories from a bank of 131,413):
   summed as int64 with an elementwise NaN test, its form before.
 
     python benchmarks/speed_kernels.py
+    python benchmarks/speed_kernels.py --device cuda   # the same forms on a GPU
+
+On a GPU every tensor is made there and each call is timed to a ``torch.cuda.synchronize()``;
+the frozen-table cross-entropy's default kernel is then the chunked loop (the attention kernel is
+the CPU's), so its first two columns time the same code.
 """
 
 from __future__ import annotations
@@ -70,12 +75,19 @@ class _TwoPassCE(torch.autograd.Function):
         return grad * (g / ctx.n), None, None, None
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.get_default_device().type == "cuda":
+        torch.cuda.synchronize()
+
+
 def ms(fn: Callable[[], Any], repeats: int) -> float:
     fn()
+    _sync()
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        _sync()
         out.append(time.perf_counter() - t0)
     return 1000 * median(out)
 
@@ -83,11 +95,21 @@ def ms(fn: Callable[[], Any], repeats: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=20, help="timed calls per kernel")
+    p.add_argument("--device", default="cpu", help="where the tensors live: cpu or cuda")
     args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available here")
+    if args.device != "cpu":  # a default-device mode costs every op a Python call: not on a CPU
+        torch.set_default_device(args.device)
     t_start = time.perf_counter()
     torch.manual_seed(0)
     b, d, n_items, bank, k = 1024, 64, 12101, 131413, 20
-    record: dict[str, Any] = {"benchmark": "speed-kernels", "sizes": [b, d, n_items, bank, k]}
+    record: dict[str, Any] = {
+        "benchmark": "speed-kernels",
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "sizes": [b, d, n_items, bank, k],
+    }
 
     ce = []
     for scale in (0.3, 1.0, 3.0):
@@ -222,7 +244,8 @@ def main() -> None:
         f"elementwise NaN test {rank['int64_count_ms']:.1f} ms "
         f"({rank['int64_count_ms'] / rank['target_rank_ms']:.1f}x)"
     )
-    print(f"written to {save('speed-kernels', record, time.perf_counter() - t_start)}")
+    name = "speed-kernels" if args.device == "cpu" else f"speed-kernels-{args.device.split(':')[0]}"
+    print(f"written to {save(name, record, time.perf_counter() - t_start)}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@
 #   bash scripts/gpu-session.sh pipeline [LIMIT_S [EXAMPLE ARGS...]]
 #     SASRec + RaSeRec on Beauty, the whole pipeline (stage 1, bank, RAFT, test), seed 0, alone
 #     on the GPU and timed. Results files, the log and the device's name come back in $OUT.
+#   bash scripts/gpu-session.sh check [PIPELINE_LIMIT_S]
+#     The whole check in one call: tests/test_cuda.py (the library on the GPU against the CPU),
+#     the full test suite with CUDA present (8 workers), benchmarks/speed_kernels.py --device
+#     cuda, then the pipeline mode. Logs, results files and the device's name come back in $OUT.
 #   bash scripts/gpu-session.sh train BACKBONE SEEDS LIMIT_S [EXAMPLE ARGS...]
 #     examples/BACKBONE.py for each seed of SEEDS (comma-separated), all in parallel on the GPU,
 #     each stopped after LIMIT_S seconds. Each seed comes back as $OUT/seed<N>.tar.gz: its
@@ -51,6 +55,8 @@ EOF
 }
 
 device_setup() {
+  [ -n "${GPU_SESSION_READY:-}" ] && return 0  # check mode: set up once, then the pipeline
+  GPU_SESSION_READY=1
   [ -d .gpu/whl ] || { echo "no .gpu/: run 'bash scripts/gpu-session.sh prepare' here first and carry .gpu" >&2; exit 1; }
   : "${OUT:?OUT is not set: this mode runs on the device machine}"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -76,6 +82,27 @@ pipeline() {
   local rc=${PIPESTATUS[0]}
   set -e
   echo "pipeline: rc $rc, $((SECONDS - start)) s wall (limit $limit s)" | tee -a "$OUT/device.txt"
+}
+
+check() {
+  local limit="${1:-360}"
+  device_setup
+  local start=$SECONDS
+  set +e
+  { echo "== tests/test_cuda.py"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
+    echo "rc $?"
+    echo "== full suite, CUDA present"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -n 8 tests
+    echo "rc $?"
+    echo "== benchmarks/speed_kernels.py --device cuda"
+    timeout 90 python3 benchmarks/speed_kernels.py --device cuda --repeats 20
+    echo "rc $?"
+    cp benchmarks/results/speed-kernels-cuda.json "$OUT/"
+  } 2>&1 | tee "$OUT/check.log"
+  set -e
+  echo "check before the pipeline: $((SECONDS - start)) s" | tee -a "$OUT/device.txt"
+  pipeline "$limit"
 }
 
 train() {
@@ -107,6 +134,7 @@ train() {
 case "$mode" in
   prepare) prepare ;;
   pipeline) pipeline "$@" ;;
+  check) check "$@" ;;
   train) train "$@" ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  *) sed -n '2,26p' "$0"; exit 2 ;;
 esac
