@@ -322,7 +322,8 @@ class RAFTConfig(_Config):
         precision: ``"float32"``, or ``"bfloat16"`` for the training step's item scores and
             softmax (on a CPU one bfloat16 flash-attention call, about 2x faster than float32
             where the CPU has AVX512-BF16 or AMX, slower where it has neither; on a GPU one
-            bfloat16 product and ``F.cross_entropy``). Evaluation always scores in float32.
+            bfloat16 product and ``F.cross_entropy``, as float32 takes there). Evaluation always
+            scores in float32.
     """
 
     epochs: int = 100

@@ -195,6 +195,13 @@ class WrappedEncoder(nn.Module):
                 f"expected item_seq (B, T) and lengths (B,), got {tuple(item_seq.shape)} and "
                 f"{tuple(lengths.shape)}"
             )
+        table = self.item_weights()
+        if item_seq.device != table.device or lengths.device != table.device:
+            raise RuntimeError(
+                f"the inputs are on {item_seq.device} (lengths on {lengths.device}) but the "
+                f"encoder's item table is on {table.device}: move the encoder there first "
+                f"(model.to({str(item_seq.device)!r})), or pass device={str(table.device)!r}"
+            )
         if self._trusted and item_seq.device.type != "cpu":
             return
         if item_seq.numel() and (item_seq.min() < 0 or item_seq.max() > self.num_items):

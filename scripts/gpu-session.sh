@@ -15,6 +15,11 @@
 #     The whole check in one call: tests/test_cuda.py (the library on the GPU against the CPU),
 #     the full test suite with CUDA present (8 workers), benchmarks/speed_kernels.py --device
 #     cuda, then the pipeline mode. Logs, results files and the device's name come back in $OUT.
+#   bash scripts/gpu-session.sh raft ENCODER [OLD_TREE]
+#     tests/test_cuda.py and speed_kernels.py --device cuda, then RAFT alone (bank, RAFT, test;
+#     seed 0) on a trained SASRec state_dict ENCODER (carried under .gpu), with this tree and,
+#     when given, with OLD_TREE (an older commit's raserec_adapter/ and examples/, e.g.
+#     `git archive OLD raserec_adapter examples | tar -x -C .gpu/old`), old first, in one run.
 #   bash scripts/gpu-session.sh train BACKBONE SEEDS LIMIT_S [EXAMPLE ARGS...]
 #     examples/BACKBONE.py for each seed of SEEDS (comma-separated), all in parallel on the GPU,
 #     each stopped after LIMIT_S seconds. Each seed comes back as $OUT/seed<N>.tar.gz: its
@@ -105,6 +110,33 @@ check() {
   pipeline "$limit"
 }
 
+raft() {
+  [ $# -ge 1 ] && [ -f "$1" ] || { echo "usage: raft ENCODER [OLD_TREE]" >&2; exit 2; }
+  local enc="$ROOT/$1" old="${2:-}"
+  device_setup
+  set +e
+  { echo "== tests/test_cuda.py"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
+    echo "rc $?"
+    echo "== benchmarks/speed_kernels.py --device cuda"
+    timeout 90 python3 benchmarks/speed_kernels.py --device cuda --repeats 20
+    echo "rc $?"
+    cp benchmarks/results/speed-kernels-cuda.json "$OUT/"
+  } 2>&1 | tee "$OUT/check.log"
+  local tree name start
+  for tree in ${old:+"$ROOT/$old"} "$ROOT"; do
+    name=$([ "$tree" = "$ROOT" ] && echo new || echo old)
+    start=$SECONDS
+    (cd "$tree" && timeout --signal=INT 150 python3 examples/sasrec.py --dataset beauty \
+      --data-dir "$ROOT/.gpu/data" --seed 0 --device "$DEVICE" --encoder-checkpoint "$enc" \
+      --out "/tmp/w-$name" --tag "raft-$name" --results-dir "$OUT" --protocols full) \
+      >"$OUT/raft-$name.log" 2>&1
+    echo "raft $name: rc $?, $((SECONDS - start)) s wall" | tee -a "$OUT/device.txt"
+    grep -E "RAFT epoch [0-9]+: loss|^raserec|^pretrained" "$OUT/raft-$name.log" | tail -n 4
+  done
+  set -e
+}
+
 train() {
   [ $# -ge 3 ] || { echo "usage: train BACKBONE SEEDS LIMIT_S [EXAMPLE ARGS...]" >&2; exit 2; }
   local backbone="$1" seeds="$2" limit="$3"
@@ -135,6 +167,7 @@ case "$mode" in
   prepare) prepare ;;
   pipeline) pipeline "$@" ;;
   check) check "$@" ;;
+  raft) raft "$@" ;;
   train) train "$@" ;;
-  *) sed -n '2,26p' "$0"; exit 2 ;;
+  *) sed -n '2,31p' "$0"; exit 2 ;;
 esac

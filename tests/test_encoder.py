@@ -115,18 +115,20 @@ def test_input_errors():
 
 
 def test_trusted_inputs_skip_only_the_device_reading_value_checks():
-    enc = wrap_encoder(SASRec(5, hidden_size=8, max_len=4))
+    # a device whose values cannot be read back: the encoder and its inputs on "meta"
+    enc = wrap_encoder(SASRec(5, hidden_size=8, max_len=4).to("meta"))
+    on_cpu = wrap_encoder(SASRec(5, hidden_size=8, max_len=4))
     bad, one = torch.tensor([[9]]), torch.tensor([1])
-    on_meta = bad.to("meta"), one.to("meta")  # a device whose values cannot be read back
+    on_meta = bad.to("meta"), one.to("meta")
     with pytest.raises(RuntimeError):  # normally the check reads the values
         enc._check_input(*on_meta)
-    with enc.trusted_inputs():
+    with enc.trusted_inputs(), on_cpu.trusted_inputs():
         enc._check_input(*on_meta)  # nothing read from the device
         with pytest.raises(ValueError, match="expected item_seq"):  # shapes still checked
             enc._check_input(on_meta[0], on_meta[1][:0])
         with pytest.raises(ValueError, match="item ids must lie in 1..5"):  # CPU: in full
-            enc(bad, one)
-    assert enc._trusted == 0
+            on_cpu(bad, one)
+    assert enc._trusted == 0 == on_cpu._trusted
     with pytest.raises(RuntimeError):
         enc._check_input(*on_meta)
 

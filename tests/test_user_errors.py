@@ -372,3 +372,20 @@ def test_the_users_encoder_keeps_its_train_and_eval_modes(trained):
     plain = aug.recommend([[1, 2, 3]], k=3, augmented=False)[0]
     model.eval()
     assert torch.equal(plain, aug.recommend([[1, 2, 3]], k=3, augmented=False)[0])  # dropout off
+
+
+def test_inputs_on_another_device_than_the_encoder_say_how_to_move_it(trained):
+    """``device=`` puts the batches there; an encoder left elsewhere gets the fix, not torch's
+    index_select error from inside the embedding ("meta" stands in for a GPU on the CPU)."""
+    model, split = trained
+    aug = make(model)
+    msg = r"inputs are on meta .* item table is on cpu: move the encoder there first"
+    with pytest.raises(RuntimeError, match=msg):
+        aug.build_bank(split, device="meta", show_progress=False)
+    with pytest.raises(RuntimeError, match=msg):
+        aug.encode(split.sequences, split.test, device="meta")
+    enc = wrap_encoder(model)
+    with pytest.raises(RuntimeError, match=r"lengths on meta"):
+        enc(torch.ones(2, 3, dtype=torch.long), torch.ones(2, dtype=torch.long, device="meta"))
+    aug.build_bank(split, show_progress=False)  # nothing was left half-built
+    assert len(aug.bank) == len(split.train)
