@@ -89,23 +89,29 @@ pipeline() {
   echo "pipeline: rc $rc, $((SECONDS - start)) s wall (limit $limit s)" | tee -a "$OUT/device.txt"
 }
 
-check() {
-  local limit="${1:-360}"
-  device_setup
-  local start=$SECONDS
+device_checks() {  # [full]: the whole suite too; logs to $OUT/check.log
   set +e
   { echo "== tests/test_cuda.py"
     timeout 120 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
     echo "rc $?"
-    echo "== full suite, CUDA present"
-    timeout 120 python3 -m pytest -q -p no:cacheprovider -n 8 tests
-    echo "rc $?"
+    if [ "${1:-}" = full ]; then
+      echo "== full suite, CUDA present"
+      timeout 120 python3 -m pytest -q -p no:cacheprovider -n 8 tests
+      echo "rc $?"
+    fi
     echo "== benchmarks/speed_kernels.py --device cuda"
     timeout 90 python3 benchmarks/speed_kernels.py --device cuda --repeats 20
     echo "rc $?"
     cp benchmarks/results/speed-kernels-cuda.json "$OUT/"
   } 2>&1 | tee "$OUT/check.log"
   set -e
+}
+
+check() {
+  local limit="${1:-360}"
+  device_setup
+  local start=$SECONDS
+  device_checks full
   echo "check before the pipeline: $((SECONDS - start)) s" | tee -a "$OUT/device.txt"
   pipeline "$limit"
 }
@@ -114,15 +120,8 @@ raft() {
   [ $# -ge 1 ] && [ -f "$1" ] || { echo "usage: raft ENCODER [OLD_TREE]" >&2; exit 2; }
   local enc="$ROOT/$1" old="${2:-}"
   device_setup
+  device_checks
   set +e
-  { echo "== tests/test_cuda.py"
-    timeout 120 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
-    echo "rc $?"
-    echo "== benchmarks/speed_kernels.py --device cuda"
-    timeout 90 python3 benchmarks/speed_kernels.py --device cuda --repeats 20
-    echo "rc $?"
-    cp benchmarks/results/speed-kernels-cuda.json "$OUT/"
-  } 2>&1 | tee "$OUT/check.log"
   local tree name start
   for tree in ${old:+"$ROOT/$old"} "$ROOT"; do
     name=$([ "$tree" = "$ROOT" ] && echo new || echo old)
@@ -130,9 +129,10 @@ raft() {
     (cd "$tree" && timeout --signal=INT 150 python3 examples/sasrec.py --dataset beauty \
       --data-dir "$ROOT/.gpu/data" --seed 0 --device "$DEVICE" --encoder-checkpoint "$enc" \
       --out "/tmp/w-$name" --tag "raft-$name" --results-dir "$OUT" --protocols full) \
-      >"$OUT/raft-$name.log" 2>&1
+      >"/tmp/raft-$name.log" 2>&1
     echo "raft $name: rc $?, $((SECONDS - start)) s wall" | tee -a "$OUT/device.txt"
-    grep -E "RAFT epoch [0-9]+: loss|^raserec|^pretrained" "$OUT/raft-$name.log" | tail -n 4
+    { echo "== raft $name ($tree)"; cat "/tmp/raft-$name.log"; } >>"$OUT/raft.log"
+    grep -E "RAFT epoch [0-9]+: loss|^raserec|^pretrained" "/tmp/raft-$name.log" | tail -n 4
   done
   set -e
 }
