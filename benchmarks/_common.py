@@ -66,12 +66,15 @@ def save(name: str, record: dict[str, Any], wall: float) -> Path:
     return path
 
 
-def load_finished_run(example: Any, num_items: int, ex_args: Any, run: Path) -> Any:
+def load_finished_run(
+    example: Any, num_items: int, ex_args: Any, run: Path, device: str = "cpu"
+) -> Any:
     """The :class:`~raserec_adapter.RetrievalAugmenter` an example saved in ``run``.
 
     ``run`` is an example run's folder (``<out>/<dataset>-<backbone>-raserec-seed<N>``), holding
     ``encoder.pt`` (a state dict) and the augmenter saved in ``augmenter/``; ``example`` is the
-    example's module and ``ex_args`` the options the run was made with.
+    example's module and ``ex_args`` the options the run was made with. The encoder and the
+    RAM are moved to ``device``.
 
     Raises:
         SystemExit: If either file is missing.
@@ -85,8 +88,9 @@ def load_finished_run(example: Any, num_items: int, ex_args: Any, run: Path) -> 
             raise SystemExit(f"{need} is missing: --run takes a finished example run's folder")
     encoder = example.BACKBONE.build(num_items, ex_args)
     encoder.load_state_dict(torch.load(run / "encoder.pt", map_location="cpu", weights_only=True))
+    encoder.to(device)
     wrap = example.BACKBONE.wrap(encoder) if example.BACKBONE.wrap else {}
-    return RetrievalAugmenter.load(encoder, run / "augmenter", **wrap)
+    return RetrievalAugmenter.load(encoder, run / "augmenter", device=device, **wrap)
 
 
 def run_analysis_parser(description: str) -> Any:

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         by: {"plain": [], "raserec": []} for by in GROUPINGS
     }
     for run in map(Path, args.run):
-        aug = load_finished_run(example, split.sequences.num_items, ex_args, run)
+        aug = load_finished_run(example, split.sequences.num_items, ex_args, run, args.device)
         ranks = aug.ranks(split, "test", protocol=args.protocol, device=args.device)
         for by, n in GROUPINGS.items():
             for variant, r in ranks.items():

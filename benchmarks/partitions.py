@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     plain: dict[str, dict[str, dict[str, float]]] = record.get("plain", {})
     for run in args.run:
-        base = load_finished_run(example, split.sequences.num_items, ex_args, Path(run))
+        base = load_finished_run(
+            example, split.sequences.num_items, ex_args, Path(run), args.device
+        )
         if run not in plain:
             plain[run] = {
                 w: base.evaluate(

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r: {"plain": [], "raserec": []} for r in ratios
     }
     for run in map(Path, args.run):
-        aug = load_finished_run(example, split.sequences.num_items, ex_args, run)
+        aug = load_finished_run(example, split.sequences.num_items, ex_args, run, args.device)
         for r in ratios:
             for s in draws[r]:
                 m = aug.evaluate(

@@ -316,6 +316,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
         if args.encoder_checkpoint:
             state = torch.load(args.encoder_checkpoint, map_location="cpu", weights_only=True)
             encoder.load_state_dict(state)
+            encoder.to(args.device)  # where stage 1 would have left it
         else:
             state_path = run_dir / "pretrain-state.pt"
             resumed = args.resume and state_path.exists()  # else --resume starts at epoch 1
