@@ -54,10 +54,13 @@ def machine_info() -> dict[str, Any]:
 def git_commit(cwd: str | Path | None = None) -> str:
     """The current commit (with ``-dirty`` when the tree has changes), or ``unknown``.
 
-    Where the code runs outside a git checkout (a copy of the tree on another machine), the
-    commit is taken from ``$RASEREC_GIT_COMMIT`` when set (``scripts/gpu-session.sh`` records it
-    when it prepares the copy).
+    ``$RASEREC_GIT_COMMIT``, when set, wins: ``scripts/gpu-session.sh`` records it when it
+    prepares a copy of the tree for another machine, where a ``.git`` folder, if any, may be a
+    stale one (seen on a GPU machine: it named the session's first commit, not the copied one).
     """
+    recorded = os.environ.get("RASEREC_GIT_COMMIT")
+    if recorded:
+        return recorded
     try:
         root = cwd or Path(__file__).resolve().parents[1]
         commit = subprocess.run(
@@ -72,7 +75,7 @@ def git_commit(cwd: str | Path | None = None) -> str:
         ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("RASEREC_GIT_COMMIT") or "unknown"
+        return "unknown"
 
 
 def mean_metrics(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
