@@ -15,6 +15,8 @@
 #     The whole check in one call: tests/test_cuda.py (the library on the GPU against the CPU),
 #     the full test suite with CUDA present (8 workers), benchmarks/speed_kernels.py --device
 #     cuda, then the pipeline mode. Logs, results files and the device's name come back in $OUT.
+#   bash scripts/gpu-session.sh tests
+#     The device checks of check mode alone (about a minute on an H200).
 #   bash scripts/gpu-session.sh raft ENCODER [OLD_TREE]
 #     tests/test_cuda.py and speed_kernels.py --device cuda, then RAFT alone (bank, RAFT, test;
 #     seed 0) on a trained SASRec state_dict ENCODER (carried under .gpu), with this tree and,
@@ -167,7 +169,8 @@ case "$mode" in
   prepare) prepare ;;
   pipeline) pipeline "$@" ;;
   check) check "$@" ;;
+  tests) device_setup; device_checks full ;;
   raft) raft "$@" ;;
   train) train "$@" ;;
-  *) sed -n '2,31p' "$0"; exit 2 ;;
+  *) sed -n '2,33p' "$0"; exit 2 ;;
 esac
