@@ -368,6 +368,10 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 for p in args.protocols
             }
             aug.save(run_dir / "augmenter")
+            if (
+                args.encoder_checkpoint
+            ):  # the folder holds what the analyses reload, as after stage 1
+                torch.save(encoder.state_dict(), run_dir / "encoder.pt")
         for p, test in tests.items():
             for variant, metrics in test.items():
                 key = (p, plain_variant if variant == "plain" else variant)
