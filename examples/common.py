@@ -220,7 +220,8 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     g.add_argument(
         "--encoder-checkpoint",
         default=None,
-        help="load a trained encoder state_dict instead of pre-training",
+        help="load a trained encoder state_dict instead of pre-training (copied into the run "
+        "folder as encoder.pt)",
     )
     g = p.add_argument_group("stage 2: memory bank and RAFT")
     g.add_argument(
@@ -368,9 +369,8 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 for p in args.protocols
             }
             aug.save(run_dir / "augmenter")
-            if (
-                args.encoder_checkpoint
-            ):  # the folder holds what the analyses reload, as after stage 1
+            # the folder holds what the analyses reload (benchmarks/), as after stage 1
+            if args.encoder_checkpoint:
                 torch.save(encoder.state_dict(), run_dir / "encoder.pt")
         for p, test in tests.items():
             for variant, metrics in test.items():
