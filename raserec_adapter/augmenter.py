@@ -304,16 +304,7 @@ class RetrievalAugmenter(nn.Module):
                 self._add_kept(bank, h, table[batch.targets], batch.users, batch.prefix_lengths)
             new_phase = "custom"
         if len(bank) == 0:
-            ranges = self.config.bank.prefix_lengths
-            raise ValueError(
-                "the memory bank is empty: "
-                + (
-                    f"no memory's prefix length lies in BankConfig.prefix_lengths = {ranges}; "
-                    "widen the ranges"
-                    if ranges is not None
-                    else "the source gave no training pairs"
-                )
-            )
+            raise self._empty_bank_error("the source gave no training pairs")
         self.bank, self._bank_phase = bank, new_phase
         self._train_keys, self._bank_split = train_keys, bank_split
         logger.info("memory bank: %d memories in %.1f s", len(bank), time.perf_counter() - t0)
@@ -439,6 +430,20 @@ class RetrievalAugmenter(nn.Module):
             split.valid.lengths,
         )
 
+    def _empty_bank_error(self, otherwise: str, phase: str | None = None) -> ValueError:
+        ranges = self.config.bank.prefix_lengths
+        pairs = {"train": "training pairs", "test": "training and validation pairs"}
+        which = f" of the {phase} phase ({pairs[phase]})" if phase else ""
+        return ValueError(
+            f"the memory bank{which} is empty: "
+            + (
+                f"no memory's prefix length lies in BankConfig.prefix_lengths = {ranges}; "
+                "widen the ranges"
+                if ranges is not None
+                else otherwise
+            )
+        )
+
     def _add_kept(
         self,
         bank: MemoryBank,
@@ -507,6 +512,8 @@ class RetrievalAugmenter(nn.Module):
         )
         if want == "test":
             self._add_valid_pairs(new, split, device)
+        if len(new) == 0:  # keep the bank the user has; say why this phase has none
+            raise self._empty_bank_error("the split has no training pairs", phase=want)
         self.bank = new
         self._bank_phase = want
 

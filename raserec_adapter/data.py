@@ -314,8 +314,65 @@ class PrefixSet:
     lengths: np.ndarray
     targets: np.ndarray
 
+    def __post_init__(self) -> None:
+        arrays = (("users", self.users), ("lengths", self.lengths), ("targets", self.targets))
+        for name, array in arrays:
+            if not isinstance(array, np.ndarray) or array.ndim != 1:
+                raise DataFormatError(
+                    f"PrefixSet.{name} must be a 1-D numpy array, got "
+                    f"{type(array).__name__} of shape {np.shape(array)}"
+                )
+            if array.dtype.kind not in "iu":
+                raise DataFormatError(
+                    f"PrefixSet.{name} must hold integers, got dtype {array.dtype}; "
+                    "convert with np.asarray(x, dtype=np.int64)"
+                )
+        if not len(self.users) == len(self.lengths) == len(self.targets):
+            raise DataFormatError(
+                "PrefixSet.users, lengths and targets must have one entry per prefix, got "
+                f"{len(self.users)}, {len(self.lengths)} and {len(self.targets)}"
+            )
+
     def __len__(self) -> int:
         return len(self.users)
+
+    def check_against(self, sequences: Sequences) -> None:
+        """Raises :class:`DataFormatError` unless every prefix lies inside its user's sequence.
+
+        A prefix of user ``u`` may be ``1 .. len(sequence u)`` items long; anything else would
+        read another user's items (or past the end of the data).
+
+        Example:
+            >>> seqs = Sequences.from_lists([[1, 2, 3], [2, 3]])
+            >>> PrefixSet(np.array([0]), np.array([3]), np.array([0])).check_against(seqs)
+            >>> too_long = PrefixSet(np.array([1]), np.array([3]), np.array([0]))
+            >>> too_long.check_against(seqs)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            raserec_adapter.data.DataFormatError: prefix 0 (user 1) is 3 items long ...
+        """
+        if not len(self):
+            return
+        users, lengths = self.users, self.lengths
+        bad_user = np.flatnonzero((users < 0) | (users >= sequences.num_users))
+        if len(bad_user):
+            i = int(bad_user[0])
+            raise DataFormatError(
+                f"prefix {i} refers to user {int(users[i])}, but the sequences hold users "
+                f"0 .. {sequences.num_users - 1} ({len(bad_user)} such prefixes); build the "
+                "PrefixSet from the same Sequences it is used with"
+            )
+        if lengths.min() < 1:
+            raise DataFormatError("every prefix needs at least one item (empty sequence found)")
+        have = sequences.lengths[users]
+        too_long = np.flatnonzero(lengths > have)
+        if len(too_long):
+            i = int(too_long[0])
+            raise DataFormatError(
+                f"prefix {i} (user {int(users[i])}) is {int(lengths[i])} items long but user "
+                f"{int(users[i])} has only {int(have[i])} items; a prefix must lie inside its "
+                "user's sequence (length 1 .. that sequence's length)"
+            )
 
     def subset(self, index: np.ndarray) -> PrefixSet:
         return PrefixSet(self.users[index], self.lengths[index], self.targets[index])
@@ -517,8 +574,7 @@ def iter_batches(
     """
     batch_size = require_positive_int(batch_size, "batch_size")
     max_len = require_positive_int(max_len, "max_len")
-    if len(prefixes) and prefixes.lengths.min() < 1:
-        raise DataFormatError("every prefix needs at least one item (empty sequence found)")
+    prefixes.check_against(sequences)
     in_lengths = np.minimum(prefixes.lengths, max_len)
     rng = np.random.default_rng(seed) if shuffle else None
     ends = sequences.offsets[prefixes.users] + prefixes.lengths

@@ -286,6 +286,32 @@ def test_a_bank_filtered_to_nothing_is_refused(trained):
         RetrievalAugmenter(model, cfg).build_bank(split, show_progress=False)
 
 
+def test_a_phase_filtered_to_nothing_keeps_the_bank_and_names_the_filter(trained):
+    """A filter that keeps only validation pairs: the test bank builds, the training phase's
+    bank would be empty, so switching to it is refused and the test bank stays."""
+    model, split = trained
+    longest = int(split.valid.lengths.max())
+    assert longest > int(split.train.lengths.max())  # training prefixes are all shorter
+    cfg = AugmenterConfig(
+        max_len=MAX_LEN,
+        bank=BankConfig(kind="torch", prefix_lengths=((longest, None),)),
+        ram=RAMConfig(k=1),
+    )
+    aug = RetrievalAugmenter(model, cfg)
+    aug.build_bank(split, "test", show_progress=False)
+    bank, size = aug.bank, len(aug.bank)
+    assert size == int((split.valid.lengths >= longest).sum())
+    for call in (
+        lambda: aug.evaluate(split, "valid"),
+        lambda: aug.fit_raft(split, RAFTConfig(epochs=1), show_progress=False),
+    ):
+        with pytest.raises(
+            ValueError, match=r"bank of the train phase \(training pairs\) is empty.*widen"
+        ):
+            call()
+        assert aug.bank is bank and len(aug.bank) == size
+
+
 def test_prefix_length_ranges_survive_a_json_round_trip():
     cfg = AugmenterConfig(bank=BankConfig(prefix_lengths=[[1, 6]]))  # as JSON gives it back
     assert cfg.bank.prefix_lengths == ((1, 6),)

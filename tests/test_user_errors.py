@@ -18,6 +18,7 @@ from raserec_adapter import (
     CheckpointError,
     DataFormatError,
     EncoderError,
+    PrefixSet,
     PretrainConfig,
     RAFTConfig,
     RetrievalAugmenter,
@@ -389,3 +390,37 @@ def test_inputs_on_another_device_than_the_encoder_say_how_to_move_it(trained):
         enc(torch.ones(2, 3, dtype=torch.long), torch.ones(2, dtype=torch.long, device="meta"))
     aug.build_bank(split, show_progress=False)  # nothing was left half-built
     assert len(aug.bank) == len(split.train)
+
+
+def test_prefixes_outside_their_users_sequence_are_refused():
+    """A hand-built PrefixSet must not read another user's items or run off the data."""
+    seqs = Sequences.from_lists([[1, 2, 3, 4], [5, 6, 7]])
+    cases = [
+        (
+            PrefixSet(np.array([0]), np.array([5]), np.array([0])),
+            r"5 items long but user 0 has only 4",
+        ),
+        (PrefixSet(np.array([1]), np.array([4]), np.array([0])), r"user 1 has only 3 items"),
+        (
+            PrefixSet(np.array([2]), np.array([1]), np.array([0])),
+            r"refers to user 2.*users 0 \.\. 1",
+        ),
+        (PrefixSet(np.array([-1]), np.array([1]), np.array([0])), r"refers to user -1"),
+        (PrefixSet(np.array([0]), np.array([0]), np.array([0])), r"at least one item"),
+    ]
+    for prefixes, message in cases:
+        with pytest.raises(DataFormatError, match=message):
+            next(iter_batches(seqs, prefixes, batch_size=4))
+    # prefixes that fit are read from their own user only
+    ok = PrefixSet(np.array([0, 1]), np.array([4, 3]), np.array([0, 0]))
+    batch = next(iter_batches(seqs, ok, batch_size=4))
+    assert sorted(batch.item_seq.tolist()) == [[1, 2, 3, 4], [5, 6, 7, 0]]
+
+
+def test_a_prefix_set_with_ragged_or_non_integer_arrays_is_refused():
+    with pytest.raises(DataFormatError, match=r"one entry per prefix, got 2, 1 and 2"):
+        PrefixSet(np.array([0, 1]), np.array([2]), np.array([0, 0]))
+    with pytest.raises(DataFormatError, match=r"lengths must hold integers, got dtype float64"):
+        PrefixSet(np.array([0]), np.array([2.0]), np.array([0]))
+    with pytest.raises(DataFormatError, match=r"users must be a 1-D numpy array, got list"):
+        PrefixSet([0], np.array([2]), np.array([0]))
