@@ -51,9 +51,24 @@ class Backbone:
     name: str
     build: BuildEncoder
     rec_loss: RecLoss | None = None
-    pretrain_defaults: dict[str, object] | None = None
     wrap: Callable[[nn.Module], dict[str, Any]] | None = None
     settings: dict[str, object] | None = None  # recorded in the results files
+
+
+def seed_arg(text: str) -> int:
+    """A seed from the command line: an int in 0 .. 2**63 - 1 (``--seed``, ``--seeds``).
+
+    Example:
+        >>> seed_arg("3")
+        3
+    """
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is an integer, got {text!r}") from None
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed must lie in 0 .. 2**63 - 1, got {seed}")
+    return seed
 
 
 def prefix_length_ranges(text: str) -> tuple[tuple[int, int | None], ...]:
@@ -125,12 +140,12 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--seeds",
-        type=int,
+        type=seed_arg,
         nargs="+",
         default=[0],
         help="seeds to run; results report each and their mean",
     )
-    g.add_argument("--seed", type=int, default=None, help="a single seed (overrides --seeds)")
+    g.add_argument("--seed", type=seed_arg, default=None, help="a single seed (overrides --seeds)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     g.add_argument("--out", default="runs", help="folder for checkpoints and results files")
@@ -220,8 +235,8 @@ def build_parser(backbone: str, description: str) -> argparse.ArgumentParser:
     g.add_argument(
         "--encoder-checkpoint",
         default=None,
-        help="load a trained encoder state_dict instead of pre-training (copied into the run "
-        "folder as encoder.pt)",
+        help="load a trained encoder state_dict instead of pre-training (with stage 2, copied "
+        "into the run folder as encoder.pt)",
     )
     g = p.add_argument_group("stage 2: memory bank and RAFT")
     g.add_argument(
@@ -299,7 +314,6 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
             max_len=args.max_len,
             seed=seed,
             batching=args.batching,
-            **(backbone.pretrain_defaults or {}),
         )
         acfg = AugmenterConfig(
             max_len=args.max_len,

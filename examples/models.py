@@ -217,6 +217,16 @@ class GRU4Rec(nn.Module):
         return last_position(self.forward_all(item_seq, item_seq_len), item_seq_len)
 
 
+def _only_real(item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+    """``item_seq`` with every id at or after position ``item_seq_len`` set to padding (0).
+
+    A bidirectional encoder attends to every non-padding token, so ids left behind the stated
+    length (a user's later items, say) would leak into the representation.
+    """
+    pos = torch.arange(item_seq.shape[1], device=item_seq.device)
+    return item_seq.masked_fill(pos[None, :] >= item_seq_len[:, None], 0)
+
+
 def _append(
     item_seq: torch.Tensor, item_seq_len: torch.Tensor, value: torch.Tensor | int
 ) -> torch.Tensor:
@@ -357,6 +367,7 @@ class BERT4Rec(nn.Module):
         """``(B, d)``: output at a ``[mask]`` token appended after each sequence's last item
         (``readout="mask"``) or at the last item (``readout="last"``)."""
         rows = torch.arange(item_seq.shape[0], device=item_seq.device)
+        item_seq = _only_real(item_seq, item_seq_len)
         if self.readout == "last":
             return self.head(self.encode_tokens(item_seq)[rows, item_seq_len - 1])
         tokens = _append(item_seq, item_seq_len, self.mask_token)
@@ -396,6 +407,7 @@ class BERT4Rec(nn.Module):
                 f"representation at readout={self.readout!r}; train it with next-item "
                 "cross-entropy instead (examples/bert4rec.py --objective next-item)"
             )
+        item_seq = _only_real(item_seq, item_seq_len)
         if targets is not None:
             item_seq, item_seq_len = _append(item_seq, item_seq_len, targets), item_seq_len + 1
         b, t = item_seq.shape

@@ -53,6 +53,12 @@ def _as_int(obj: object, name: str, value: object) -> int:
     raise _type_error(obj, name, "an int", value)
 
 
+def _check_seed(obj: Any) -> None:
+    """Seeds feed torch.manual_seed and numpy's generators: 0 <= seed < 2**63."""
+    ok = 0 <= obj.seed < 2**63
+    _check(ok, obj, "seed", "a non-negative int below 2**63 (e.g. 0, 1, 2)", obj.seed)
+
+
 def _config_type(hint: object) -> type[_Config] | None:
     """``hint`` if it is a config class (a nested section), else ``None``."""
     is_class = isinstance(hint, type) and getattr(hint, "__origin__", None) is None  # not list[int]
@@ -204,9 +210,10 @@ class PretrainConfig(_Config):
         _check(self.retrieval_weight >= 0, self, "retrieval_weight", ">= 0", self.retrieval_weight)
         _check(self.temperature > 0, self, "temperature", "> 0", self.temperature)
         if self.max_len is not None:
-            _as_int(self, "max_len", self.max_len)
+            object.__setattr__(self, "max_len", _as_int(self, "max_len", self.max_len))
             _check(self.max_len >= 1, self, "max_len", ">= 1", self.max_len)
         _valid_metric(self, "valid_metric", self.valid_metric)
+        _check_seed(self)
 
 
 @dataclass(frozen=True)
@@ -344,6 +351,7 @@ class RAFTConfig(_Config):
         _valid_metric(self, "valid_metric", self.valid_metric)
         ok = self.precision in ("float32", "bfloat16")
         _check(ok, self, "precision", "'float32' or 'bfloat16'", self.precision)
+        _check_seed(self)
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,8 @@ def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
     Users keep the file order (internal user ``u`` is the ``u``-th non-blank line). If the item
     ids are exactly ``1..N`` they are kept unchanged (so results match the published files);
     otherwise items are renumbered ``1..N`` in order of first appearance (logged at INFO).
-    ``user_labels`` and ``item_labels`` hold the original ids as strings;
+    ``user_labels`` and ``item_labels`` hold the original ids as decimal strings (ids are
+    integers here, so ``007`` and ``7`` are one id, labelled ``"7"``);
     :meth:`~raserec_adapter.Sequences.labels_of` and :meth:`~raserec_adapter.Sequences.ids_of`
     map between them and the ids the library uses.
 
@@ -237,8 +238,8 @@ def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
 
 def _raise_bad_token(path: Path, data: bytes, pos: int) -> NoReturn:
     """Raises the error for a byte that cannot belong to a non-negative integer."""
-    line = data.count(b"\n", 0, pos) + 1
-    start = max(data.rfind(b" ", 0, pos), data.rfind(b"\t", 0, pos), data.rfind(b"\n", 0, pos))
+    line = len(data[: pos + 1].splitlines())  # counts \n, \r\n and \r endings, as the reading
+    start = max(data.rfind(ws, 0, pos) for ws in (b" ", b"\t", b"\n", b"\r"))
     end = len(data)
     for ws in (b" ", b"\t", b"\n", b"\r"):
         k = data.find(ws, pos)
@@ -334,6 +335,13 @@ def k_core_filter(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
         keep = new
 
 
+def _stray_quote_error(path: Path, first: int, last: int) -> DataFormatError:
+    return DataFormatError(
+        f"{path}, line {first}: a user or item field runs over lines {first}-{last}, so a '\"' "
+        f"on line {first} is never closed; remove the stray quote (or close it)"
+    )
+
+
 def read_interactions(
     path: str | os.PathLike[str],
     *,
@@ -392,7 +400,14 @@ def read_interactions(
     path = Path(path)
     if k_core is not None and k_core < 0:
         raise ValueError(f"k_core must be >= 0, got {k_core}")
+    if sep is not None and (not isinstance(sep, str) or len(sep) != 1 or sep in '\r\n"'):
+        raise ValueError(
+            f"sep must be one character (e.g. ',' or '\\t'), got {sep!r}; for a separator of "
+            "several characters (MovieLens '::') replace it with one first, e.g. "
+            "text.replace('::', '\\t')"
+        )
     _check_text_head(path, _read_bytes(path, _HEAD))
+    line = 0  # where a csv.Error happened
     try:
         with io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", newline="") as f:
             delimiter = sep if sep is not None else _guess_sep(path, f)
@@ -406,6 +421,7 @@ def read_interactions(
                     "followed by one interaction per line"
                 )
             names = [h.strip() for h in header]
+            line = reader.line_num
             ui = _find_column(path, names, user_col, _DEFAULT_USER_COLS, "user", delimiter)
             ii = _find_column(path, names, item_col, _DEFAULT_ITEM_COLS, "item", delimiter)
             ti = _find_column(path, names, time_col, _DEFAULT_TIME_COLS, "time", delimiter)
@@ -415,14 +431,19 @@ def read_interactions(
             times: list[str] = []
             lines: list[int] = []
             for row in reader:
+                first_line, line = line + 1, reader.line_num
                 if len(row) < needed:
                     if not row or not "".join(row).strip():
                         continue
+                    if reader.line_num > first_line:
+                        raise _stray_quote_error(path, first_line, reader.line_num)
                     raise DataFormatError(
                         f"{path}, line {reader.line_num}: expected at least {needed} "
                         f"{_sep_name(delimiter)}-separated fields, found {len(row)}: {row!r}; "
                         "fix the line or pass sep=... if the separator is wrong"
                     )
+                if any("\n" in row[c] or "\r" in row[c] for c in (ui, ii)):
+                    raise _stray_quote_error(path, first_line, reader.line_num)
                 user_ids.append(row[ui].strip())
                 item_ids.append(row[ii].strip())
                 if ti is not None:
@@ -432,6 +453,11 @@ def read_interactions(
         raise _not_utf8_error(path) from None
     except _GZIP_ERRORS as e:
         raise _gzip_error(path, e) from None
+    except csv.Error as e:
+        raise DataFormatError(
+            f"{path}, after line {line}: cannot read the table ({e}); a '\"' that is never "
+            "closed makes the rest of the file one field: remove the stray quote"
+        ) from None
 
     if not user_ids:
         raise DataFormatError(f"{path} has a header but no interactions")

@@ -121,6 +121,25 @@ def test_bert4rec_ignores_padding_and_reads_the_whole_sequence():
         model(torch.ones(1, MAX_LEN + 1, dtype=torch.long), torch.tensor([MAX_LEN + 1]))
 
 
+@pytest.mark.parametrize("settings", [{}, {"positions": "end"}, {"readout": "last"}])
+def test_bert4rec_never_sees_ids_behind_the_stated_length(settings):
+    """Bidirectional attention must not reach ids left after ``item_seq_len`` (say a user's
+    later items in a row cut by its length alone): the output equals that of the zero-padded row."""
+    torch.manual_seed(0)
+    model = BERT4Rec(NUM_ITEMS, hidden_size=HIDDEN, max_len=MAX_LEN, **settings).eval()
+    seq = torch.tensor([[3, 4, 5, 6, 7], [9, 8, 7, 0, 0]])
+    lengths = torch.tensor([3, 3])
+    with_future = model(seq, lengths)
+    padded = seq * (torch.arange(5) < 3)  # [[3, 4, 5, 0, 0], [9, 8, 7, 0, 0]]
+    torch.testing.assert_close(with_future, model(padded, lengths))
+    if settings.get("readout") != "last":
+        torch.manual_seed(1)
+        a = model.train().cloze_loss(seq, lengths, targets=torch.tensor([1, 2]))
+        torch.manual_seed(1)
+        b = model.cloze_loss(padded, lengths, targets=torch.tensor([1, 2]))
+        torch.testing.assert_close(a, b)
+
+
 def test_bert4rec_cloze_loss_is_finite_and_decreases():
     torch.manual_seed(0)
     model = BERT4Rec(NUM_ITEMS, hidden_size=HIDDEN, max_len=MAX_LEN, dropout=0.0, attn_dropout=0.0)
@@ -435,3 +454,13 @@ def test_bert4rec_positions_from_the_end_fix_the_readout_position(monkeypatch):
     settings, model = _bert4rec_cli(monkeypatch, ["--objective", "next-item", "--positions", "end"])
     assert settings == {"objective": "next-item", "positions": "end"}
     assert model.positions == "end"
+
+
+def test_example_seed_flags_take_seeds_torch_and_numpy_accept(capsys):
+    parser = build_parser("sasrec", "")
+    assert parser.parse_args(["--seed", "3"]).seed == 3
+    assert parser.parse_args(["--seeds", "0", "1"]).seeds == [0, 1]
+    for argv in (["--seed", "-1"], ["--seeds", "0", "x"], ["--seed", str(2**63)]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert "a seed" in capsys.readouterr().err

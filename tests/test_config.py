@@ -121,6 +121,8 @@ def test_numpy_scalars_are_accepted_as_python_numbers() -> None:
     assert json.loads(json.dumps(ram.to_dict()))["k"] == 4  # numpy ints would not serialise
     pre = PretrainConfig(mask_false_negatives=np.bool_(True))
     assert pre.mask_false_negatives is True
+    pre = PretrainConfig(max_len=np.int64(5))  # an optional int field
+    assert type(pre.max_len) is int and json.loads(json.dumps(pre.to_dict()))["max_len"] == 5
     bank = BankConfig(prefix_lengths=[[np.int64(1), np.int64(6)]])
     assert bank.prefix_lengths == ((1, 6),) and type(bank.prefix_lengths[0][0]) is int
 
@@ -166,6 +168,11 @@ RANGES = [
     (RAFTConfig, "patience", 0, 1, ">= 1"),
     (AugmenterConfig, "hidden_size", -1, 0, ">= 0"),
     (AugmenterConfig, "max_len", 0, 1, ">= 1"),
+    (PretrainConfig, "max_len", 0, 1, ">= 1"),
+    (PretrainConfig, "seed", -1, 0, "a non-negative int below 2\\*\\*63"),
+    (RAFTConfig, "seed", -1, 0, "a non-negative int below 2\\*\\*63"),
+    (PretrainConfig, "seed", 2**63, 2**63 - 1, "a non-negative int below 2\\*\\*63"),
+    (RAFTConfig, "seed", 2**63, 2**63 - 1, "a non-negative int below 2\\*\\*63"),
 ]
 
 

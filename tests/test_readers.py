@@ -114,6 +114,8 @@ def test_txt_whitespace_variants(tmp_path: Path) -> None:
     [
         ("1 1 2\n2 3 x4\n", 2, ["'x4'", "integer"]),
         ("1 1 2\n2 3 -4\n", 2, ["'-4'", "integer"]),
+        ("1 1 2\r3 3 x\r", 2, ["'x'", "integer"]),  # old Mac line endings
+        ("1 1 2\r\n\r\n3 3 y5\r\n", 3, ["'y5'", "integer"]),
         ("1 1 2.5\n", 1, ["'2.5'", "integer"]),
         ("u1 1 2\n", 1, ["'u1'", "read_interactions"]),
         ("1 1 2\n\n7\n3 1\n", 3, ["user 7 has no items", "remove the line"]),
@@ -310,6 +312,29 @@ def test_unknown_separator(tmp_path: Path) -> None:
     path = write(tmp_path, "t.dat", "user_id item_id\n1 2\n")
     with pytest.raises(DataFormatError, match="sep="):
         read_interactions(path)
+
+
+def test_a_stray_quote_is_named_with_its_line(tmp_path: Path) -> None:
+    """An unmatched '"' would swallow the following lines into one id: refused, with the line."""
+    rows = "".join(f"u{k},i{k},{k}\n" for k in range(5))
+    path = write(tmp_path, "t.csv", "user_id,item_id,timestamp\n" + rows + 'u7,"i3,5\nu8,i4,6\n')
+    with pytest.raises(DataFormatError, match=r"line 7: a user or item field runs over lines 7-8"):
+        read_interactions(path)
+    # a stray quote with more than csv's field limit behind it: a DataFormatError, not csv.Error
+    big = "".join(f"u{k % 50},i{k % 97},{k}\n" for k in range(20_000))
+    path = write(tmp_path, "big.csv", 'user_id,item_id,timestamp\nu1,"i1,1\n' + big)
+    with pytest.raises(DataFormatError, match=r"after line 1: cannot read the table.*stray quote"):
+        read_interactions(path)
+    # quoted fields that close are read as usual
+    path = write(tmp_path, "ok.csv", 'user_id,item_id,timestamp\n"u1","i,1",1\nu1,i2,2\n')
+    assert read_interactions(path).item_labels.tolist() == ["i,1", "i2"]
+
+
+@pytest.mark.parametrize("sep", ["::", "", "\n", 3])
+def test_a_separator_that_is_not_one_character_is_refused(tmp_path: Path, sep: object) -> None:
+    path = write(tmp_path, "t.dat", "user_id::item_id\n1::2\n")
+    with pytest.raises(ValueError, match=r"sep must be one character"):
+        read_interactions(path, sep=sep)  # type: ignore[arg-type]
 
 
 tables = st.lists(
