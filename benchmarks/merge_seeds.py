@@ -65,6 +65,10 @@ def _settings(details: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _model(details: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in details["encoder"].items() if k != "checkpoint"}
+
+
 def merge(records: list[dict[str, Any]], ignore_epochs: bool = False) -> dict[str, Any]:
     """Checks that ``records`` are seeds of one experiment and returns the merged fields.
 
@@ -91,6 +95,12 @@ def merge(records: list[dict[str, Any]], ignore_epochs: bool = False) -> dict[st
             raise ValueError(
                 f"file {i + 1}: {len(rec['seeds'])} seeds but {len(rec['per_seed'])} rows"
             )
+        if len(rec.get("per_seed_details") or []) != len(rec["seeds"]):
+            raise ValueError(
+                f"file {i + 1}: {len(rec['seeds'])} seeds but "
+                f"{len(rec.get('per_seed_details') or [])} per_seed_details, so its settings "
+                "cannot be checked against the other files'; merge files the examples wrote"
+            )
         for seed in rec["seeds"]:
             if seed in seeds:
                 raise ValueError(f"seed {seed} appears twice; each seed may be merged once")
@@ -106,7 +116,16 @@ def merge(records: list[dict[str, Any]], ignore_epochs: bool = False) -> dict[st
             }
         return out
 
-    reference = compared(details[0]) if details else {}
+    # the encoder (class, hidden size, parameter count) where every file records it; older
+    # files do not, and the checkpoint each seed loaded may differ on purpose
+    with_encoder = all("encoder" in d for d in details)
+    for d in details[1:]:
+        if with_encoder and _model(d) != _model(details[0]):
+            raise ValueError(
+                f"seed {d.get('seed')} ran another encoder than seed {details[0].get('seed')}: "
+                f"{_model(d)} vs {_model(details[0])}; merge only seeds of the same model"
+            )
+    reference = compared(details[0])
     for d in details[1:]:
         if compared(d) != reference:
             raise ValueError(
@@ -115,6 +134,7 @@ def merge(records: list[dict[str, Any]], ignore_epochs: bool = False) -> dict[st
                 + ("" if ignore_epochs else " (--ignore-epochs lets stage-1 epoch caps differ)")
             )
     keys = list(per_seed[0])
+    # the sample standard deviation (n - 1 in the denominator)
     std = {k: statistics.stdev(m[k] for m in per_seed) if len(per_seed) > 1 else 0.0 for k in keys}
     return {
         "seeds": seeds,

@@ -2,7 +2,8 @@
 
 Builds a synthetic dataset (default 2M users, ~20M interactions, 1M items), writes and re-reads
 it as a ``user item item ...`` text file and as the compact ``.npz``, and times the leave-one-out
-split, the causal windows and one pass of padding-free batches over all training pairs.
+split, one epoch of causal-window batches and one pass of padding-free batches over the
+validation prefixes.
 
     python benchmarks/scale_data.py [--users 2000000]
 """
@@ -34,7 +35,10 @@ def main() -> None:
     args = p.parse_args()
     t_start = time.perf_counter()
     rng = np.random.default_rng(0)
-    lengths = np.minimum(3 + rng.geometric(1 / (args.mean_length - 2), args.users), 500)
+    if args.mean_length <= 3:
+        p.error(f"--mean-length must be above 3 (the shortest sequence), got {args.mean_length}")
+    # 2 + geometric (which starts at 1): lengths from 3, mean --mean-length (before the cap)
+    lengths = np.minimum(2 + rng.geometric(1 / (args.mean_length - 2), args.users), 500)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     items = rng.integers(1, args.items + 1, int(offsets[-1]), dtype=np.int64)
     seqs = Sequences(items, offsets, args.items)

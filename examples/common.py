@@ -8,6 +8,7 @@ result table and the results files -- is here, so no training code is copied bet
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -53,6 +54,23 @@ class Backbone:
     rec_loss: RecLoss | None = None
     wrap: Callable[[nn.Module], dict[str, Any]] | None = None
     settings: dict[str, object] | None = None  # recorded in the results files
+
+
+def encoder_record(encoder: nn.Module, args: argparse.Namespace) -> dict[str, object]:
+    """What a results file records of the encoder, so that merged seeds can be checked to have
+    run the same model (``benchmarks/merge_seeds.py`` compares all but the checkpoint)."""
+    record: dict[str, object] = {
+        "class": type(encoder).__name__,
+        "hidden_size": args.hidden_size,
+        "parameters": sum(p.numel() for p in encoder.parameters()),
+    }
+    if args.encoder_checkpoint:
+        data = Path(args.encoder_checkpoint).read_bytes()
+        record["checkpoint"] = {
+            "path": str(args.encoder_checkpoint),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    return record
 
 
 def seed_arg(text: str) -> int:
@@ -327,7 +345,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
         )
         aug = RetrievalAugmenter(encoder, acfg, **(backbone.wrap(encoder) if backbone.wrap else {}))
         run_dir = out / f"{name}-{backbone.name}{tag}-{stage}-seed{seed}"
-        details: dict[str, object] = {"seed": seed}
+        details: dict[str, object] = {"seed": seed, "encoder": encoder_record(encoder, args)}
         if args.encoder_checkpoint:
             state = torch.load(args.encoder_checkpoint, map_location="cpu", weights_only=True)
             encoder.load_state_dict(state)

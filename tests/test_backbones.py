@@ -338,6 +338,14 @@ def test_example_resume_continues_stage1(dataset_file, tmp_path):
     sasrec.main([*argv, "--epochs", "1", "--resume"])  # nothing to resume yet
     assert (tmp_path / "toy-sasrec-plain-seed0" / "pretrain-state.pt").is_file()
     assert pretrain_details()["epochs_run"] == 1 and pretrain_details()["resumed"] is False
+    # the model is recorded, so that benchmarks/merge_seeds.py can compare it between seeds
+    recorded = json.loads(result_file.read_text())["per_seed_details"][0]["encoder"]
+    built = sasrec.build(20, build_parser("sasrec", "").parse_args(argv))
+    assert recorded == {
+        "class": "SASRec",
+        "hidden_size": 16,
+        "parameters": sum(p.numel() for p in built.parameters()),
+    }
     sasrec.main([*argv, "--epochs", "3", "--resume"])
     resumed = pretrain_details()
     assert resumed["epochs_run"] == 3 and resumed["resumed"] is True

@@ -147,3 +147,30 @@ def test_ignore_epochs_lets_only_the_stage1_cap_differ(tmp_path: Path) -> None:
     c = json.loads(_run(tmp_path, 2, 0.08, lr=1e-2, epochs=32).read_text())
     with pytest.raises(ValueError, match="other settings"):  # other settings still refused
         merge_seeds.merge([json.loads(a.read_text()), c], ignore_epochs=True)
+
+
+def test_merge_refuses_files_whose_settings_it_cannot_check(tmp_path: Path) -> None:
+    a = json.loads(_run(tmp_path, 0, 0.08).read_text())
+    b = json.loads(_run(tmp_path, 1, 0.08, lr=1e-2).read_text())
+    b.pop("per_seed_details")  # its lr of 1e-2 would go unnoticed
+    with pytest.raises(ValueError, match=r"file 2: 1 seeds but 0 per_seed_details"):
+        merge_seeds.merge([a, b])
+
+
+def test_merge_compares_the_recorded_encoder_but_not_its_checkpoint(tmp_path: Path) -> None:
+    def with_encoder(seed: int, hidden: int, checkpoint: str) -> dict:
+        rec = json.loads(_run(tmp_path / str(seed), seed, 0.08).read_text())
+        rec["per_seed_details"][0]["encoder"] = {
+            "class": "SASRec",
+            "hidden_size": hidden,
+            "parameters": 1000 * hidden,
+            "checkpoint": {"path": checkpoint, "sha256": checkpoint * 8},
+        }
+        return rec
+
+    same = [with_encoder(0, 64, "a"), with_encoder(1, 64, "b")]  # other encoders, one model
+    assert merge_seeds.merge(same)["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match=r"seed 2 ran another encoder than seed 0"):
+        merge_seeds.merge([same[0], with_encoder(2, 32, "a")])
+    older = json.loads(_run(tmp_path / "old", 3, 0.08).read_text())  # written before the record
+    assert merge_seeds.merge([same[0], older])["seeds"] == [0, 3]
