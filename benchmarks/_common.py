@@ -38,6 +38,38 @@ def median(xs: list[float]) -> float:
 START_COMMIT = git_commit(ROOT)
 
 
+def resume_settings(args: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The arguments in ``names`` that shape a results file's rows, as its ``settings`` record."""
+    return {name: getattr(args, name) for name in names}
+
+
+def check_resume(record: dict[str, Any], settings: dict[str, Any], out: Path) -> None:
+    """Refuses to add rows to ``record`` (an ``--out`` file being resumed) that were made with
+    other settings; a file written before ``settings`` were recorded cannot be checked."""
+    have = record.get("settings_of_rows")
+    if have is None:
+        raise SystemExit(
+            f"{out} does not record the settings its rows were made with (written by an older "
+            "version of this script), so --resume cannot check them; use another --out"
+        )
+    if have != settings:
+        diff = {k: (have.get(k), v) for k, v in settings.items() if have.get(k) != v}
+        raise SystemExit(
+            f"{out} was made with other settings: {diff} (file, now); use another --out or "
+            "the file's settings"
+        )
+
+
+def earlier_invocations(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Provenance of the processes that wrote ``record`` before (its rows carried over), kept
+    when a resumed process writes its own provenance at the top level."""
+    keys = ("command", "git_commit", "git_commit_at_end", "finished_at", "wall_seconds")
+    earlier = list(record.get("earlier_invocations", []))
+    if "command" in record:
+        earlier.append({k: record[k] for k in keys if k in record})
+    return earlier
+
+
 def provenance(wall: float) -> dict[str, Any]:
     """Command, commit, machine, wall time and finishing time of this script's run.
 

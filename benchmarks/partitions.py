@@ -35,10 +35,13 @@ from typing import Any
 
 import numpy as np
 from _common import (
+    check_resume,
+    earlier_invocations,
     fit_raft_and_test,
     load_finished_run,
     open_run_analysis,
     provenance,
+    resume_settings,
     run_analysis_parser,
     run_provenance,
     write_json,
@@ -97,6 +100,19 @@ def combos(names: list[str]) -> list[tuple[str, ...]]:
     return [c for r in range(len(names), 0, -1) for c in combinations(names, r)]
 
 
+# what shapes each row besides the run, the parts and the seed (checked by --resume)
+ROW_SETTINGS = (
+    "dataset",
+    "backbone",
+    "backbone_args",
+    "protocol",
+    "device",
+    "raft_epochs",
+    "patience",
+    "valid_metric",
+)
+
+
 def _label(combo: tuple[str, ...], all_names: list[str]) -> str:
     return "All" if len(combo) == len(all_names) else "{" + ", ".join(combo) + "}"
 
@@ -124,11 +140,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--parts: {e}") from None
     out = Path(args.out)
     record: dict[str, Any] = {}
+    row_settings = resume_settings(args, ROW_SETTINGS)
     if args.resume and out.exists():
         record = json.loads(out.read_text())
         same = record.get("parts") == text and record.get("seed") == args.seed
         if not same or not set(record.get("runs", [])) <= set(args.run):
             raise SystemExit(f"{out} holds other runs, parts or seed; use another --out")
+        check_resume(record, row_settings, out)
+        record["earlier_invocations"] = earlier_invocations(record)
     done = {(r["run"], r["combo"]): r for r in record.get("results", [])}
     wall_before = record.get("wall_seconds", 0.0)
     t0 = time.perf_counter()
@@ -155,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "run_provenance": run_provenance([str(r) for r in args.run]),
             "seed": args.seed,
             "selection_metric": f"valid {args.valid_metric}",
+            "settings_of_rows": row_settings,
         }
     )
     results: list[dict[str, Any]] = []

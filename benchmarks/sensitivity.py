@@ -39,7 +39,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import fit_raft_and_test, provenance, write_json
+from _common import (
+    check_resume,
+    earlier_invocations,
+    fit_raft_and_test,
+    provenance,
+    resume_settings,
+    write_json,
+)
 
 from raserec_adapter import (
     AugmenterConfig,
@@ -83,6 +90,20 @@ def settings(
     return out
 
 
+# what shapes each row besides the encoder, the seed and the setting (checked by --resume)
+ROW_SETTINGS = (
+    "dataset",
+    "backbone",
+    "backbone_args",
+    "valid_metric",
+    "raft_epochs",
+    "patience",
+    "index",
+    "nprobe",
+    "device",
+)
+
+
 def _label(s: dict[str, Any]) -> str:
     return f"alpha={s['alpha']:g} beta={s['beta']:g} k={s['k']}"
 
@@ -95,10 +116,13 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     grid = settings(_floats(args.alphas), _floats(args.betas), _ints(args.ks), BASE)
     record: dict[str, Any] = {}
+    row_settings = resume_settings(args, ROW_SETTINGS)
     if args.resume and out.exists():
         record = json.loads(out.read_text())
         if record.get("encoder") != str(args.encoder) or record.get("seed") != args.seed:
             raise SystemExit(f"{out} holds a sweep of another encoder or seed; use another --out")
+        check_resume(record, row_settings, out)
+        record["earlier_invocations"] = earlier_invocations(record)
     done = {_label(r["setting"]): r for r in record.get("settings", [])}
     t_start = time.perf_counter()
     wall_before = record.get("wall_seconds", 0.0)
@@ -135,6 +159,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
             "protocol": "full",
             "selection_metric": f"valid {args.valid_metric}",
+            "settings_of_rows": row_settings,
             "plain": plain,
         }
     )
@@ -241,6 +266,16 @@ def summarise(files: list[str], metric: str) -> dict[str, Any]:
     keys = {(r["dataset"], r["backbone"], r.get("backbone_args", "")) for r in parts}
     if len(keys) != 1:
         raise SystemExit(f"the files sweep different datasets or backbones: {sorted(keys)}")
+    # RAFT's settings (older files record only the selection metric)
+    made = {
+        json.dumps([r.get("selection_metric"), r.get("settings_of_rows")], sort_keys=True)
+        for r in parts
+    }
+    if len(made) != 1:
+        raise SystemExit(
+            "the files were swept with different RAFT settings or selection metrics: "
+            f"{sorted(made)}; summarise only sweeps made alike"
+        )
     runs, repeated = join_parts(parts)
     seeds = [r["seed"] for r in runs]
     labels = [[_label(x["setting"]) for x in r["settings"]] for r in runs]

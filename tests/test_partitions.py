@@ -104,6 +104,13 @@ def test_partition_run_restricts_the_bank_and_trains_every_combination(tmp_path,
     for i, row in enumerate(both["summary"]):
         pair = [r["test"]["HR@5"] for r in both["results"] if r["combo"] == row["combo"]]
         assert len(pair) == 2 and row["test"]["HR@5"] == pytest.approx(sum(pair) / 2), i
+    assert both["earlier_invocations"][-1]["command"] == record["command"]
+    with pytest.raises(
+        SystemExit, match=r"other settings: \{'protocol': \('full', 'seen_removed'\)"
+    ):
+        partitions.main(
+            [*args[:7], "--run", run1, *args[7:], "--protocol", "seen_removed", "--resume"]
+        )
     with pytest.raises(SystemExit, match="other runs, parts or seed"):
         partitions.main([*args, "--seed", "3", "--resume"])
     with pytest.raises(SystemExit, match="other runs, parts or seed"):

@@ -63,6 +63,14 @@ def test_sweep_runs_every_setting_and_a_resumed_setting_repeats_exactly(encoder_
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
     assert untimed(resumed["settings"]) == untimed(on_disk["settings"])
+    assert resumed["earlier_invocations"][-1]["command"] == on_disk["command"]
+    # rows made with other RAFT settings are not resumed into
+    with pytest.raises(SystemExit, match=r"other settings: \{'patience': \(1, 3\)\}"):
+        _sweep(tmp, tmp / "b.json", "--resume", "--patience", "3")
+    old = {k: v for k, v in cut.items() if k != "settings_of_rows"}  # an older file
+    (tmp / "c.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="does not record the settings its rows were made with"):
+        _sweep(tmp, tmp / "c.json", "--resume")
     with pytest.raises(SystemExit, match="another encoder or seed"):
         sensitivity.main(
             ["--encoder", "x.pt", "--out", str(tmp / "b.json"), "--resume", "--seed", "1"]
