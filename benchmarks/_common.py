@@ -39,7 +39,7 @@ START_COMMIT = git_commit(ROOT)
 
 
 def resume_settings(args: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    """The arguments in ``names`` that shape a results file's rows, as its ``settings`` record."""
+    """The arguments in ``names`` that shape a results file's rows (its ``settings_of_rows``)."""
     return {name: getattr(args, name) for name in names}
 
 

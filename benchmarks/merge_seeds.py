@@ -119,14 +119,13 @@ def merge(records: list[dict[str, Any]], ignore_epochs: bool = False) -> dict[st
     # the encoder (class, hidden size, parameter count) where every file records it; older
     # files do not, and the checkpoint each seed loaded may differ on purpose
     with_encoder = all("encoder" in d for d in details)
+    reference = compared(details[0])
     for d in details[1:]:
         if with_encoder and _model(d) != _model(details[0]):
             raise ValueError(
                 f"seed {d.get('seed')} ran another encoder than seed {details[0].get('seed')}: "
                 f"{_model(d)} vs {_model(details[0])}; merge only seeds of the same model"
             )
-    reference = compared(details[0])
-    for d in details[1:]:
         if compared(d) != reference:
             raise ValueError(
                 f"seed {d.get('seed')} ran with other settings than seed {details[0].get('seed')}: "
