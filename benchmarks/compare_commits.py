@@ -15,8 +15,9 @@ Each process builds the default (Faiss IVF) bank of Beauty's training pairs, tra
 
 ``--stage pretrain`` times stage-1 epochs instead: each process trains a fresh example encoder
 (``--backbone sasrec``, ``gru4rec`` or ``bert4rec``, seed 0) with ``pretrain`` and the
-``PretrainConfig`` defaults (cross-entropy + contrastive retrieval loss) for ``--epochs``
-epochs, and the results go to ``compare-commits-pretrain-<backbone>.json``:
+``PretrainConfig`` defaults (cross-entropy + contrastive retrieval loss; ``--batching`` sets
+how pairs form batches) for ``--epochs`` epochs, and the results go to
+``compare-commits-pretrain-<backbone>.json``:
 
     python benchmarks/compare_commits.py --old c6c3ff4 --stage pretrain --epochs 1 \
         --data-dir ../shared/data
@@ -44,7 +45,9 @@ def _check_tree(package: ModuleType, tree: str) -> None:
         raise RuntimeError(f"imported {package.__file__}, not the tree {tree}")
 
 
-def child_pretrain(tree: str, data_dir: str | None, backbone: str, epochs: int) -> None:
+def child_pretrain(
+    tree: str, data_dir: str | None, backbone: str, epochs: int, batching: str
+) -> None:
     """Stage-1 epochs of a fresh example encoder, in a process importing from ``tree``."""
     sys.path.insert(0, tree)
     import torch
@@ -58,9 +61,8 @@ def child_pretrain(tree: str, data_dir: str | None, backbone: str, epochs: int) 
     torch.manual_seed(0)
     cls = {"sasrec": models.SASRec, "gru4rec": models.GRU4Rec, "bert4rec": models.BERT4Rec}
     model = cls[backbone](split.sequences.num_items)
-    res = pretrain(
-        model, split, PretrainConfig(epochs=epochs, patience=epochs + 1), show_progress=False
-    )
+    cfg = PretrainConfig(epochs=epochs, patience=epochs + 1, batching=batching)
+    res = pretrain(model, split, cfg, show_progress=False)
     print(
         json.dumps(
             {
@@ -140,13 +142,19 @@ def main() -> None:
         help="example encoder trained by --stage pretrain",
     )
     p.add_argument(
+        "--batching",
+        choices=["windows", "bucketed", "random"],
+        default="windows",
+        help="PretrainConfig.batching of --stage pretrain",
+    )
+    p.add_argument(
         "--tag", default=None, help="results file compare-commits[-pretrain-BACKBONE]-TAG.json"
     )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         if args.stage == "pretrain":
-            child_pretrain(args.child, args.data_dir, args.backbone, args.epochs)
+            child_pretrain(args.child, args.data_dir, args.backbone, args.epochs, args.batching)
         else:
             child(args.child, args.data_dir, args.encoder_checkpoint, args.epochs, args.requests)
         return
@@ -170,6 +178,7 @@ def main() -> None:
                 cmd = [sys.executable, str(HERE), "--child", str(tree)]
                 cmd += ["--epochs", str(args.epochs), "--requests", str(args.requests)]
                 cmd += ["--stage", args.stage, "--backbone", args.backbone]
+                cmd += ["--batching", args.batching]
                 if args.data_dir:
                     cmd += ["--data-dir", args.data_dir]
                 if args.encoder_checkpoint:
@@ -240,6 +249,7 @@ def save_pretrain(args: argparse.Namespace, runs: dict[str, list[dict]], wall: f
         "benchmark": "compare-commits",
         "stage": "pretrain",
         "backbone": args.backbone,
+        "batching": args.batching,
         "old": args.old,
         "new": "the working tree",
         "epochs_per_process": args.epochs,

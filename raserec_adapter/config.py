@@ -182,8 +182,8 @@ class PretrainConfig(_Config):
             together (about 7x less encoder work); other encoders fall back to
             ``"bucketed"``. ``"bucketed"``: random prefixes, one encoding each, batches of
             similar length (little padding). ``"random"``: uniformly random prefixes per
-            batch, padded to the longest, as the released code's data loader draws them
-            (most padding; cheap on a GPU).
+            batch, as the released code's data loader draws them; on a CPU each batch is
+            encoded in groups of similar length, on a GPU padded to its longest.
     """
 
     epochs: int = 100

@@ -276,13 +276,17 @@ def _anchors(
     windows: CausalWindows | None,
     causal: bool,
     need_h: bool = True,
+    regroup: LeaveOneOutSplit | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor, np.ndarray, Callable[[], torch.Tensor]]:
     """Encodes a batch: anchor representations, targets, pair rows, and a second-view encoder.
 
     ``batch`` is on the training device, ``host`` the same batch on the CPU: every index is
     computed from ``host``, so a step never waits for the device (no ``.cpu()``, no boolean
     masks on device tensors). ``need_h=False`` (a backbone-specific rec_loss) skips the anchor
-    pass of a non-causal encoder and returns ``None`` for it.
+    pass of a non-causal encoder and returns ``None`` for it. With ``regroup`` (the split of a
+    ``"random"`` batch on a CPU) the prefixes are encoded grouped by length
+    (:func:`_encode_pairs`) instead of all padded to the batch's longest: the same outputs,
+    several times less encoder work for a uniformly drawn batch.
     """
     if causal:
         assert windows is not None
@@ -296,15 +300,20 @@ def _anchors(
 
         return view(), batch.targets.flatten().index_select(0, flat), pair_rows, view
 
+    pair_rows = host.index.numpy()
+    if regroup is not None:
+
+        def encode() -> torch.Tensor:
+            return _encode_pairs(encoder, regroup, pair_rows, batch.item_seq.device)
+
+    else:
+
+        def encode() -> torch.Tensor:
+            return encoder(batch.item_seq, batch.lengths)
+
     # the anchor pass only feeds the cross-entropy; a backbone's own rec_loss encodes the batch
     # itself, so it is skipped (the InfoNCE uses its own dropout view either way)
-    h = encoder(batch.item_seq, batch.lengths) if need_h else None
-    return (
-        h,
-        batch.targets,
-        host.index.numpy(),
-        lambda: encoder(batch.item_seq, batch.lengths),
-    )
+    return (encode() if need_h else None), batch.targets, pair_rows, encode
 
 
 def pretrain(
@@ -385,6 +394,8 @@ def pretrain(
     seed_everything(cfg.seed)
     causal = enc.is_causal and rec_loss is None and cfg.batching == "windows"
     windows = causal_windows(split) if causal else None
+    # uniformly drawn batches span all lengths: on a CPU encode them length-grouped, not padded
+    regroup = split if cfg.batching == "random" and not fuse else None
     sampler = _PositiveSampler(split.train.targets, cfg.seed) if cfg.retrieval_weight > 0 else None
     optimizer = torch.optim.Adam(
         enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
@@ -441,7 +452,7 @@ def pretrain(
                         )
                     else:
                         h, targets, pair_rows, second_view = _anchors(
-                            enc, batch, host, windows, causal, need_h=rec_loss is None
+                            enc, batch, host, windows, causal, rec_loss is None, regroup
                         )
                 if rec_loss is None:
                     assert h is not None

@@ -17,6 +17,7 @@ from raserec_adapter import (
     leave_one_out,
     pretrain,
     pretraining,
+    wrap_encoder,
 )
 from raserec_adapter.data import causal_windows, iter_batches, iter_windows
 from raserec_adapter.pretraining import _PositiveSampler, info_nce
@@ -463,7 +464,37 @@ def test_random_batching_encodes_uniformly_drawn_prefixes():
     assert evaluate_encoder(model, split, "valid")["HR@10"] > before + 0.2
     assert len(window_passes) == len(seen)  # every pass came through forward: no windows
     draws = iter_batches(split.sequences, split.train, 64, 10, True, cfg.seed + 1, bucket=False)
-    assert torch.equal(seen[0], next(draws).lengths)  # the first anchor pass: the first draw
+    first = next(draws).lengths
+    # on a CPU the first anchor pass encodes the first draw in length groups (lengths in
+    # (2^(g-1), 2^g]), one call per group, instead of padding all of it to its longest
+    groups = torch.ceil(torch.log2(first.double())).unique()
+    calls = seen[: len(groups)]
+    assert torch.equal(torch.cat(calls).sort().values, first.sort().values)
+    for call in calls:
+        assert torch.ceil(torch.log2(call.double())).unique().numel() == 1
+
+
+@pytest.mark.parametrize("backbone", [SASRec, GRU4Rec, BERT4Rec, MeanEncoder])
+def test_regrouped_random_batch_encodes_like_the_padded_batch(backbone):
+    """The CPU's length-grouped encoding of a uniformly drawn batch gives each row exactly what
+    the padded batch gives it (dropout off), in the batch's row order."""
+    seqs = synthetic_sequences(120, 30, seed=5)
+    split = leave_one_out(seqs, max_len=10)
+    torch.manual_seed(0)
+    kwargs = {} if backbone in (GRU4Rec, MeanEncoder) else {"max_len": 10}
+    enc = wrap_encoder(backbone(30, 16, **kwargs))
+    enc.eval()
+    host = next(iter_batches(split.sequences, split.train, 64, 10, True, 7, bucket=False))
+    assert len(torch.ceil(torch.log2(host.lengths.double())).unique()) > 1  # mixed lengths
+    with torch.no_grad():
+        want = enc(host.item_seq, host.lengths)
+        h, targets, pairs, view = pretraining._anchors(
+            enc, host, host, None, False, True, regroup=split
+        )
+        torch.testing.assert_close(h, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(view(), want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(targets, host.targets)
+    assert np.array_equal(pairs, host.index.numpy())
 
 
 def test_unknown_batching_is_refused():
