@@ -179,10 +179,11 @@ def main() -> None:
                 cmd += ["--epochs", str(args.epochs), "--requests", str(args.requests)]
                 cmd += ["--stage", args.stage, "--backbone", args.backbone]
                 cmd += ["--batching", args.batching]
+                # the children run inside their trees: relative paths are the caller's
                 if args.data_dir:
-                    cmd += ["--data-dir", args.data_dir]
+                    cmd += ["--data-dir", str(Path(args.data_dir).resolve())]
                 if args.encoder_checkpoint:
-                    cmd += ["--encoder-checkpoint", args.encoder_checkpoint]
+                    cmd += ["--encoder-checkpoint", str(Path(args.encoder_checkpoint).resolve())]
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=tree)
                 if out.returncode:
                     sys.exit(f"the {name} tree's run failed:\n{out.stderr[-3000:]}")
