@@ -486,11 +486,18 @@ def test_regrouped_random_batch_encodes_like_the_padded_batch(backbone):
     enc.eval()
     host = next(iter_batches(split.sequences, split.train, 64, 10, True, 7, bucket=False))
     assert len(torch.ceil(torch.log2(host.lengths.double())).unique()) > 1  # mixed lengths
+    widths: list[int] = []
     with torch.no_grad():
         want = enc(host.item_seq, host.lengths)
+        hook = enc.module.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[1]))
         h, targets, pairs, view = pretraining._anchors(
             enc, host, host, None, False, True, regroup=split
         )
+        hook.remove()
+        # the anchor pass really ran grouped: one call per length group, none padded to the max
+        groups = torch.ceil(torch.log2(host.lengths.double())).unique()
+        assert len(widths) == len(groups) and max(widths) <= host.item_seq.shape[1]
+        assert min(widths) < host.item_seq.shape[1]
         torch.testing.assert_close(h, want, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(view(), want, rtol=1e-5, atol=1e-6)
     assert torch.equal(targets, host.targets)
