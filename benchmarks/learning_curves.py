@@ -12,6 +12,10 @@ script's provenance. A learning-curve probe, not a comparison of converged model
         --command "head=python examples/bert4rec.py --dataset beauty ..." \\
         --arm "no-head=/tmp/runs/beauty-bert4rec-raserec-seed0-nohead/pretrain-state.pt" \\
         --command "no-head=python examples/bert4rec.py --dataset beauty --no-head ..."
+
+A state file does not outlive its session; an arm already recorded by an earlier probe is
+read back from that results file with ``--arm NAME=benchmarks/results/<probe>.json#ARM`` (its
+state file path and command come along).
 """
 
 from __future__ import annotations
@@ -40,6 +44,22 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
     ]
 
 
+def read_recorded_arm(spec: str) -> dict[str, Any]:
+    """One arm of an earlier results file of this script, named as ``<file>.json#<arm>``."""
+    path, _, arm = spec.partition("#")
+    if not arm:
+        raise SystemExit(f"{spec}: name the recorded arm after a '#', e.g. probe.json#windows")
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot read it as a JSON results file ({exc})") from exc
+    arms = record.get("arms") if isinstance(record, dict) else None
+    if not isinstance(arms, dict) or arm not in arms:
+        have = sorted(arms) if isinstance(arms, dict) else []
+        raise SystemExit(f"{path} holds no recorded arm {arm!r} (it has {have})")
+    return arms[arm]
+
+
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
     out = {}
     for item in items:
@@ -64,18 +84,33 @@ def main(argv: list[str] | None = None) -> None:
     commands = _pairs(args.command, "--command")
     if len(arms) < 2:
         raise SystemExit("give at least two --arm NAME=STATE_FILE")
-    curves = {name: read_history(path) for name, path in arms.items()}
+    curves, sources = {}, {}
+    for name, spec in arms.items():
+        if spec.partition("#")[0].endswith(".json"):
+            recorded = read_recorded_arm(spec)
+            curves[name] = recorded["epochs"]
+            sources[name] = (recorded.get("state_file", ""), recorded.get("command", ""), spec)
+        else:
+            curves[name] = read_history(spec)
+            sources[name] = spec, commands.get(name, ""), ""
     epochs = min(len(c) for c in curves.values())
     print("epoch  " + "  ".join(f"{n:>12}" for n in curves))
     for i in range(epochs):
         print(f"{i + 1:5d}  " + "  ".join(f"{c[i][args.metric]:12.4f}" for c in curves.values()))
+    for name, curve in curves.items():
+        best = max(curve, key=lambda e: e[args.metric])
+        value, epoch = best[args.metric], best["epoch"]
+        print(f"{name}: best {args.metric} {value:.4f} at epoch {epoch} of {len(curve)}")
     record: dict[str, Any] = {"what": args.what, "compared_epochs": epochs}
     if args.note:
         record["note"] = args.note
-    record["arms"] = {
-        name: {"state_file": arms[name], "command": commands.get(name, ""), "epochs": curve}
-        for name, curve in curves.items()
-    }
+    record["arms"] = {}
+    for name, curve in curves.items():
+        state_file, command, recorded_in = sources[name]
+        arm: dict[str, Any] = {"state_file": state_file, "command": commands.get(name, command)}
+        if recorded_in:
+            arm["read_from"] = recorded_in
+        record["arms"][name] = {**arm, "epochs": curve}
     print(f"wrote {save(args.name, record, time.perf_counter() - t0)}")
 
 

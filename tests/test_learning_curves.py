@@ -57,3 +57,40 @@ def test_refuses_bad_arguments(tmp_path: Path) -> None:
         learning_curves.main(
             ["--name", "x", "--what", "y"] + [f"--arm={n}={tmp_path}/other.pt" for n in "ab"]
         )
+
+
+def test_an_arm_read_back_from_an_earlier_results_file(tmp_path: Path, monkeypatch) -> None:
+    split = leave_one_out(synthetic_sequences(30, 20, seed=1), max_len=10)
+    for name in "ab":
+        torch.manual_seed(0)
+        cfg = PretrainConfig(epochs=2, seed=len(name))
+        pretrain(
+            SASRec(20, hidden_size=8, max_len=10),
+            split,
+            cfg,
+            state_path=tmp_path / f"{name}.pt",
+            show_progress=False,
+        )
+    monkeypatch.setattr(_common, "RESULTS", tmp_path / "out")
+    learning_curves.main(
+        ["--name", "first", "--what", "w"]
+        + [f"--arm={n}={tmp_path / n}.pt" for n in "ab"]
+        + ["--command", "a=python train.py --seed 1"]
+    )
+    first = tmp_path / "out" / "first.json"
+    (tmp_path / "a.pt").unlink()  # the state file is gone; the recorded curve stays usable
+    learning_curves.main(
+        ["--name", "second", "--what", "w", f"--arm=old={first}#a", f"--arm=b={tmp_path}/b.pt"]
+    )
+    rec = json.loads(first.read_text())["arms"]["a"]
+    got = json.loads((tmp_path / "out" / "second.json").read_text())["arms"]["old"]
+    assert got["epochs"] == rec["epochs"] and got["command"] == "python train.py --seed 1"
+    assert got["state_file"] == str(tmp_path / "a.pt") and got["read_from"] == f"{first}#a"
+    with pytest.raises(SystemExit, match="no recorded arm 'c'"):
+        learning_curves.main(
+            ["--name", "x", "--what", "y", f"--arm=c={first}#c", f"--arm=b={first}#b"]
+        )
+    with pytest.raises(SystemExit, match="after a '#'"):
+        learning_curves.main(
+            ["--name", "x", "--what", "y", f"--arm=c={first}", f"--arm=b={first}#b"]
+        )
