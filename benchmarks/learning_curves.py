@@ -84,15 +84,23 @@ def main(argv: list[str] | None = None) -> None:
     commands = _pairs(args.command, "--command")
     if len(arms) < 2:
         raise SystemExit("give at least two --arm NAME=STATE_FILE")
-    curves, sources = {}, {}
+    recorded: dict[str, dict[str, Any]] = {}
     for name, spec in arms.items():
         if spec.partition("#")[0].endswith(".json"):
-            recorded = read_recorded_arm(spec)
-            curves[name] = recorded["epochs"]
-            sources[name] = (recorded.get("state_file", ""), recorded.get("command", ""), spec)
+            arm = read_recorded_arm(spec)
+            recorded[name] = {
+                "state_file": arm.get("state_file", ""),
+                "command": commands.get(name, arm.get("command", "")),
+                "read_from": spec,
+                "epochs": arm["epochs"],
+            }
         else:
-            curves[name] = read_history(spec)
-            sources[name] = spec, commands.get(name, ""), ""
+            recorded[name] = {
+                "state_file": spec,
+                "command": commands.get(name, ""),
+                "epochs": read_history(spec),
+            }
+    curves = {name: arm["epochs"] for name, arm in recorded.items()}
     epochs = min(len(c) for c in curves.values())
     print("epoch  " + "  ".join(f"{n:>12}" for n in curves))
     for i in range(epochs):
@@ -104,13 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     record: dict[str, Any] = {"what": args.what, "compared_epochs": epochs}
     if args.note:
         record["note"] = args.note
-    record["arms"] = {}
-    for name, curve in curves.items():
-        state_file, command, recorded_in = sources[name]
-        arm: dict[str, Any] = {"state_file": state_file, "command": commands.get(name, command)}
-        if recorded_in:
-            arm["read_from"] = recorded_in
-        record["arms"][name] = {**arm, "epochs": curve}
+    record["arms"] = recorded
     print(f"wrote {save(args.name, record, time.perf_counter() - t0)}")
 
 
