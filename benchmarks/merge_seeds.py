@@ -152,7 +152,10 @@ def _runs_of(record: dict[str, Any]) -> list[dict[str, Any]]:
     """
     if record.get("runs"):
         return [dict(run) for run in record["runs"]]
-    return [{k: record.get(k) for k in RUN_KEYS}]
+    run = {k: record.get(k) for k in RUN_KEYS}
+    if record.get("run_history"):  # free text on how a resumed run was pieced together
+        run["run_history"] = record["run_history"]
+    return [run]
 
 
 def main(argv: list[str] | None = None) -> Path:

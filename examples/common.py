@@ -33,7 +33,7 @@ from raserec_adapter import (
 )
 from raserec_adapter.config import BATCHING
 from raserec_adapter.pretraining import RecLoss, evaluate_encoder, seed_everything
-from raserec_adapter.reporting import git_commit, mean_metrics
+from raserec_adapter.reporting import command_line, git_commit, mean_metrics
 
 logger = logging.getLogger("raserec_adapter")
 
@@ -361,6 +361,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 checkpoint=run_dir / "encoder.pt",
                 state_path=state_path,
                 resume=args.resume,
+                run_info={"command": command_line(), "git_commit": commit},
             )
             details["pretrain"] = {
                 "best_epoch": res.best_epoch,
@@ -369,6 +370,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, dict[str, flo
                 "best_valid": res.best_valid,
                 "config": pcfg.to_dict(),
                 "resumed": resumed,
+                "invocations": res.invocations,  # every call that trained it, when resumed
             }
         plain_variant = "plain" if args.plain else "pretrained-plain"
         if args.plain:

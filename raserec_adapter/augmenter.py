@@ -22,7 +22,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -163,11 +163,13 @@ class RetrievalAugmenter(nn.Module):
         fuse: bool | None = None,
         state_path: str | Path | None = None,
         resume: bool = False,
+        run_info: Mapping[str, Any] | None = None,
     ) -> TrainResult:
         """Collaborative pre-training of the encoder (see :func:`~raserec_adapter.pretrain`).
 
         ``state_path`` / ``resume`` make a long run resumable: the training state is written
-        there after every epoch and ``resume=True`` continues from it.
+        there after every epoch and ``resume=True`` continues from it. ``run_info`` (say the
+        command line) is recorded per call in the result's ``invocations``.
         """
         require_split(split, "pretrain")
         if config is not None:
@@ -184,6 +186,7 @@ class RetrievalAugmenter(nn.Module):
             fuse=fuse,
             state_path=state_path,
             resume=resume,
+            run_info=run_info,
         )
 
     # ------------------------------------------------------------------ encoding

@@ -34,8 +34,9 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -328,6 +329,7 @@ def pretrain(
     fuse: bool | None = None,
     state_path: str | Path | None = None,
     resume: bool = False,
+    run_info: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Trains an encoder with ``L_rec + lambda * L_ret`` and early stopping on validation.
 
@@ -352,6 +354,10 @@ def pretrain(
             and positives as an uninterrupted one. Every setting but ``epochs`` must equal the
             saved run's (a larger ``epochs`` extends a run that reached its limit); a run that
             had stopped early returns its result without training.
+        run_info: JSON-able facts about this call (say the command line and the code's
+            commit), recorded with its epochs, time, device and thread count in
+            :attr:`TrainResult.invocations`; the state file keeps them, so a resumed run's
+            result lists every call that trained it.
 
     Returns:
         A :class:`TrainResult`; the model holds the best epoch's weights afterwards, also when
@@ -360,7 +366,8 @@ def pretrain(
 
     Raises:
         ValueError: The encoder's item table is too small for the data; ``resume`` without
-            ``state_path``; a state file from other settings, another model, or not a state.
+            ``state_path``; a state file from other settings, another model, or not a state;
+            ``run_info`` that JSON cannot hold.
 
     Example:
         >>> import tempfile
@@ -375,12 +382,15 @@ def pretrain(
         ...                    state_path=state, resume=True, show_progress=False)
         >>> res.epochs_run, len(res.history)
         (2, 2)
+        >>> [(c["first_epoch"], c["last_epoch"]) for c in res.invocations]
+        [(1, 1), (2, 2)]
     """
     require_split(split, "pretrain")
     if config is not None:
         require_config(config, PretrainConfig, "pretrain")
     if resume and state_path is None:
         raise ValueError("resume=True needs state_path: the file the interrupted run wrote")
+    info = _json_info(run_info)
     cfg = config or PretrainConfig()
     if cfg.max_len is None:  # recorded (results, state files) as the length actually used
         cfg = cfg.replace(max_len=split.max_len)
@@ -420,6 +430,16 @@ def pretrain(
         logger.info("no training state at %s yet: starting from epoch 1", state_path)
     result, seconds_before = stop.result, stop.result.seconds
     start = time.perf_counter()
+    call: dict[str, Any] = {
+        "first_epoch": result.epochs_run + 1,
+        "last_epoch": result.epochs_run,
+        "seconds": 0.0,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        **info,
+    }
+    result.invocations.append(call)
     with gives_back_best(enc.module, stop):  # an error or interrupt too: the best weights
         for epoch in range(first_epoch, cfg.epochs + 1):
             enc.train()
@@ -506,13 +526,31 @@ def pretrain(
                     train_seconds,
                 )
             result.seconds = seconds_before + time.perf_counter() - start
+            call["last_epoch"], call["seconds"] = epoch, round(time.perf_counter() - start, 1)
             if state_path is not None and stop.best_state is not None:
                 run.save(Path(state_path), stop)
             if stop.bad_epochs >= cfg.patience:
                 break
     enc.eval()
     result.seconds = seconds_before + time.perf_counter() - start
+    call["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def _json_info(run_info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``run_info`` as a plain dict after checking that the state file's JSON can hold it."""
+    if run_info is None:
+        return {}
+    if not isinstance(run_info, Mapping):
+        raise ValueError(
+            f"run_info must be a mapping such as {{'command': ...}}, got {type(run_info).__name__}"
+        )
+    try:
+        return json.loads(json.dumps(dict(run_info), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"run_info must hold JSON values only (str, numbers, lists, dicts): {exc}"
+        ) from exc
 
 
 def _check_inputs(

@@ -78,6 +78,11 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+def command_line() -> str:
+    """This process's command line as a shell would take it (``python examples/sasrec.py ...``)."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
 def mean_metrics(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Mean of each metric over seeds."""
     keys = list(per_seed[0]) if per_seed else []
@@ -112,7 +117,7 @@ def write_results(
         "seeds": list(seeds),
         "per_seed": [dict(m) for m in per_seed],
         "mean": mean_metrics(per_seed),
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "git_commit": commit or git_commit(),
         "machine": machine_info(),
         "wall_seconds": round(wall_seconds, 1),

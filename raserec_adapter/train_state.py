@@ -38,6 +38,10 @@ class TrainResult:
         seconds: Wall time of the run (of all its resumed parts).
         baseline_valid: RAFT only: validation metrics of the frozen encoder alone, without
             the RAM (what the RAM has to beat); empty for pre-training.
+        invocations: Pre-training only: one dict per call that trained this run (a resumed
+            run has one per call): ``first_epoch`` and ``last_epoch`` it trained (``last_epoch
+            < first_epoch`` when it trained none), its ``seconds``, ``started_at`` (UTC),
+            ``device``, ``torch_threads`` and the caller's ``run_info`` (command, commit, ...).
     """
 
     best_epoch: int = 0
@@ -46,6 +50,7 @@ class TrainResult:
     epochs_run: int = 0
     seconds: float = 0.0
     baseline_valid: dict[str, float] = field(default_factory=dict)
+    invocations: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -147,6 +152,7 @@ class TrainingRun:
                 "history": r.history,
                 "epochs_run": r.epochs_run,
                 "seconds": r.seconds,
+                "invocations": r.invocations,
             },
             "numpy_rng": self.rng.bit_generator.state if self.rng is not None else None,
         }
@@ -215,8 +221,18 @@ class TrainingRun:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         if self.rng is not None and meta["numpy_rng"] is not None:
             self.rng.bit_generator.state = meta["numpy_rng"]
+        result = TrainResult(**meta["result"])
+        if not result.invocations and result.epochs_run > 0:
+            result.invocations = [
+                {
+                    "first_epoch": 1,
+                    "last_epoch": result.epochs_run,
+                    "note": "not recorded: the state was written before state files listed "
+                    "the calls that trained them",
+                }
+            ]
         return EarlyStopping(
-            result=TrainResult(**meta["result"]),
+            result=result,
             best_state={k: v.to(self.device) for k, v in state["best_model"].items()},
             best_score=float(meta["best_score"]),
             bad_epochs=int(meta["bad_epochs"]),

@@ -349,6 +349,12 @@ def test_example_resume_continues_stage1(dataset_file, tmp_path):
     sasrec.main([*argv, "--epochs", "3", "--resume"])
     resumed = pretrain_details()
     assert resumed["epochs_run"] == 3 and resumed["resumed"] is True
+    # each call's epochs and command, so the file tells how the run was pieced together
+    calls = resumed["invocations"]
+    assert [(c["first_epoch"], c["last_epoch"]) for c in calls] == [(1, 1), (2, 3)]
+    record = json.loads(result_file.read_text())
+    assert all(c["command"] == record["command"] for c in calls)  # this process's command line
+    assert calls[1]["git_commit"] == record["git_commit"]
     with pytest.raises(ValueError, match="different settings"):
         sasrec.main([*argv, "--epochs", "3", "--resume", "--lr", "0.01"])
 

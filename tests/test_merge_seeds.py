@@ -57,6 +57,18 @@ def test_merge_means_and_keeps_provenance(tmp_path: Path) -> None:
     assert rec["git_commit"] == "abc" and rec["wall_seconds"] == 300.0
 
 
+def test_merge_keeps_a_runs_written_history(tmp_path: Path) -> None:
+    files = [_run(tmp_path, s, hr) for s, hr in [(0, 0.08), (1, 0.09)]]
+    record = json.loads(files[0].read_text())
+    record["run_history"] = "stage 1 ran in two calls"
+    files[0].write_text(json.dumps(record))
+    out = tmp_path / "merged.json"
+    merge_seeds.main([*map(str, files), "--out", str(out)])
+    runs = json.loads(out.read_text())["runs"]
+    assert runs[0]["run_history"] == "stage 1 ran in two calls"
+    assert "run_history" not in runs[1]
+
+
 def test_a_merged_file_takes_more_seeds_and_passes_on_its_runs(tmp_path: Path) -> None:
     first = tmp_path / "first.json"
     seeds01 = [_run(tmp_path, 0, 0.08), _run(tmp_path, 1, 0.09)]

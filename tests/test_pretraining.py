@@ -564,6 +564,72 @@ def toy_split():
     return leave_one_out(synthetic_sequences(60, 20, seed=5), max_len=8)
 
 
+def test_a_resumed_run_lists_every_call_that_trained_it(toy_split, tmp_path):
+    state = tmp_path / "s.pt"
+    cfg = PretrainConfig(epochs=2, batch_size=32, max_len=8, patience=100)
+    first = pretrain(
+        MeanEncoder(20),
+        toy_split,
+        cfg,
+        state_path=state,
+        show_progress=False,
+        run_info={"command": "first call", "commit": "abc"},
+    )
+    assert [(c["first_epoch"], c["last_epoch"], c["command"]) for c in first.invocations] == [
+        (1, 2, "first call")
+    ]
+    assert first.invocations[0]["torch_threads"] == torch.get_num_threads()
+    assert first.invocations[0]["device"] == "cpu"
+    resumed = pretrain(
+        MeanEncoder(20),
+        toy_split,
+        cfg.replace(epochs=5),
+        state_path=state,
+        resume=True,
+        show_progress=False,
+        run_info={"command": "second call"},
+    )
+    calls = [(c["first_epoch"], c["last_epoch"], c["command"]) for c in resumed.invocations]
+    assert calls == [(1, 2, "first call"), (3, 5, "second call")]
+    assert resumed.invocations[0]["commit"] == "abc" and "commit" not in resumed.invocations[1]
+    assert resumed.epochs_run == 5
+    # a call after the run finished trains nothing and says so
+    again = pretrain(
+        MeanEncoder(20),
+        toy_split,
+        cfg.replace(epochs=5),
+        state_path=state,
+        resume=True,
+        show_progress=False,
+    )
+    assert [(c["first_epoch"], c["last_epoch"]) for c in again.invocations] == [
+        (1, 2),
+        (3, 5),
+        (6, 5),
+    ]
+
+
+def test_a_state_written_before_invocations_were_recorded_resumes(toy_split, tmp_path):
+    state = tmp_path / "s.pt"
+    _toy_pretrain(toy_split, state, epochs=2, patience=100)
+    saved = torch.load(state, weights_only=True)
+    meta = json.loads(saved["meta"])
+    del meta["result"]["invocations"]
+    saved["meta"] = json.dumps(meta)
+    torch.save(saved, state)
+    res = _toy_pretrain(toy_split, state, epochs=3, patience=100, resume=True)
+    assert [(c["first_epoch"], c["last_epoch"]) for c in res.invocations] == [(1, 2), (3, 3)]
+    assert "not recorded" in res.invocations[0]["note"]
+
+
+def test_run_info_that_json_cannot_hold_is_refused_before_training(toy_split, tmp_path):
+    cfg = PretrainConfig(epochs=1, batch_size=32, max_len=8)
+    for bad, why in (({"when": object()}, "JSON values only"), ("cmd", "must be a mapping")):
+        with pytest.raises(ValueError, match=why):
+            pretrain(MeanEncoder(20), toy_split, cfg, state_path=tmp_path / "s.pt", run_info=bad)
+    assert not (tmp_path / "s.pt").exists()
+
+
 def test_resume_refuses_other_settings_and_foreign_files(toy_split, tmp_path):
     state = tmp_path / "s.pt"
     _toy_pretrain(toy_split, state)
