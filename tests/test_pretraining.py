@@ -552,10 +552,16 @@ def test_resumed_run_equals_uninterrupted_run(causal, tmp_path):
 
 def _toy_pretrain(split, state, epochs=1, model=None, **kwargs):
     """One call of the resume tests: a MeanEncoder over 20 items, inputs of up to 8 items."""
-    resume = kwargs.pop("resume", False)
+    resume, run_info = kwargs.pop("resume", False), kwargs.pop("run_info", None)
     cfg = PretrainConfig(epochs=epochs, batch_size=32, max_len=8, **kwargs)
     return pretrain(
-        model or MeanEncoder(20), split, cfg, state_path=state, resume=resume, show_progress=False
+        model or MeanEncoder(20),
+        split,
+        cfg,
+        state_path=state,
+        resume=resume,
+        show_progress=False,
+        run_info=run_info,
     )
 
 
@@ -566,42 +572,25 @@ def toy_split():
 
 def test_a_resumed_run_lists_every_call_that_trained_it(toy_split, tmp_path):
     state = tmp_path / "s.pt"
-    cfg = PretrainConfig(epochs=2, batch_size=32, max_len=8, patience=100)
-    first = pretrain(
-        MeanEncoder(20),
-        toy_split,
-        cfg,
-        state_path=state,
-        show_progress=False,
-        run_info={"command": "first call", "commit": "abc"},
-    )
+
+    def call(epochs, **run_info):
+        return _toy_pretrain(
+            toy_split, state, epochs, patience=100, resume=True, run_info=run_info or None
+        )
+
+    first = call(2, command="first call", commit="abc")
     assert [(c["first_epoch"], c["last_epoch"], c["command"]) for c in first.invocations] == [
         (1, 2, "first call")
     ]
     assert first.invocations[0]["torch_threads"] == torch.get_num_threads()
     assert first.invocations[0]["device"] == "cpu"
-    resumed = pretrain(
-        MeanEncoder(20),
-        toy_split,
-        cfg.replace(epochs=5),
-        state_path=state,
-        resume=True,
-        show_progress=False,
-        run_info={"command": "second call"},
-    )
+    resumed = call(5, command="second call")
     calls = [(c["first_epoch"], c["last_epoch"], c["command"]) for c in resumed.invocations]
     assert calls == [(1, 2, "first call"), (3, 5, "second call")]
     assert resumed.invocations[0]["commit"] == "abc" and "commit" not in resumed.invocations[1]
     assert resumed.epochs_run == 5
     # a call after the run finished trains nothing and says so
-    again = pretrain(
-        MeanEncoder(20),
-        toy_split,
-        cfg.replace(epochs=5),
-        state_path=state,
-        resume=True,
-        show_progress=False,
-    )
+    again = call(5)
     assert [(c["first_epoch"], c["last_epoch"]) for c in again.invocations] == [
         (1, 2),
         (3, 5),
