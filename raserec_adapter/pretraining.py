@@ -545,12 +545,30 @@ def _json_info(run_info: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(
             f"run_info must be a mapping such as {{'command': ...}}, got {type(run_info).__name__}"
         )
+    taken = sorted(set(run_info) & _CALL_KEYS)
+    if taken:
+        raise ValueError(
+            f"run_info may not set {taken}: pretrain records those itself; use other names"
+        )
     try:
         return json.loads(json.dumps(dict(run_info), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"run_info must hold JSON values only (str, numbers, lists, dicts): {exc}"
         ) from exc
+
+
+# what pretrain records about each call itself (TrainResult.invocations; "note" marks the
+# epochs of a state written before the calls were recorded)
+_CALL_KEYS = {
+    "first_epoch",
+    "last_epoch",
+    "seconds",
+    "started_at",
+    "device",
+    "torch_threads",
+    "note",
+}
 
 
 def _check_inputs(

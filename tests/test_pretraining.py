@@ -613,7 +613,11 @@ def test_a_state_written_before_invocations_were_recorded_resumes(toy_split, tmp
 
 def test_run_info_that_json_cannot_hold_is_refused_before_training(toy_split, tmp_path):
     cfg = PretrainConfig(epochs=1, batch_size=32, max_len=8)
-    for bad, why in (({"when": object()}, "JSON values only"), ("cmd", "must be a mapping")):
+    for bad, why in (
+        ({"when": object()}, "JSON values only"),
+        ("cmd", "must be a mapping"),
+        ({"device": "gpu0", "command": "x"}, r"may not set \['device'\]"),
+    ):
         with pytest.raises(ValueError, match=why):
             pretrain(MeanEncoder(20), toy_split, cfg, state_path=tmp_path / "s.pt", run_info=bad)
     assert not (tmp_path / "s.pt").exists()
