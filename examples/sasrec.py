@@ -3,6 +3,11 @@
 python examples/sasrec.py --dataset beauty             # full schedule, one seed
 python examples/sasrec.py --dataset beauty --demo      # a few minutes on a laptop CPU
 python examples/sasrec.py --dataset beauty --plain     # plain cross-entropy SASRec only
+python examples/sasrec.py --batching windows          # ~2x faster stage-1 epochs on a CPU
+
+Stage 1 draws its batches uniformly from all training pairs (``--batching random``), as the
+released code does: over five seeds on Beauty it trained better encoders, frozen and with the
+RAM, than the library's faster default ``"windows"`` batches (see the reproduction notes).
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ def build(num_items: int, args: argparse.Namespace) -> SASRec:
 
 
 BACKBONE = Backbone("sasrec", build)
+BATCHING_DEFAULT = "random"  # the released code's batches; PretrainConfig's default is "windows"
 
 
 def parser() -> argparse.ArgumentParser:
     """This example's command line (the options every example shares)."""
-    return build_parser("SASRec", __doc__.splitlines()[0])
+    parser = build_parser("SASRec", __doc__.splitlines()[0])
+    parser.set_defaults(batching=BATCHING_DEFAULT)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:

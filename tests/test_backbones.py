@@ -242,6 +242,8 @@ def test_example_main_runs_end_to_end(module, plain, dataset_file, tmp_path, cap
     for variant in variants:
         result = json.loads((tmp_path / f"toy-{name}-{variant}-seed0.json").read_text())
         assert result["backbone"] == name
+        batching = result["per_seed_details"][0]["pretrain"]["config"]["batching"]
+        assert batching == ("random" if module is sasrec else "windows")
     out = capsys.readouterr().out
     assert f"toy / {name} / mean of seeds [0]" in out
     if not plain:
@@ -376,6 +378,22 @@ def test_example_dropout_flags_reach_the_model(module):
             module.build(20, parser.parse_args(["--attn-dropout", "0.15"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--dropout", "1.5"])
+
+
+@pytest.mark.parametrize(
+    ("module", "default"),
+    [(sasrec, "random"), (gru4rec, "windows"), (bert4rec, "windows")],
+    ids=lambda m: getattr(m, "__name__", m),
+)
+def test_example_batching_defaults_reach_pretraining(module, default, monkeypatch):
+    """SASRec's example trains on uniformly drawn batches by default (the released code's, which
+    its five-seed comparison chose); the others keep the recorded runs' batches."""
+    seen = {}
+    monkeypatch.setattr(module, "run", lambda backbone, args: seen.update(a=args))
+    module.main(["--dataset", "beauty"])
+    assert seen["a"].batching == default
+    module.main(["--dataset", "beauty", "--batching", "bucketed"])
+    assert seen["a"].batching == "bucketed"
 
 
 def _bert4rec_cli(monkeypatch, argv: list[str]) -> tuple[dict, BERT4Rec]:
