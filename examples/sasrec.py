@@ -31,13 +31,12 @@ def build(num_items: int, args: argparse.Namespace) -> SASRec:
 
 
 BACKBONE = Backbone("sasrec", build)
-BATCHING_DEFAULT = "random"  # the released code's batches; PretrainConfig's default is "windows"
 
 
 def parser() -> argparse.ArgumentParser:
     """This example's command line (the options every example shares)."""
     parser = build_parser("SASRec", __doc__.splitlines()[0])
-    parser.set_defaults(batching=BATCHING_DEFAULT)
+    parser.set_defaults(batching="random")  # the released code's; PretrainConfig's: "windows"
     return parser
 
 

@@ -385,9 +385,10 @@ def test_example_dropout_flags_reach_the_model(module):
     [(sasrec, "random"), (gru4rec, "windows"), (bert4rec, "windows")],
     ids=lambda m: getattr(m, "__name__", m),
 )
-def test_example_batching_defaults_reach_pretraining(module, default, monkeypatch):
-    """SASRec's example trains on uniformly drawn batches by default (the released code's, which
-    its five-seed comparison chose); the others keep the recorded runs' batches."""
+def test_example_batching_default_and_override(module, default, monkeypatch):
+    """SASRec's example parses to uniformly drawn batches by default (the released code's, which
+    its five-seed comparison chose), the others to the recorded runs' batches; ``--batching``
+    overrides either (that the parsed value reaches PretrainConfig: the end-to-end test)."""
     seen = {}
     monkeypatch.setattr(module, "run", lambda backbone, args: seen.update(a=args))
     module.main(["--dataset", "beauty"])
