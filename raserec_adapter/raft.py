@@ -49,7 +49,7 @@ from raserec_adapter.data import Batch, LeaveOneOutSplit
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.inputs import check_device
 from raserec_adapter.losses import attention_kernel_available, frozen_table_cross_entropy
-from raserec_adapter.pretraining import mean_of
+from raserec_adapter.pretraining import RunningMean
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.train_state import EarlyStopping, TrainResult, gives_back_best
 
@@ -307,11 +307,10 @@ def train_ram(
             ram.train()
             order = torch.randperm(n_pairs, generator=gen).to(dev)
             batches = range(0, n_pairs, config.batch_size)
-            losses = [  # read from the device once per epoch
-                step(order[s : s + config.batch_size])
-                for s in progress(batches, n_steps, f"RAFT epoch {epoch}", show_progress)
-            ]
-            mean_loss = mean_of(losses)
+            losses = RunningMean(dev)  # read from the device once per epoch
+            for s in progress(batches, n_steps, f"RAFT epoch {epoch}", show_progress):
+                losses.add(step(order[s : s + config.batch_size]))
+            mean_loss = losses.value()
             seconds = time.perf_counter() - t0
             valid = evaluate_ram(ram, split, valid_h, valid_nb, (mem_k, mem_v), table)
             score = valid[config.valid_metric]
