@@ -20,7 +20,7 @@ from raserec_adapter import (
     wrap_encoder,
 )
 from raserec_adapter.data import causal_windows, iter_batches, iter_windows
-from raserec_adapter.pretraining import _PositiveSampler, info_nce
+from raserec_adapter.pretraining import RunningMean, _PositiveSampler, info_nce
 
 
 def reference_info_nce(z1, z2, tau, targets=None, groups=None):
@@ -687,3 +687,18 @@ def test_early_stopping_counts_ties_and_nan_as_no_improvement():
     assert (stop.bad_epochs, stop.best_score, stop.result.best_epoch) == (2, 0.5, 1)
     assert stop.result.epochs_run == 3
     assert all(torch.equal(best[k], stop.best_state[k]) for k in best)
+
+
+def test_running_mean_matches_the_mean_and_keeps_no_step_alive() -> None:
+    """The per-epoch loss mean holds one scalar, whatever the number of steps: a kept step
+    tensor fragments the CPU heap (see benchmarks/memory_pretrain.py)."""
+    gen = torch.Generator().manual_seed(0)
+    values = torch.rand(7, generator=gen, dtype=torch.float64) * 10
+    m = RunningMean(torch.device("cpu"))
+    assert m.value() == 0.0  # no step yet
+    for v in values:
+        w = torch.tensor(float(v), requires_grad=True)
+        m.add((w * 1.0).float())  # a graph-attached float32 scalar, as a training step has
+    held = {k: v for k, v in vars(m).items() if not isinstance(v, (int, float))}
+    assert list(held) == ["total"] and m.total.numel() == 1 and not m.total.requires_grad
+    assert m.value() == pytest.approx(float(values.float().double().mean()), rel=1e-12)
