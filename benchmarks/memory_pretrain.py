@@ -1,10 +1,10 @@
 """Peak resident memory of one stage-1 epoch: per-step loss tensors kept vs a running mean.
 
 Stage 1 (and RAFT) read their losses from the device once per epoch. Up to this script's
-commit they kept every step's loss tensor in a list until the epoch ended; on a CPU each kept
-scalar sits in a hole that a freed activation left in glibc's heap, so the next step's
-activations take fresh memory and resident memory grows by about a step's activations per
-step. :class:`raserec_adapter.pretraining.RunningMean` adds the losses in place instead.
+commit they kept every step's loss tensor in a list until the epoch ended; on a CPU resident
+memory then grows by about a step's activations per step (most likely each kept scalar sits in
+a hole that a freed activation left in glibc's heap, so the next step's activations take fresh
+memory). :class:`raserec_adapter.pretraining.RunningMean` adds the losses in place instead.
 
 Each arm runs in its own process (the allocator's state is per process), ``--repeats`` times,
 alternating: ``list`` patches ``RunningMean.add`` to also keep every step's loss tensor in a

@@ -165,11 +165,11 @@ class RunningMean:
 
     Each step adds in place to one tensor allocated up front, so a step never waits for the
     device and nothing of a step outlives it. Keeping every step's loss tensor until the epoch
-    ends (a list) gives the same mean but, on a CPU, costs memory: glibc places each kept
-    scalar in a hole that a freed large activation left in the heap, the next step's
-    activations no longer fit there and take fresh memory, and resident memory grows by about
-    a step's activations per step (from 1 to over 10 GB within one BERT4Rec epoch on Sports;
-    ``benchmarks/memory_pretrain.py``).
+    ends (a list) gives the same mean but, on a CPU, costs memory: resident memory grows by
+    about a step's activations per step (from 1 to over 10 GB within one BERT4Rec epoch on
+    Sports; ``benchmarks/memory_pretrain.py``), most likely because glibc places each kept
+    scalar in a hole that a freed large activation left in the heap and the next step's
+    activations, no longer fitting there, take fresh memory.
 
     Example:
         >>> m = RunningMean(torch.device("cpu"))
