@@ -34,6 +34,13 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux's ``ru_maxrss`` is in kB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 # the code a long run executes is the code it started with: its commit is read at import
 START_COMMIT = git_commit(ROOT)
 

@@ -11,8 +11,8 @@ alternating: ``list`` patches ``RunningMean.add`` to also keep every step's loss
 list, as the earlier code did; ``running`` is the library as it is. Every run trains one epoch
 of an example backbone (default BERT4Rec with ``--objective next-item``, the example's
 settings) on the first ``--users`` users of a dataset, scoring against the whole item table,
-and reports its peak resident memory (``VmHWM``) above the memory it had before training, and
-the epoch's wall time.
+and reports its peak resident memory (``ru_maxrss``, Linux's ``VmHWM``) above the memory it
+had before training, and the epoch's wall time.
 
 Example:
     python benchmarks/memory_pretrain.py --dataset sports --data-dir ../shared/data --users 8000
@@ -27,14 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, median, save
+from _common import ROOT, median, peak_rss_mb, save
 
 
-def _status_kb(field: str) -> int:
+def _current_rss_mb() -> float:
+    """Resident memory now (``peak_rss_mb`` gives only the high-water mark); Linux only."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise SystemExit(f"/proc/self/status has no {field}: this script needs Linux")
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit("/proc/self/status has no VmRSS: this script needs Linux")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -65,17 +66,18 @@ def child(args: argparse.Namespace) -> None:
 
         pt.RunningMean.add = add_and_keep  # type: ignore[method-assign]
     cfg = PretrainConfig(epochs=1, max_len=ex_args.max_len, seed=0, batching=args.batching)
-    before = _status_kb("VmRSS")
+    before = _current_rss_mb()
     t0 = time.perf_counter()
     pretrain(encoder, split, cfg, show_progress=False)  # next-item cross-entropy
     seconds = time.perf_counter() - t0
+    peak = peak_rss_mb()
     print(
         json.dumps(
             {
                 "arm": args.arm,
-                "rss_before_mb": before / 1024,
-                "peak_mb": _status_kb("VmHWM") / 1024,
-                "growth_mb": (_status_kb("VmHWM") - before) / 1024,
+                "rss_before_mb": before,
+                "peak_mb": peak,
+                "growth_mb": peak - before,
                 "epoch_seconds": seconds,
                 "train_pairs": len(split.train),
                 "steps_kept": len(kept),

@@ -11,20 +11,15 @@ validation prefixes.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import save
+from _common import peak_rss_mb, save
 
 from raserec_adapter import Sequences, iter_batches, leave_one_out, read_sequences_txt
 from raserec_adapter.data import causal_windows, iter_windows
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -86,7 +81,7 @@ def main() -> None:
         "padded_storage_mb_at_T50": seqs.num_users * 50 * 8 / 2**20,
         "window_tokens_real_share": n_real / n_pad,
         "validation_tokens_real_share": n_prefix_real / n_prefix_pad,
-        "peak_rss_mb": rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         **{k: round(v, 2) for k, v in timings.items()},
     }
     save("scale-data", record, time.perf_counter() - t_start)
