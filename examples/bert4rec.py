@@ -30,8 +30,9 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.common import Backbone, build_parser, dropout_kwargs, run
-from examples.models import BERT4Rec
-from raserec_adapter import Batch, WrappedEncoder
+from raserec_adapter.data import Batch
+from raserec_adapter.encoder import WrappedEncoder
+from raserec_adapter.models import BERT4Rec
 
 
 def build(num_items: int, args: argparse.Namespace) -> BERT4Rec:

@@ -26,14 +26,18 @@ from raserec_adapter import (
     RAFTConfig,
     RAMConfig,
     RetrievalAugmenter,
-    format_table,
     leave_one_out,
     load_dataset,
-    write_results,
 )
 from raserec_adapter.config import BATCHING
-from raserec_adapter.pretraining import RecLoss, evaluate_encoder, seed_everything
-from raserec_adapter.reporting import command_line, git_commit, mean_metrics
+from raserec_adapter.reporting import (
+    command_line,
+    format_table,
+    git_commit,
+    mean_metrics,
+    write_results,
+)
+from raserec_adapter.training.pretraining import RecLoss, evaluate_encoder, seed_everything
 
 logger = logging.getLogger("raserec_adapter")
 

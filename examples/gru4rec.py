@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.common import Backbone, build_parser, dropout_kwargs, run
-from examples.models import GRU4Rec
+from raserec_adapter.models import GRU4Rec
 
 
 def build(num_items: int, args: argparse.Namespace) -> GRU4Rec:

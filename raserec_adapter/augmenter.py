@@ -2,9 +2,9 @@
 
 Example:
     >>> import torch
-    >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAFTConfig, RAMConfig,
-    ...     RetrievalAugmenter, Sequences, leave_one_out)
-    >>> from examples.models import SASRec
+    >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAFTConfig,
+    ...     RAMConfig, RetrievalAugmenter, Sequences, leave_one_out)
+    >>> from raserec_adapter.models import SASRec
     >>> rows = [[1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 1], [3, 4, 5, 6, 1, 2]]
     >>> seqs = Sequences.from_lists(rows * 5)
     >>> split = leave_one_out(seqs, max_len=8)
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from raserec_adapter._checks import as_id_array, check_device, require_config, require_flag
 from raserec_adapter._progress import progress
-from raserec_adapter.bank import MemoryBank, TorchMemoryBank
 from raserec_adapter.checkpoint import (
     CheckpointError,
     checkpoint_meta,
@@ -42,32 +42,29 @@ from raserec_adapter.checkpoint import (
     write_checkpoint,
 )
 from raserec_adapter.config import AugmenterConfig, PretrainConfig, RAFTConfig, RAMConfig
-from raserec_adapter.data import (
+from raserec_adapter.data import LeaveOneOutSplit, PrefixSet, Sequences
+from raserec_adapter.data.batching import (
     Batch,
-    LeaveOneOutSplit,
-    PrefixSet,
-    Sequences,
     causal_windows,
     iter_batches,
     iter_windows,
     window_pair_index,
 )
+from raserec_adapter.data.validation import refuse_as_batches, require_split, to_padded
 from raserec_adapter.encoder import EncodeFn, ItemWeightsFn, wrap_encoder
 from raserec_adapter.evaluation import rank_targets
-from raserec_adapter.inputs import (
-    as_id_array,
-    check_device,
-    refuse_as_batches,
-    require_config,
-    require_flag,
-    require_split,
-    to_padded,
-)
-from raserec_adapter.metrics import RankingMetrics
-from raserec_adapter.pretraining import RecLoss, check_item_count, pretrain, seed_everything
-from raserec_adapter.raft import search_neighbours, train_ram
+from raserec_adapter.evaluation.metrics import RankingMetrics
+from raserec_adapter.memory.protocol import MemoryBank
+from raserec_adapter.memory.torch_bank import TorchMemoryBank
 from raserec_adapter.ram import RetrievalAugmentedModule
-from raserec_adapter.train_state import TrainResult
+from raserec_adapter.training.pretraining import (
+    RecLoss,
+    check_item_count,
+    pretrain,
+    seed_everything,
+)
+from raserec_adapter.training.raft import fit_raft, search_neighbours
+from raserec_adapter.training.state import TrainResult
 
 __all__ = ["RetrievalAugmenter"]
 
@@ -236,7 +233,7 @@ class RetrievalAugmenter(nn.Module):
         bc, d = self.config.bank, self.config.hidden_size
         if bc.kind == "torch":
             return TorchMemoryBank(d, device=device)
-        from raserec_adapter.faiss_bank import FaissMemoryBank
+        from raserec_adapter.memory.faiss_bank import FaissMemoryBank
 
         return FaissMemoryBank(d, bc.index_factory, nprobe=bc.nprobe, overfetch=bc.overfetch)
 
@@ -572,7 +569,7 @@ class RetrievalAugmenter(nn.Module):
         Example:
             >>> import torch
             >>> from raserec_adapter import RAMConfig, RetrievalAugmenter
-            >>> from examples.models import SASRec
+            >>> from raserec_adapter.models import SASRec
             >>> aug = RetrievalAugmenter(SASRec(num_items=30))
             >>> aug.reset_ram(RAMConfig(alpha=0.7, k=10), seed=0)
             >>> aug.config.ram.alpha, aug.config.ram.k
@@ -639,7 +636,7 @@ class RetrievalAugmenter(nn.Module):
         device: torch.device | str,
         show_progress: bool,
     ) -> TrainResult:
-        """RAFT's inputs from the frozen encoder and the bank, then :func:`train_ram`."""
+        """RAFT's inputs from the frozen encoder and the bank, then :func:`fit_raft`."""
         t_start = time.perf_counter()
         k = self.config.ram.k
         queries = self._train_keys
@@ -658,7 +655,7 @@ class RetrievalAugmenter(nn.Module):
             valid_h, k, torch.from_numpy(valid.users), torch.from_numpy(valid.lengths)
         ).ids
         logger.info("RAFT: queries and neighbours ready in %.1f s", time.perf_counter() - t_start)
-        result = train_ram(
+        result = fit_raft(
             self.ram,
             split,
             cfg,
@@ -748,7 +745,7 @@ class RetrievalAugmenter(nn.Module):
             >>> import torch
             >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAMConfig,
             ...     RetrievalAugmenter, Sequences, leave_one_out)
-            >>> from examples.models import SASRec
+            >>> from raserec_adapter.models import SASRec
             >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4], [2, 3, 4, 1]]))
             >>> cfg = AugmenterConfig(bank=BankConfig(kind="torch"), ram=RAMConfig(k=2))
             >>> aug = RetrievalAugmenter(SASRec(num_items=4), cfg)
@@ -833,7 +830,7 @@ class RetrievalAugmenter(nn.Module):
         Example:
             >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAMConfig,
             ...     RetrievalAugmenter, Sequences, leave_one_out)
-            >>> from examples.models import SASRec
+            >>> from raserec_adapter.models import SASRec
             >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4], [2, 3, 4, 1]] * 3))
             >>> aug = RetrievalAugmenter(SASRec(num_items=4),
             ...     AugmenterConfig(bank=BankConfig(kind="torch"), ram=RAMConfig(k=2)))
@@ -904,7 +901,7 @@ class RetrievalAugmenter(nn.Module):
             >>> from pathlib import Path
             >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAMConfig,
             ...     RetrievalAugmenter, Sequences, leave_one_out)
-            >>> from examples.models import SASRec
+            >>> from raserec_adapter.models import SASRec
             >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4], [2, 3, 4, 1]] * 3))
             >>> encoder = SASRec(num_items=4)
             >>> aug = RetrievalAugmenter(encoder,

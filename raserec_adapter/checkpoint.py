@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
-from raserec_adapter.bank import MemoryBank, TorchMemoryBank
 from raserec_adapter.config import AugmenterConfig
+from raserec_adapter.memory.protocol import MemoryBank
+from raserec_adapter.memory.torch_bank import TorchMemoryBank
 
 __all__ = [
     "FORMAT_VERSION",
@@ -211,7 +212,7 @@ def read_bank(
     try:
         if config.bank.kind == "torch":
             return TorchMemoryBank.load(where, device=device, dim=dim)
-        from raserec_adapter.faiss_bank import FaissMemoryBank
+        from raserec_adapter.memory.faiss_bank import FaissMemoryBank
 
         return FaissMemoryBank.load(where, dim=dim)
     except ImportError:  # e.g. faiss not installed: the environment, not the checkpoint

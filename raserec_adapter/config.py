@@ -1,7 +1,8 @@
 """Frozen, validated configuration dataclasses, one per component, saved as JSON.
 
-Defaults follow the RaSeRec authors' released settings for Beauty. Runtime choices
-(device, threads, progress bars) are function arguments, never saved config.
+Defaults follow the RaSeRec authors' released settings for Beauty. Runtime choices (threads,
+a resumable state file, facts about the run) live in one :class:`RunOptions`, never saved
+with a config; the device and progress bars are function arguments.
 
 Example:
     >>> cfg = AugmenterConfig(ram=RAMConfig(alpha=0.3))
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -25,9 +27,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from raserec_adapter.metrics import DEFAULT_KS
+from raserec_adapter.evaluation.metrics import DEFAULT_KS
 
-__all__ = ["AugmenterConfig", "BankConfig", "PretrainConfig", "RAFTConfig", "RAMConfig"]
+__all__ = [
+    "AugmenterConfig",
+    "BankConfig",
+    "PretrainConfig",
+    "RAFTConfig",
+    "RAMConfig",
+    "RunOptions",
+]
 
 C = TypeVar("C", bound="_Config")
 
@@ -376,3 +385,55 @@ class AugmenterConfig(_Config):
     def _validate(self) -> None:
         _check(self.hidden_size >= 0, self, "hidden_size", ">= 0", self.hidden_size)
         _check(self.max_len >= 1, self, "max_len", ">= 1", self.max_len)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a training call runs, as opposed to what it computes: never saved with a config.
+
+    Attributes:
+        threads: CPU threads for torch during the call (``None``: leave torch's setting);
+            restored afterwards.
+        state_path: If given, stage 1 writes its whole training state (weights, optimizer,
+            early-stopping counters, random states, history) there after every epoch,
+            atomically, so that an interrupted run can continue.
+        resume: Continue from ``state_path`` when that file exists (start from epoch 1 when it
+            does not); on the same device the resumed run draws the same batches, dropout
+            masks and positives as an uninterrupted one.
+        run_info: JSON-able facts about the call (say the command line and the code's
+            commit), recorded with its epochs, time, device and thread count in
+            ``TrainResult.invocations``.
+        fuse: Encode a stage-1 step's anchor pass, second view and positives in one padded
+            call (``None``: on an accelerator, not on a CPU). Same losses in distribution.
+
+    Example:
+        >>> RunOptions(state_path="runs/x/pretrain-state.pt", resume=True).resume
+        True
+        >>> RunOptions(resume=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: RunOptions(resume=True) needs state_path: the file the interrupted run wrote
+    """
+
+    threads: int | None = None
+    state_path: str | os.PathLike[str] | None = None
+    resume: bool = False
+    run_info: Mapping[str, Any] | None = None
+    fuse: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(
+                f"RunOptions.threads must be None or an int >= 1, got {self.threads!r}"
+            )
+        for name in ("resume",):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"RunOptions.{name} must be True or False, got {self.resume!r}")
+        if self.fuse is not None and not isinstance(self.fuse, bool):
+            raise TypeError(f"RunOptions.fuse must be None, True or False, got {self.fuse!r}")
+        if self.resume and self.state_path is None:
+            raise ValueError(
+                "RunOptions(resume=True) needs state_path: the file the interrupted run wrote"
+            )

@@ -139,7 +139,7 @@ class WrappedEncoder(nn.Module):
 
         Example:
             >>> import torch
-            >>> from examples.models import SASRec
+            >>> from raserec_adapter.models import SASRec
             >>> enc = wrap_encoder(SASRec(num_items=5))
             >>> with enc.trusted_inputs():
             ...     enc(torch.tensor([[9]]), torch.tensor([1]))  # on the CPU: still checked

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from raserec_adapter.config import RAMConfig
-from raserec_adapter.layers import Dropout  # re-exported: ram.Dropout predates layers
+from raserec_adapter.models._fast import use_fast_paths
 
-__all__ = ["CrossAttention", "Dropout", "RetrievalAugmentedModule"]
+__all__ = ["CrossAttention", "RetrievalAugmentedModule"]
 
 
 class CrossAttention(nn.Module):
@@ -54,8 +54,8 @@ class CrossAttention(nn.Module):
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, hidden)
-        self.attn_dropout = Dropout(dropout)
-        self.out_dropout = Dropout(dropout)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.out_dropout = nn.Dropout(dropout)
 
     def forward(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         b, d = q.shape
@@ -83,7 +83,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(hidden, inner)
         self.fc2 = nn.Linear(inner, hidden)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,6 +128,7 @@ class RetrievalAugmentedModule(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+        use_fast_paths(self)  # cheaper CPU dropout masks, same distribution
 
     def forward(
         self, h: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor

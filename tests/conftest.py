@@ -1,20 +1,14 @@
-"""Shared fixtures: the repo root on sys.path (for `examples`), small synthetic data."""
+"""Shared fixtures: small synthetic data and tiny models."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from examples.models import SASRec  # noqa: E402
-from raserec_adapter import (  # noqa: E402
+from raserec_adapter import (
     AugmenterConfig,
     BankConfig,
     LeaveOneOutSplit,
@@ -22,9 +16,10 @@ from raserec_adapter import (  # noqa: E402
     RAMConfig,
     RetrievalAugmenter,
     leave_one_out,
-    pretrain,
 )
-from raserec_adapter.data import Sequences  # noqa: E402
+from raserec_adapter.data import Sequences
+from raserec_adapter.models import SASRec
+from raserec_adapter.training import pretrain
 
 # Tiny models: one thread is faster than two and leaves the other core to the rest of the machine.
 torch.set_num_threads(1)

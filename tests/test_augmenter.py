@@ -7,7 +7,6 @@ import pytest
 import torch
 from conftest import pretrained_sasrec, small_augmenter, synthetic_sequences
 
-from examples.models import SASRec
 from raserec_adapter import (
     AugmenterConfig,
     BankConfig,
@@ -18,8 +17,9 @@ from raserec_adapter import (
     RetrievalAugmenter,
     Sequences,
     leave_one_out,
-    pretrain,
 )
+from raserec_adapter.models import SASRec
+from raserec_adapter.training import pretrain
 
 MAX_LEN = 10
 
@@ -426,7 +426,7 @@ def test_load_reports_damaged_checkpoints(trained, tmp_path, caplog, monkeypatch
     with pytest.raises(CheckpointError, match="memory bank in .* cannot be read"):
         RetrievalAugmenter.load(model, ck)
     aug.save(ck)
-    from examples.models import GRU4Rec
+    from raserec_adapter.models import GRU4Rec
 
     with monkeypatch.context() as m:
         m.setattr(torch.cuda, "is_available", lambda: False)

@@ -14,7 +14,6 @@ from conftest import synthetic_sequences, write_dataset_file
 from examples import bert4rec, custom_encoder, gru4rec, sasrec
 from examples.common import Backbone, build_parser
 from examples.custom_encoder import ProductSequenceModel
-from examples.models import BERT4Rec, GRU4Rec
 from raserec_adapter import (
     AugmenterConfig,
     BankConfig,
@@ -23,11 +22,12 @@ from raserec_adapter import (
     RAFTConfig,
     RAMConfig,
     RetrievalAugmenter,
-    evaluate_encoder,
     leave_one_out,
     wrap_encoder,
 )
-from raserec_adapter.layers import dropout
+from raserec_adapter.models import BERT4Rec, GRU4Rec
+from raserec_adapter.models._fast import dropout
+from raserec_adapter.training.pretraining import evaluate_encoder
 
 NUM_ITEMS = 30
 MAX_LEN = 10
@@ -95,7 +95,7 @@ def test_gru4rec_all_positions_equal_prefix_encodings():
 
 def test_bert4rec_ignores_padding_and_reads_the_whole_sequence():
     torch.manual_seed(0)
-    model = BERT4Rec(NUM_ITEMS, hidden_size=HIDDEN, max_len=MAX_LEN).eval()
+    model = BERT4Rec(NUM_ITEMS, hidden_size=HIDDEN, max_len=MAX_LEN, readout="mask").eval()
     seq = torch.tensor([[3, 4, 5, 6, 7], [9, 8, 7, 0, 0], [2, 0, 0, 0, 0]])
     lengths = torch.tensor([5, 3, 1])
     h = model(seq, lengths)
@@ -121,7 +121,9 @@ def test_bert4rec_ignores_padding_and_reads_the_whole_sequence():
         model(torch.ones(1, MAX_LEN + 1, dtype=torch.long), torch.tensor([MAX_LEN + 1]))
 
 
-@pytest.mark.parametrize("settings", [{}, {"positions": "end"}, {"readout": "last"}])
+@pytest.mark.parametrize(
+    "settings", [{"readout": "mask"}, {"positions": "end", "readout": "mask"}, {"readout": "last"}]
+)
 def test_bert4rec_never_sees_ids_behind_the_stated_length(settings):
     """Bidirectional attention must not reach ids left after ``item_seq_len`` (say a user's
     later items in a row cut by its length alone): the output equals that of the zero-padded row."""
@@ -142,7 +144,14 @@ def test_bert4rec_never_sees_ids_behind_the_stated_length(settings):
 
 def test_bert4rec_cloze_loss_is_finite_and_decreases():
     torch.manual_seed(0)
-    model = BERT4Rec(NUM_ITEMS, hidden_size=HIDDEN, max_len=MAX_LEN, dropout=0.0, attn_dropout=0.0)
+    model = BERT4Rec(
+        NUM_ITEMS,
+        hidden_size=HIDDEN,
+        max_len=MAX_LEN,
+        dropout=0.0,
+        attn_dropout=0.0,
+        readout="mask",
+    )
     seqs = synthetic_sequences(16, NUM_ITEMS, min_len=4, max_len=MAX_LEN, seed=2)
     seq = torch.zeros(16, MAX_LEN, dtype=torch.long)
     lengths = torch.tensor([len(seqs[u]) for u in range(16)])
@@ -167,7 +176,14 @@ def test_bert4rec_cloze_loss_is_finite_and_decreases():
 
 def test_bert4rec_cloze_with_targets_trains_on_prefix_then_target():
     # passing a prefix's next item is the same as the cloze task on the prefix extended by it
-    model = BERT4Rec(NUM_ITEMS, hidden_size=HIDDEN, max_len=MAX_LEN, dropout=0.0, attn_dropout=0.0)
+    model = BERT4Rec(
+        NUM_ITEMS,
+        hidden_size=HIDDEN,
+        max_len=MAX_LEN,
+        dropout=0.0,
+        attn_dropout=0.0,
+        readout="mask",
+    )
     seq = torch.tensor([[3, 4, 5, 0], [7, 8, 9, 10]])
     lengths = torch.tensor([3, 4])
     targets = torch.tensor([6, 11])
@@ -284,10 +300,12 @@ def recbole_layer(block, x, p, attn_p=0.0):
 
 
 def test_transformer_block_drops_out_where_recbole_does():
-    from examples.models import TransformerBlock
+    from raserec_adapter.models._fast import use_fast_paths
+    from raserec_adapter.models.layers import TransformerBlock
 
     torch.manual_seed(0)
     block = TransformerBlock(8, 2, 32, dropout=0.5, attn_dropout=0.0, eps=1e-12).train()
+    use_fast_paths(block)  # as the models do: the reference draws the same cheap masks
     x = torch.randn(3, 5, 8)
     torch.manual_seed(1)
     got = block(x, causal=True)
@@ -306,7 +324,7 @@ def test_attention_with_dropout_is_sdpa_with_dropout(causal):
     is F.scaled_dot_product_attention (causal, or with a key mask); with dropout, reading the
     weights through identity values, each weight is 0 or w / (1 - p) at rate 1 - p, and masked
     keys stay at 0."""
-    from examples.models import _attention_with_dropout
+    from raserec_adapter.models._fast import _attention_with_dropout
 
     torch.manual_seed(0)
     b, h, t = 64, 2, 6
@@ -407,12 +425,12 @@ def _bert4rec_cli(monkeypatch, argv: list[str]) -> tuple[dict, BERT4Rec]:
 
 def test_bert4rec_without_head_scores_the_last_layer(monkeypatch):
     torch.manual_seed(0)
-    plain = BERT4Rec(num_items=12, hidden_size=8, max_len=5, head=False).eval()
+    plain = BERT4Rec(num_items=12, hidden_size=8, max_len=5, head=False, readout="mask").eval()
     seq, lens = torch.tensor([[3, 4, 5, 0], [7, 0, 0, 0]]), torch.tensor([3, 1])
     tokens = torch.tensor([[3, 4, 5, 13, 0], [7, 13, 0, 0, 0]])  # [mask] = 13 after the items
     expected = plain.encode_tokens(tokens)[torch.arange(2), lens]
     assert torch.allclose(plain(seq, lens), expected)
-    with_head = BERT4Rec(num_items=12, hidden_size=8, max_len=5).eval()
+    with_head = BERT4Rec(num_items=12, hidden_size=8, max_len=5, readout="mask").eval()
     with_head.load_state_dict(plain.state_dict(), strict=False)  # same encoder, plus a head
     assert not torch.allclose(with_head(seq, lens), expected, atol=1e-3)
 
@@ -422,7 +440,7 @@ def test_bert4rec_without_head_scores_the_last_layer(monkeypatch):
     settings, model = _bert4rec_cli(monkeypatch, [])
     assert settings == {"objective": "cloze"}
     assert isinstance(model.head, torch.nn.Sequential)
-    assert (model.readout, model.positions) == ("mask", "start")
+    assert (model.readout, model.positions) == ("last", "start")
 
 
 def test_bert4rec_last_readout_is_bidirectional_output_at_the_last_item(monkeypatch):
@@ -442,7 +460,7 @@ def test_bert4rec_last_readout_is_bidirectional_output_at_the_last_item(monkeypa
     changed = seq.clone()
     changed[0, 0] = 11  # bidirectional: an earlier item still reaches the last position
     assert not torch.allclose(model(changed, lens)[0], h[0])
-    mask = BERT4Rec(num_items=12, hidden_size=8, max_len=5).eval()
+    mask = BERT4Rec(num_items=12, hidden_size=8, max_len=5, readout="mask").eval()
     mask.load_state_dict(model.state_dict())  # same weights, the [mask] readout differs
     assert not torch.allclose(mask(seq, lens), h, atol=1e-3)
     with pytest.raises(ValueError, match="next-item"):
@@ -459,7 +477,7 @@ def test_bert4rec_last_readout_is_bidirectional_output_at_the_last_item(monkeypa
 
 def test_bert4rec_positions_from_the_end_fix_the_readout_position(monkeypatch):
     torch.manual_seed(0)
-    model = BERT4Rec(num_items=12, hidden_size=8, max_len=5, positions="end").eval()
+    model = BERT4Rec(num_items=12, hidden_size=8, max_len=5, positions="end", readout="mask").eval()
     last = BERT4Rec(num_items=12, hidden_size=8, max_len=5, readout="last", positions="end").eval()
     last.load_state_dict(model.state_dict())
     seq, lens = torch.tensor([[3, 4, 5, 0], [7, 0, 0, 0]]), torch.tensor([3, 1])
@@ -476,13 +494,13 @@ def test_bert4rec_positions_from_the_end_fix_the_readout_position(monkeypatch):
             torch.testing.assert_close(got, enc.head(x[:, -1]))
     h = model(seq, lens)
     torch.testing.assert_close(model(F.pad(seq, (0, 1)), lens), h)  # padding changes nothing
-    start = BERT4Rec(num_items=12, hidden_size=8, max_len=5).eval()
+    start = BERT4Rec(num_items=12, hidden_size=8, max_len=5, readout="mask").eval()
     start.load_state_dict(model.state_dict())  # same weights, positions counted from the start
     assert not torch.allclose(start(seq[:1], lens[:1]), h[:1], atol=1e-3)
     loss = model.train().cloze_loss(seq, lens, targets=torch.tensor([6, 8]))
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="positions must be"):
-        BERT4Rec(num_items=12, positions="middle")  # type: ignore[arg-type]
+        BERT4Rec(num_items=12, positions="middle", readout="mask")  # type: ignore[arg-type]
 
     settings, model = _bert4rec_cli(monkeypatch, ["--objective", "next-item", "--positions", "end"])
     assert settings == {"objective": "next-item", "positions": "end"}

@@ -15,14 +15,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raserec_adapter.bank import (
+from raserec_adapter.memory.faiss_bank import FaissMemoryBank
+from raserec_adapter.memory.protocol import (
     MemoryBank,
     MemoryBankFormatError,
     SearchResult,
-    TorchMemoryBank,
     admissible,
 )
-from raserec_adapter.faiss_bank import FaissMemoryBank
+from raserec_adapter.memory.torch_bank import TorchMemoryBank
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -354,7 +354,7 @@ def test_faiss_fallback_when_overfetched_candidates_are_own_future(monkeypatch) 
 def test_faiss_small_bank_falls_back_to_flat(caplog) -> None:
     keys, values, users, lens = make_data(50, 8, 5, seed=4)
     bank = fill(FaissMemoryBank(8), keys, values, users, lens)  # 50 < nlist 128
-    with caplog.at_level(logging.WARNING, logger="raserec_adapter.faiss_bank"):
+    with caplog.at_level(logging.WARNING, logger="raserec_adapter.memory.faiss_bank"):
         res = bank.search(torch.from_numpy(keys[:5]), 3)
     assert bank.index_description == "Flat"
     assert "using an exact 'Flat' index" in caplog.text
@@ -364,7 +364,7 @@ def test_faiss_small_bank_falls_back_to_flat(caplog) -> None:
 def test_faiss_training_failure_falls_back_to_flat(caplog) -> None:
     keys, values, users, lens = make_data(60, 8, 5, seed=5)
     bank = fill(FaissMemoryBank(8, index_factory="IVF2,PQ4"), keys, values, users, lens)
-    with caplog.at_level(logging.WARNING, logger="raserec_adapter.faiss_bank"):
+    with caplog.at_level(logging.WARNING, logger="raserec_adapter.memory.faiss_bank"):
         bank.search(torch.from_numpy(keys[:2]), 2)
     assert bank.index_description == "Flat"
     assert "training failed" in caplog.text
@@ -630,7 +630,7 @@ def test_missing_faiss_gives_install_hint(monkeypatch) -> None:
 
 def test_importing_bank_does_not_import_faiss() -> None:
     code = (
-        "import sys, raserec_adapter.bank, raserec_adapter.faiss_bank; "
+        "import sys, raserec_adapter.memory.protocol, raserec_adapter.memory.faiss_bank; "
         "assert 'faiss' not in sys.modules, 'faiss imported'"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -19,7 +19,7 @@ from raserec_adapter.config import (
     RAFTConfig,
     RAMConfig,
 )
-from raserec_adapter.metrics import DEFAULT_KS, RankingMetrics
+from raserec_adapter.evaluation.metrics import DEFAULT_KS, RankingMetrics
 
 CONFIGS = (AugmenterConfig, BankConfig, PretrainConfig, RAFTConfig, RAMConfig)
 

@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from conftest import small_augmenter, synthetic_sequences
 
-from examples.models import SASRec
 from raserec_adapter import (
     PretrainConfig,
     RAFTConfig,
     RetrievalAugmenter,
     TorchMemoryBank,
     leave_one_out,
-    pretrain,
 )
-from raserec_adapter.losses import frozen_table_cross_entropy
+from raserec_adapter.models import SASRec
+from raserec_adapter.training import pretrain
+from raserec_adapter.training.losses import frozen_table_cross_entropy
 
 DEVICE = os.environ.get("RASEREC_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(
@@ -174,7 +174,8 @@ def test_every_example_backbone_runs_both_stages_on_the_device(split, name):
     import argparse
     import importlib
 
-    from raserec_adapter import AugmenterConfig, BankConfig, RAMConfig, evaluate_encoder
+    from raserec_adapter import AugmenterConfig, BankConfig, RAMConfig
+    from raserec_adapter.training.pretraining import evaluate_encoder
 
     backbone = importlib.import_module(f"examples.{name}").BACKBONE
     torch.manual_seed(0)

@@ -6,13 +6,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raserec_adapter.data import (
-    DataFormatError,
-    Sequences,
+from raserec_adapter.data import DataFormatError, Sequences, leave_one_out
+from raserec_adapter.data.batching import (
     causal_windows,
     iter_batches,
     iter_windows,
-    leave_one_out,
     window_pair_index,
 )
 

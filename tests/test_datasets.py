@@ -1,4 +1,4 @@
-"""Tests of raserec_adapter.datasets: registry, file resolution, checksums and downloads."""
+"""Tests of raserec_adapter.data.datasets: registry, file resolution, checksums and downloads."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from raserec_adapter.data import DataFormatError
-from raserec_adapter.datasets import (
+from raserec_adapter.data.datasets import (
     DATASETS,
     ChecksumError,
     DatasetInfo,
@@ -200,7 +200,7 @@ def test_download_from_file_url(
     source = put(isolated / "server")
     info = tiny_info(url=source.as_uri())
     cache = isolated / "cache"
-    with caplog.at_level(logging.INFO, logger="raserec_adapter.datasets"):
+    with caplog.at_level(logging.INFO, logger="raserec_adapter.data.datasets"):
         seqs = load_dataset(info, cache_dir=cache)
     assert seqs.num_interactions == 8
     assert (cache / "tiny.txt").read_bytes() == TINY
@@ -223,7 +223,7 @@ def test_download_with_fake_urlopen(
 
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     monkeypatch.setenv("RASEREC_CACHE_DIR", str(isolated / "envcache"))
-    with caplog.at_level(logging.INFO, logger="raserec_adapter.datasets"):
+    with caplog.at_level(logging.INFO, logger="raserec_adapter.data.datasets"):
         path = dataset_path("tiny")
     assert path.resolve() == (isolated / "envcache" / "tiny.txt").resolve()
     assert path.read_bytes() == content

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from examples.models import BERT4Rec, SASRec
 from raserec_adapter.encoder import EncoderError, wrap_encoder
+from raserec_adapter.models import BERT4Rec, SASRec
 
 
 class NoTable(nn.Module):
@@ -67,7 +67,7 @@ def test_item_table_with_extra_rows_is_not_taken_for_more_items():
     assert enc.num_items == 10
     # a model's own item_weights() method says which rows score items: BERT4Rec's [mask] row
     # is neither ranked nor accepted as an input id
-    bert = BERT4Rec(num_items=20, hidden_size=16, max_len=8)
+    bert = BERT4Rec(num_items=20, hidden_size=16, max_len=8, readout="mask")
     enc = wrap_encoder(bert)
     assert enc.num_items == 20 and enc.score(torch.zeros(1, 16)).shape == (1, 21)
     with pytest.raises(ValueError, match=r"item ids must lie in 1\.\.20"):

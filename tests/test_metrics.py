@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raserec_adapter.metrics import RankingMetrics, hit_rate, mrr, ndcg, target_rank
+from raserec_adapter.evaluation.metrics import RankingMetrics, hit_rate, mrr, ndcg, target_rank
 
 
 def brute_force(scores: np.ndarray, targets: np.ndarray, seen: list[set[int]] | None, ks):

@@ -9,18 +9,16 @@ import torch
 from conftest import synthetic_sequences
 from torch import nn
 
-from examples.models import BERT4Rec, GRU4Rec, SASRec
-from raserec_adapter import (
-    PretrainConfig,
-    Sequences,
+from raserec_adapter import PretrainConfig, Sequences, leave_one_out, wrap_encoder
+from raserec_adapter.data.batching import causal_windows, iter_batches, iter_windows
+from raserec_adapter.models import BERT4Rec, GRU4Rec, SASRec
+from raserec_adapter.training import pretrain, pretraining
+from raserec_adapter.training.pretraining import (
+    RunningMean,
+    _PositiveSampler,
     evaluate_encoder,
-    leave_one_out,
-    pretrain,
-    pretraining,
-    wrap_encoder,
+    info_nce,
 )
-from raserec_adapter.data import causal_windows, iter_batches, iter_windows
-from raserec_adapter.pretraining import RunningMean, _PositiveSampler, info_nce
 
 
 def reference_info_nce(z1, z2, tau, targets=None, groups=None):
@@ -381,7 +379,7 @@ def _no_dropout(backbone: str, n: int):
         return SASRec(n, hidden_size=16, max_len=10, dropout=0.0, attn_dropout=0.0)
     if backbone == "gru4rec":
         return GRU4Rec(n, hidden_size=16, dropout=0.0)
-    return BERT4Rec(n, hidden_size=16, max_len=10, dropout=0.0, attn_dropout=0.0)
+    return BERT4Rec(n, hidden_size=16, max_len=10, dropout=0.0, attn_dropout=0.0, readout="mask")
 
 
 @pytest.mark.parametrize("backbone", ["sasrec", "gru4rec", "bert4rec", "bert4rec-cloze"])
@@ -675,7 +673,7 @@ def test_resume_keeps_this_devices_optimizer_flags(toy_split, tmp_path, monkeypa
 
 def test_early_stopping_counts_ties_and_nan_as_no_improvement():
     """EarlyStopping.update keeps the best weights only on a strictly better, real score."""
-    from raserec_adapter.train_state import EarlyStopping
+    from raserec_adapter.training.state import EarlyStopping
 
     module = torch.nn.Linear(2, 1)
     stop = EarlyStopping()

@@ -1,4 +1,4 @@
-"""``train_ram`` and ``search_neighbours``: the RAFT loop on inputs of the caller's own."""
+"""``fit_raft`` and ``search_neighbours``: the RAFT loop on inputs of the caller's own."""
 
 from __future__ import annotations
 
@@ -6,17 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from raserec_adapter import (
-    RAFTConfig,
-    RAMConfig,
-    RetrievalAugmentedModule,
-    Sequences,
-    TorchMemoryBank,
-    evaluate_ram,
-    leave_one_out,
-    search_neighbours,
-    train_ram,
-)
+from raserec_adapter import RAFTConfig, RAMConfig, Sequences, TorchMemoryBank, leave_one_out
+from raserec_adapter.ram import RetrievalAugmentedModule
+from raserec_adapter.training import fit_raft, search_neighbours
+from raserec_adapter.training.raft import evaluate_ram
 
 N_ITEMS, D, K = 40, 16, 3
 
@@ -74,7 +67,7 @@ def test_train_ram_learns_to_read_the_memories(split):
     # item table's rows, or training on other labels, keeps it near random
     inputs = oracle_inputs(split)
     cfg = RAFTConfig(epochs=40, batch_size=64, lr=1e-2, patience=40)
-    res = train_ram(ram(), split, cfg, show_progress=False, **inputs)
+    res = fit_raft(ram(), split, cfg, show_progress=False, **inputs)
     assert res.baseline_valid["HR@10"] < 0.45
     assert res.best_valid["HR@5"] > 0.9, res.best_valid
     assert res.best_valid["HR@10"] > res.baseline_valid["HR@10"] + 0.4
@@ -86,7 +79,7 @@ def test_train_ram_learns_to_read_the_memories(split):
 def test_train_ram_keeps_the_best_epoch(split):
     inputs = oracle_inputs(split)
     head = ram()
-    res = train_ram(
+    res = fit_raft(
         head, split, RAFTConfig(epochs=8, batch_size=64, lr=1e-2), show_progress=False, **inputs
     )
     again = valid_metrics(head, split, inputs)
@@ -102,8 +95,8 @@ def test_train_ram_is_deterministic_and_trains_only_the_ram(split):
     before = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     cfg = RAFTConfig(epochs=2, batch_size=64, seed=3)
     a, b = ram(), ram()
-    ra = train_ram(a, split, cfg, show_progress=False, **inputs)
-    rb = train_ram(b, split, cfg, show_progress=False, **inputs)
+    ra = fit_raft(a, split, cfg, show_progress=False, **inputs)
+    rb = fit_raft(b, split, cfg, show_progress=False, **inputs)
     assert ra.history == [
         {**r, "train_seconds": ra.history[i]["train_seconds"]} for i, r in enumerate(rb.history)
     ]
@@ -120,7 +113,7 @@ def test_train_ram_stops_after_patience_and_restores_the_best_epoch(split):
     inputs["valid_neighbours"] = (inputs["valid_neighbours"] + 1) % N_ITEMS
     head = ram()
     cfg = RAFTConfig(epochs=40, batch_size=64, lr=1e-2, patience=3)
-    res = train_ram(head, split, cfg, show_progress=False, **inputs)
+    res = fit_raft(head, split, cfg, show_progress=False, **inputs)
     assert res.epochs_run == res.best_epoch + 3 < 40  # stopped early, patience epochs after
     last = res.history[-1]["valid_HR@10"]
     assert last < res.best_valid["HR@10"]  # so the RAM's final weights are not the best ones
@@ -140,7 +133,7 @@ def test_train_ram_sends_no_gradient_into_the_callers_tensors(split, precision):
         memories=tuple(m.clone().requires_grad_(True) for m in inputs["memories"]),
     )
     cfg = RAFTConfig(epochs=2, batch_size=64, precision=precision)
-    train_ram(ram(), split, cfg, show_progress=False, **inputs)
+    fit_raft(ram(), split, cfg, show_progress=False, **inputs)
     assert table.grad is None and encoder.weight.grad is None
     assert all(m.grad is None for m in inputs["memories"])
 
@@ -156,21 +149,21 @@ def test_train_ram_seeds_its_dropout_and_keeps_the_callers_random_state(split):
     a, b = head(), head()
     torch.manual_seed(1)
     state = torch.get_rng_state()
-    train_ram(a, split, cfg, show_progress=False, **inputs)
+    fit_raft(a, split, cfg, show_progress=False, **inputs)
     assert torch.equal(torch.get_rng_state(), state)  # the global stream is left as it was
     torch.manual_seed(2)  # another global state: the same RAM all the same
-    train_ram(b, split, cfg, show_progress=False, **inputs)
+    fit_raft(b, split, cfg, show_progress=False, **inputs)
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
     c = head()
-    train_ram(c, split, RAFTConfig(epochs=2, batch_size=64, seed=6), show_progress=False, **inputs)
+    fit_raft(c, split, RAFTConfig(epochs=2, batch_size=64, seed=6), show_progress=False, **inputs)
     assert any(  # another seed: other dropout masks and batch order, another RAM
         not torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(), strict=True)
     )
 
 
 def test_train_ram_gives_the_weights_back_when_training_fails(split, monkeypatch):
-    import raserec_adapter.raft as raft
+    import raserec_adapter.training.raft as raft
 
     inputs = oracle_inputs(split)
     head = ram()
@@ -183,7 +176,7 @@ def test_train_ram_gives_the_weights_back_when_training_fails(split, monkeypatch
 
     monkeypatch.setattr(raft, "evaluate_ram", failing)
     with pytest.raises(KeyboardInterrupt):
-        train_ram(head, split, RAFTConfig(epochs=3, batch_size=64), show_progress=False, **inputs)
+        fit_raft(head, split, RAFTConfig(epochs=3, batch_size=64), show_progress=False, **inputs)
     assert calls["n"] == 1
     for k, v in head.state_dict().items():
         torch.testing.assert_close(v, start[k], rtol=0, atol=0, msg=k)
@@ -274,6 +267,6 @@ def test_train_ram_refuses_inputs_that_do_not_fit(split, change, match):
     head = ram()
     state = {k: v.clone() for k, v in head.state_dict().items()}
     with pytest.raises(ValueError, match=match):
-        train_ram(head, split, RAFTConfig(epochs=1), show_progress=False, **inputs)
+        fit_raft(head, split, RAFTConfig(epochs=1), show_progress=False, **inputs)
     for k, v in head.state_dict().items():  # refused before any training
         torch.testing.assert_close(v, state[k], rtol=0, atol=0)

@@ -78,7 +78,7 @@ def test_shape_errors():
 @pytest.mark.parametrize("kernel", ["chunked", "attention"])
 @pytest.mark.parametrize("n,chunk", [(1, 4), (7, 3), (16, 16), (33, 8)])
 def test_frozen_table_cross_entropy_matches_torch(n, chunk, kernel):
-    from raserec_adapter.losses import frozen_table_cross_entropy
+    from raserec_adapter.training.losses import frozen_table_cross_entropy
 
     torch.manual_seed(n)
     x = torch.randn(n, 6, dtype=torch.float64, requires_grad=True)
@@ -97,7 +97,7 @@ def test_frozen_table_cross_entropy_matches_torch(n, chunk, kernel):
 def test_frozen_table_cross_entropy_wide_scores_float32(scale, kernel):
     """Float32 scores spread far wider than exp()'s range (the clamped tail) still give
     torch's loss and gradient; the target itself may lie in the clamped tail."""
-    from raserec_adapter.losses import frozen_table_cross_entropy
+    from raserec_adapter.training.losses import frozen_table_cross_entropy
 
     torch.manual_seed(0)
     x = (torch.randn(40, 8) * scale).requires_grad_()
@@ -118,7 +118,7 @@ def test_frozen_table_cross_entropy_wide_scores_float32(scale, kernel):
 def test_frozen_table_cross_entropy_attention_kernel_any_layout(layout):
     """The CPU attention op returns wrong numbers for transposed views; the kernel copies them,
     so x and the table give torch's loss and gradient in either memory layout."""
-    from raserec_adapter.losses import frozen_table_cross_entropy
+    from raserec_adapter.training.losses import frozen_table_cross_entropy
 
     torch.manual_seed(1)
     table = torch.randn(50, 8)  # (N, d)
@@ -135,7 +135,7 @@ def test_frozen_table_cross_entropy_attention_kernel_any_layout(layout):
 
 
 def test_frozen_table_cross_entropy_bad_input():
-    from raserec_adapter.losses import frozen_table_cross_entropy
+    from raserec_adapter.training.losses import frozen_table_cross_entropy
 
     x, w_t, y = torch.randn(3, 4), torch.randn(4, 6), torch.tensor([0, 1, 5])
     with pytest.raises(ValueError, match="kernel must be one of"):
@@ -155,7 +155,7 @@ def test_frozen_table_cross_entropy_bad_input():
 @pytest.mark.parametrize("kernel", ["chunked", "attention"])
 def test_frozen_table_cross_entropy_bfloat16(kernel):
     """bfloat16 inputs: loss and gradient close to float32 arithmetic on the same rounded values."""
-    from raserec_adapter.losses import frozen_table_cross_entropy
+    from raserec_adapter.training.losses import frozen_table_cross_entropy
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(300, 16, generator=gen).bfloat16().requires_grad_()
@@ -175,7 +175,7 @@ def test_frozen_table_cross_entropy_bfloat16(kernel):
 @pytest.mark.parametrize("failure", ["missing", "raises", "wrong numbers"])
 def test_frozen_table_cross_entropy_falls_back_from_a_broken_attention_op(monkeypatch, failure):
     """The private CPU op is probed once; a missing, failing or wrong op means the chunked loop."""
-    from raserec_adapter import losses
+    from raserec_adapter.training import losses
 
     real = losses._cpu_attention_op()
 

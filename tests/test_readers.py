@@ -1,4 +1,4 @@
-"""Tests of raserec_adapter.readers: text sequences, interaction tables and k-core filtering."""
+"""Tests of raserec_adapter.data.readers: text sequences, interaction tables, k-core filters."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raserec_adapter.data import DataFormatError, Sequences
-from raserec_adapter.readers import k_core_filter, read_interactions, read_sequences_txt
+from raserec_adapter.data.readers import k_core_filter, read_interactions, read_sequences_txt
 
 SHARED_DATA = Path(
     os.environ.get("RASEREC_DATA_DIR")

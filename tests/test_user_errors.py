@@ -13,23 +13,22 @@ import pytest
 import torch
 from conftest import pretrained_sasrec, small_augmenter
 
-from examples.models import SASRec
 from raserec_adapter import (
     CheckpointError,
     DataFormatError,
     EncoderError,
-    PrefixSet,
     PretrainConfig,
     RAFTConfig,
     RetrievalAugmenter,
     Sequences,
     TorchMemoryBank,
-    evaluate_encoder,
-    iter_batches,
     leave_one_out,
-    pretrain,
     wrap_encoder,
 )
+from raserec_adapter.data import PrefixSet, iter_batches
+from raserec_adapter.models import SASRec
+from raserec_adapter.training import pretrain
+from raserec_adapter.training.pretraining import evaluate_encoder
 
 MAX_LEN = 8
 

@@ -1,7 +1,7 @@
 """Batched full-ranking evaluation of any "sequence -> representation" function.
 
 Scores are computed batch by batch against the whole item table; no users x items matrix is ever
-held in memory. See :mod:`raserec_adapter.metrics` for the rank and metric definitions.
+held in memory. See :mod:`raserec_adapter.evaluation.metrics` for the rank and metric definitions.
 """
 
 from __future__ import annotations
@@ -12,8 +12,14 @@ import numpy as np
 import torch
 
 from raserec_adapter._progress import progress
-from raserec_adapter.data import Batch, PrefixSet, Sequences, gather_windows, iter_batches
-from raserec_adapter.metrics import DEFAULT_KS, RankingMetrics, check_protocol, target_rank
+from raserec_adapter.data import PrefixSet, Sequences
+from raserec_adapter.data.batching import Batch, gather_windows, iter_batches
+from raserec_adapter.evaluation.metrics import (
+    DEFAULT_KS,
+    RankingMetrics,
+    check_protocol,
+    target_rank,
+)
 
 __all__ = ["evaluate_ranking", "rank_targets"]
 

@@ -7,7 +7,7 @@ come, and the index is trained again (at the next search) after a ``remove`` or 
 has doubled since the last training.
 
 Search over-fetches ``overfetch * k`` candidates, drops inadmissible ones (the exclusion rule of
-:func:`raserec_adapter.bank.admissible`) and Faiss's ``-1`` padding, and keeps the best ``k``.
+:func:`~raserec_adapter.memory.admissible`) and Faiss's ``-1`` padding, and keeps the best ``k``.
 Rows left with fewer than ``k`` candidates are re-searched exactly (brute force in PyTorch over
 the admissible entries), so every query gets exactly ``k`` valid memories; the only error is a
 query with fewer than ``k`` admissible memories in the whole bank. (The released RaSeRec code
@@ -37,19 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bank import (
-    SearchResult,
-    _check_dim,
-    _check_ids,
-    _exact_search,
-    _normalize,
-    _TensorStore,
-    _users_to_remove,
-    _validate_add,
-    _validate_search,
-    admissible,
-)
-from .bank_format import (
+from raserec_adapter.memory.format import (
     MemoryBankFormatError,
     add_saved,
     bank_arrays,
@@ -57,6 +45,18 @@ from .bank_format import (
     read_bank_dir,
     write_bank_dir,
 )
+from raserec_adapter.memory.protocol import (
+    SearchResult,
+    _check_dim,
+    _check_ids,
+    _exact_search,
+    _normalize,
+    _users_to_remove,
+    _validate_add,
+    _validate_search,
+    admissible,
+)
+from raserec_adapter.memory.torch_bank import _TensorStore
 
 __all__ = ["FaissMemoryBank"]
 
@@ -286,7 +286,7 @@ class FaissMemoryBank:
             num_threads: If given, calls ``faiss.omp_set_num_threads`` first.
 
         Returns:
-            :class:`~raserec_adapter.bank.SearchResult` with ``(q, k)`` CPU tensors.
+            :class:`~raserec_adapter.memory.protocol.SearchResult` with ``(q, k)`` CPU tensors.
 
         Raises:
             ValueError: on bad input, ``k < 1``, ``k > len(bank)``, an empty bank, or when a

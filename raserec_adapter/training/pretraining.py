@@ -18,7 +18,7 @@ cross-entropy without editing this module: pass ``rec_loss``.
 Example:
     >>> import torch
     >>> from raserec_adapter import PretrainConfig, Sequences, leave_one_out, wrap_encoder
-    >>> from examples.models import SASRec
+    >>> from raserec_adapter.models import SASRec
     >>> seqs = Sequences.from_lists([[1, 2, 3, 4, 5], [2, 3, 4, 5, 1], [3, 4, 5, 1, 2]] * 4)
     >>> enc = wrap_encoder(SASRec(num_items=5, hidden_size=16, max_len=5))
     >>> result = pretrain(enc, leave_one_out(seqs, max_len=5), PretrainConfig(epochs=2),
@@ -42,26 +42,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raserec_adapter._checks import check_device, require_config
 from raserec_adapter._progress import progress
 from raserec_adapter.config import PretrainConfig
-from raserec_adapter.data import (
+from raserec_adapter.data import LeaveOneOutSplit
+from raserec_adapter.data.batching import (
     Batch,
     CausalWindows,
-    LeaveOneOutSplit,
     causal_windows,
     gather_windows,
     iter_batches,
     iter_windows,
     window_pair_index,
 )
+from raserec_adapter.data.validation import require_split
 from raserec_adapter.encoder import WrappedEncoder, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
-from raserec_adapter.inputs import (
-    check_device,
-    require_config,
-    require_split,
-)
-from raserec_adapter.train_state import (
+from raserec_adapter.training.state import (
     EarlyStopping,
     TrainingRun,
     TrainResult,
@@ -396,7 +393,7 @@ def pretrain(
     Example:
         >>> import tempfile
         >>> from raserec_adapter import Sequences, leave_one_out
-        >>> from examples.models import SASRec
+        >>> from raserec_adapter.models import SASRec
         >>> seqs = Sequences.from_lists([[1, 2, 3, 4, 5], [2, 3, 4, 5, 1], [3, 4, 5, 1, 2]] * 4)
         >>> split = leave_one_out(seqs, max_len=5)
         >>> state = Path(tempfile.mkdtemp()) / "state.pt"

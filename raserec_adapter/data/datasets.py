@@ -30,8 +30,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataFormatError, Sequences
-from .readers import _format_suffix, read_interactions, read_sequences_txt
+from raserec_adapter.data.readers import _format_suffix, read_interactions, read_sequences_txt
+from raserec_adapter.data.sequences import DataFormatError, Sequences
 
 __all__ = [
     "DATASETS",
@@ -313,8 +313,8 @@ def load_dataset(
     Args:
         name: A registered name (``"beauty"``, ``"sports"``, ``"clothing"``), a
             :class:`DatasetInfo`, or a path: ``.txt`` files are read with
-            :func:`~raserec_adapter.readers.read_sequences_txt`, ``.csv``/``.tsv``/``.inter``
-            files with :func:`~raserec_adapter.readers.read_interactions` (default columns);
+            :func:`~raserec_adapter.data.readers.read_sequences_txt`, ``.csv``/``.tsv``/``.inter``
+            files with :func:`~raserec_adapter.data.readers.read_interactions` (default columns);
             the same names ending in ``.gz`` are decompressed while reading.
         data_dir: Folder searched first (see :func:`dataset_path` for the search order).
         cache_dir: Download cache.

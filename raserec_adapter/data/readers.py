@@ -40,7 +40,7 @@ from typing import NoReturn, TextIO
 
 import numpy as np
 
-from .data import DataFormatError, Sequences
+from raserec_adapter.data.sequences import DataFormatError, Sequences
 
 __all__ = ["k_core_filter", "read_interactions", "read_sequences_txt"]
 

@@ -2,7 +2,7 @@
 
 With the encoder frozen, everything RAFT reads is fixed before the first epoch: the query
 representations of the training pairs, their K neighbours in the memory bank, the bank's keys
-and values, and the item table that scores use. :func:`train_ram` takes those tensors and trains
+and values, and the item table that scores use. :func:`fit_raft` takes those tensors and trains
 only the RAM (paper Eq. 12: softmax cross-entropy of ``h~ . v_i`` over all items), with early
 stopping on the validation users. :meth:`RetrievalAugmenter.fit_raft
 <raserec_adapter.RetrievalAugmenter.fit_raft>` computes the inputs from its encoder and bank
@@ -11,8 +11,8 @@ RAM over representations and neighbours of your own.
 
 Example:
     >>> import torch
-    >>> from raserec_adapter import (RAFTConfig, RAMConfig, RetrievalAugmentedModule,
-    ...     Sequences, TorchMemoryBank, leave_one_out)
+    >>> from raserec_adapter import RAFTConfig, RAMConfig, Sequences, TorchMemoryBank, leave_one_out
+    >>> from raserec_adapter.ram import RetrievalAugmentedModule
     >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4, 5], [2, 3, 4, 5, 1]] * 3))
     >>> train, valid, d, k = split.train, split.valid, 8, 2
     >>> g = torch.Generator().manual_seed(0)
@@ -22,7 +22,7 @@ Example:
     >>> bank = TorchMemoryBank(dim=d)
     >>> bank.add(h, table[torch.from_numpy(train.targets)], users, lengths)
     >>> valid_h = torch.randn(len(valid), d, generator=g)
-    >>> res = train_ram(
+    >>> res = fit_raft(
     ...     RetrievalAugmentedModule(d, RAMConfig(k=k)), split, RAFTConfig(epochs=2),
     ...     queries=h, neighbours=search_neighbours(bank, h, k, users, lengths),
     ...     valid_queries=valid_h,
@@ -42,18 +42,19 @@ import time
 import torch
 import torch.nn.functional as F
 
+from raserec_adapter._checks import check_device
 from raserec_adapter._progress import progress
-from raserec_adapter.bank import MemoryBank, gather_rows
 from raserec_adapter.config import RAFTConfig
-from raserec_adapter.data import Batch, LeaveOneOutSplit
+from raserec_adapter.data import LeaveOneOutSplit
+from raserec_adapter.data.batching import Batch
 from raserec_adapter.evaluation import evaluate_ranking
-from raserec_adapter.inputs import check_device
-from raserec_adapter.losses import attention_kernel_available, frozen_table_cross_entropy
-from raserec_adapter.pretraining import RunningMean
+from raserec_adapter.memory.protocol import MemoryBank, gather_rows
 from raserec_adapter.ram import RetrievalAugmentedModule
-from raserec_adapter.train_state import EarlyStopping, TrainResult, gives_back_best
+from raserec_adapter.training.losses import attention_kernel_available, frozen_table_cross_entropy
+from raserec_adapter.training.pretraining import RunningMean
+from raserec_adapter.training.state import EarlyStopping, TrainResult, gives_back_best
 
-__all__ = ["evaluate_ram", "search_neighbours", "train_ram"]
+__all__ = ["evaluate_ram", "fit_raft", "search_neighbours"]
 
 logger = logging.getLogger("raserec_adapter")
 
@@ -186,7 +187,7 @@ def _check_inputs(
             )
 
 
-def train_ram(
+def fit_raft(
     ram: RetrievalAugmentedModule,
     split: LeaveOneOutSplit,
     config: RAFTConfig,

@@ -1,0 +1,31 @@
+"""Memory banks: the protocol with its no-leakage rule, an exact torch bank and Faiss banks.
+
+Faiss is imported only when a :class:`FaissMemoryBank` is created or loaded.
+
+Example:
+    >>> import torch
+    >>> from raserec_adapter.memory import TorchMemoryBank
+    >>> bank = TorchMemoryBank(dim=2)
+    >>> keys = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> bank.add(keys, keys, users=torch.tensor([0, 1]), lengths=torch.tensor([1, 1]))
+    >>> bank.search(torch.tensor([[1.0, 0.0]]), k=1).ids.tolist()
+    [[0]]
+"""
+
+from raserec_adapter.memory.faiss_bank import FaissMemoryBank
+from raserec_adapter.memory.protocol import (
+    MemoryBank,
+    MemoryBankFormatError,
+    SearchResult,
+    admissible,
+)
+from raserec_adapter.memory.torch_bank import TorchMemoryBank
+
+__all__ = [
+    "FaissMemoryBank",
+    "MemoryBank",
+    "MemoryBankFormatError",
+    "SearchResult",
+    "TorchMemoryBank",
+    "admissible",
+]
