@@ -6,25 +6,20 @@ python examples/custom_encoder.py --dataset beauty --demo
 ``{"items": (B, T) ids, "mask": (B, T) bool}``, returns one vector per position ``(B, T, d)``
 and keeps its item table under ``self.products``. The library needs neither changed: three
 small accessors in :func:`wrap` tell it how to get one vector per sequence, every prefix at once
-(the model is causal) and the item table. Everything else is the same command line and pipeline
-as ``sasrec.py``.
+(the model is causal) and the item table. A :class:`~raserec_adapter.experiments.Backbone` then
+hands it to the same command line and pipeline as ``sasrec.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if __package__ in (None, ""):  # run as a script: make `examples` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from examples.common import Backbone, build_parser, dropout_kwargs, run
+from raserec_adapter.experiments import Backbone, dropout_kwargs, main
 
 
 class ProductSequenceModel(nn.Module):
@@ -100,13 +95,7 @@ def wrap(model: nn.Module) -> dict[str, Any]:
     }
 
 
-BACKBONE = Backbone("custom", build, wrap=wrap)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser("custom encoder", __doc__.splitlines()[0])
-    run(BACKBONE, parser.parse_args(argv))
-
+BACKBONE = Backbone("custom", "custom encoder", build, wrap=wrap)
 
 if __name__ == "__main__":
-    main()
+    main(BACKBONE, description=__doc__.splitlines()[0])

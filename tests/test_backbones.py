@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import synthetic_sequences, write_dataset_file
 
-from examples import bert4rec, custom_encoder, gru4rec, sasrec
-from examples.common import Backbone, build_parser
-from examples.custom_encoder import ProductSequenceModel
 from raserec_adapter import (
     AugmenterConfig,
     BankConfig,
@@ -25,6 +25,8 @@ from raserec_adapter import (
     leave_one_out,
     wrap_encoder,
 )
+from raserec_adapter.experiments import BACKBONES, Backbone, build_parser, parse_args
+from raserec_adapter.experiments import runner as runner_module
 from raserec_adapter.models import BERT4Rec, GRU4Rec
 from raserec_adapter.models._fast import dropout
 from raserec_adapter.training.pretraining import evaluate_encoder
@@ -32,6 +34,21 @@ from raserec_adapter.training.pretraining import evaluate_encoder
 NUM_ITEMS = 30
 MAX_LEN = 10
 HIDDEN = 16
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# the user's own encoder of examples/custom_encoder.py (a script, not a package: loaded by path)
+CUSTOM = runpy.run_path(str(EXAMPLES / "custom_encoder.py"), run_name="custom_encoder")
+ProductSequenceModel = CUSTOM["ProductSequenceModel"]
+SCRIPTS = ["sasrec", "gru4rec", "bert4rec", "custom_encoder"]
+
+
+def run_script(name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs ``examples/<name>.py`` as ``python examples/<name>.py ARGV`` would."""
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLES / f"{name}.py"), *argv])
+    runpy.run_path(str(EXAMPLES / f"{name}.py"), run_name="__main__")
+
+
+def backbone_of(script: str) -> Backbone:
+    return CUSTOM["BACKBONE"] if script == "custom_encoder" else BACKBONES[script]
 
 
 @pytest.fixture(scope="module")
@@ -39,33 +56,36 @@ def split():
     return leave_one_out(synthetic_sequences(120, NUM_ITEMS, seed=1), max_len=MAX_LEN)
 
 
-def augmenter(backbone: Backbone, hidden: int = HIDDEN) -> RetrievalAugmenter:
-    model = backbone.build(NUM_ITEMS, argparse.Namespace(hidden_size=hidden, max_len=MAX_LEN))
-    cfg = AugmenterConfig(max_len=MAX_LEN, bank=BankConfig(kind="torch"), ram=RAMConfig(k=4))
-    return RetrievalAugmenter(model, cfg, **(backbone.wrap(model) if backbone.wrap else {}))
+# BERT4Rec's cloze task only sees the items through attention from the appended [mask] (no
+# residual path from the last item, unlike SASRec and GRU4Rec), so it needs more steps and a
+# wider model to learn "attend to the previous item" on this toy data.
+CLOZE = argparse.Namespace(objective="cloze", readout="mask", head=True, positions="start")
 
 
-# BERT4Rec only sees the items through attention from the appended [mask] (no residual path
-# from the last item, unlike SASRec and GRU4Rec), so it needs more steps and a wider model to
-# learn "attend to the previous item" on this toy data.
 @pytest.mark.parametrize(
-    ("backbone", "hidden", "schedule"),
+    ("name", "options", "hidden", "schedule"),
     [
-        (gru4rec.BACKBONE, HIDDEN, {"epochs": 8, "batch_size": 64}),
-        (bert4rec.BACKBONE, 32, {"epochs": 16, "batch_size": 32, "lr": 3e-3}),
-        (custom_encoder.BACKBONE, HIDDEN, {"epochs": 8, "batch_size": 64}),
+        ("gru4rec", {}, HIDDEN, {"epochs": 8, "batch_size": 64}),
+        ("bert4rec", {}, HIDDEN, {"epochs": 8, "batch_size": 64}),
+        ("bert4rec", vars(CLOZE), 32, {"epochs": 16, "batch_size": 32, "lr": 3e-3}),
+        ("custom_encoder", {}, HIDDEN, {"epochs": 8, "batch_size": 64}),
     ],
-    ids=["gru4rec", "bert4rec", "custom"],
+    ids=["gru4rec", "bert4rec", "bert4rec-cloze", "custom"],
 )
-def test_both_stages_beat_an_untrained_model(split, backbone, hidden, schedule):
+def test_both_stages_beat_an_untrained_model(split, name, options, hidden, schedule):
     torch.manual_seed(0)
-    aug = augmenter(backbone, hidden)
+    backbone = backbone_of(name)
+    args = argparse.Namespace(hidden_size=hidden, max_len=MAX_LEN, **options)
+    model = backbone.build(NUM_ITEMS, args)
+    cfg = AugmenterConfig(max_len=MAX_LEN, bank=BankConfig(kind="torch"), ram=RAMConfig(k=4))
+    aug = RetrievalAugmenter(model, cfg, **backbone.augmenter_kwargs(model))
     assert aug.encoder.num_items == NUM_ITEMS
+    assert (backbone.rec_loss(args) is not None) == (options.get("objective") == "cloze")
     untrained = evaluate_encoder(aug.encoder, split, "valid")["HR@10"]
     res = aug.pretrain(
         split,
         PretrainConfig(max_len=MAX_LEN, **schedule),
-        rec_loss=backbone.rec_loss,
+        rec_loss=backbone.rec_loss(args),
         show_progress=False,
     )
     assert all(math.isfinite(r["loss_rec"]) and math.isfinite(r["loss_ret"]) for r in res.history)
@@ -113,7 +133,7 @@ def test_bert4rec_ignores_padding_and_reads_the_whole_sequence():
     tokens = torch.tensor([[3, 4, 5, 6, 7, 31], [9, 8, 7, 31, 0, 0], [2, 31, 0, 0, 0, 0]])
     torch.testing.assert_close(model.head(model.encode_tokens(tokens)[torch.arange(3), lengths]), h)
     assert not getattr(model, "is_causal", False)
-    enc = wrap_encoder(model, **bert4rec.wrap(model))
+    enc = wrap_encoder(model, **BACKBONES["bert4rec"].augmenter_kwargs(model))
     assert enc.num_items == NUM_ITEMS and not enc.is_causal
     with pytest.raises(
         ValueError, match=r"exceed this model.s max_len = \d+; .*leave_one_out\(sequences, max_len="
@@ -215,7 +235,7 @@ def test_custom_encoder_needs_its_accessors():
     )
     with pytest.raises(EncoderError, match="one vector per position"):
         enc(torch.tensor([[1, 2, 0]]), torch.tensor([2]))
-    enc = wrap_encoder(model, **custom_encoder.wrap(model))
+    enc = wrap_encoder(model, **CUSTOM["wrap"](model))
     assert enc.is_causal and enc.num_items == NUM_ITEMS
     model.eval()
     seq = torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]])
@@ -229,60 +249,59 @@ def dataset_file(tmp_path_factory):
     return write_dataset_file(tmp_path_factory.mktemp("data") / "toy.txt", seqs)
 
 
-@pytest.mark.parametrize(
-    "module", [sasrec, gru4rec, bert4rec, custom_encoder], ids=lambda m: m.__name__
-)
+TINY = ["--max-len", "10", "--hidden-size", "16", "--pretrain.batch-size", "64"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("plain", [False, True], ids=["raserec", "plain"])
-def test_example_main_runs_end_to_end(module, plain, dataset_file, tmp_path, capsys):
-    argv = [
-        "--dataset",
-        str(dataset_file),
-        "--epochs",
-        "2",
-        "--raft-epochs",
-        "1",
-        "--out",
-        str(tmp_path),
-        "--max-len",
-        "10",
-        "--hidden-size",
-        "16",
-        "--bank",
-        "torch",
-        "--batch-size",
-        "64",
-    ]
-    module.main([*argv, "--plain"] if plain else argv)
-    name = module.BACKBONE.name
+def test_example_script_runs_end_to_end(script, plain, dataset_file, tmp_path, capsys, monkeypatch):
+    argv = ["--dataset", str(dataset_file), "--pretrain.epochs", "2", "--raft.epochs", "1"]
+    argv += ["--out", str(tmp_path), *TINY, "--bank.kind", "torch"]
+    run_script(script, [*argv, "--plain"] if plain else argv, monkeypatch)
+    name = backbone_of(script).name
     variants = ["plain"] if plain else ["pretrained-plain", "raserec"]
     for variant in variants:
-        result = json.loads((tmp_path / f"toy-{name}-{variant}-seed0.json").read_text())
-        assert result["backbone"] == name
-        batching = result["per_seed_details"][0]["pretrain"]["config"]["batching"]
-        assert batching == ("random" if module is sasrec else "windows")
+        for suffix in ("", "-seen_removed"):
+            path = tmp_path / f"toy-{name}-{variant}{suffix}-seed0.json"
+            result = json.loads(path.read_text())
+            assert result["backbone"] == name and result["seeds"] == [0]
+            assert result["protocol"] == (suffix[1:] or "full")
+            batching = result["per_seed_details"][0]["pretrain"]["config"]["batching"]
+            assert batching == ("random" if script == "sasrec" else "windows")
+            assert result["command"].split()[1].endswith(f"examples/{script}.py")
     out = capsys.readouterr().out
-    assert f"toy / {name} / mean of seeds [0]" in out
+    # one table per protocol, naming it; the frozen encoder and, after stage 2, the RAM
+    for protocol in ("full (seen items kept)", "seen_removed (seen items removed)"):
+        assert out.count(f"toy / {name} / seed 0 / test split / protocol {protocol}") == 1
+    assert out.count("frozen encoder" if not plain else "plain encoder") == 2
+    assert out.count("with the RAM") == (0 if plain else 2)
+    assert f"to {tmp_path}/" in out
     if not plain:
         assert (tmp_path / f"toy-{name}-raserec-seed0" / "augmenter" / "ram.pt").is_file()
 
 
-@pytest.mark.parametrize("objective", ["cloze", "next-item"])
+@pytest.mark.parametrize(
+    ("argv", "objective"),
+    [(["--readout", "mask", "--objective", "cloze"], "cloze"), ([], "next-item")],
+)
 def test_bert4rec_example_records_its_stage1_objective(
-    objective, dataset_file, tmp_path, monkeypatch
+    argv, objective, dataset_file, tmp_path, monkeypatch
 ):
-    argv = ["--dataset", str(dataset_file), "--epochs", "1", "--out", str(tmp_path)]
-    argv += ["--max-len", "10", "--hidden-size", "16", "--batch-size", "64", "--plain"]
-    seen: list[object] = []
+    argv = [*argv, "--dataset", str(dataset_file), "--pretrain.epochs", "1"]
+    argv += ["--out", str(tmp_path), *TINY, "--plain"]
+    calls: list[object] = []
+    cloze = BERT4Rec.cloze_loss
 
-    def spy(enc, batch):
-        seen.append(batch)
-        return bert4rec.rec_loss(enc, batch)
+    def spy(self, *args, **kwargs):
+        calls.append(args)
+        return cloze(self, *args, **kwargs)
 
-    monkeypatch.setattr(bert4rec.BACKBONE, "rec_loss", spy)
-    bert4rec.main([*argv, "--objective", objective])
+    monkeypatch.setattr(BERT4Rec, "cloze_loss", spy)
+    run_script("bert4rec", argv, monkeypatch)
     result = json.loads((tmp_path / "toy-bert4rec-plain-seed0.json").read_text())
-    assert result["backbone_settings"] == {"objective": objective}
-    assert bool(seen) == (objective == "cloze")  # next-item never calls the cloze loss
+    readout = "mask" if objective == "cloze" else "last"
+    assert result["backbone_settings"] == {"objective": objective, "readout": readout}
+    assert bool(calls) == (objective == "cloze")  # next-item never calls the cloze loss
 
 
 def recbole_layer(block, x, p, attn_p=0.0):
@@ -347,80 +366,94 @@ def test_attention_with_dropout_is_sdpa_with_dropout(causal):
     assert abs(rate - 0.5) < 5 * math.sqrt(0.25 / n)
 
 
-def test_example_resume_continues_stage1(dataset_file, tmp_path):
-    argv = ["--dataset", str(dataset_file), "--out", str(tmp_path), "--max-len", "10"]
-    argv += ["--hidden-size", "16", "--batch-size", "64", "--plain", "--patience", "50"]
+def test_example_resume_continues_stage1(dataset_file, tmp_path, monkeypatch):
+    argv = ["--dataset", str(dataset_file), "--out", str(tmp_path), *TINY]
+    argv += ["--plain", "--pretrain.patience", "50"]
     result_file = tmp_path / "toy-sasrec-plain-seed0.json"
 
     def pretrain_details():
         return json.loads(result_file.read_text())["per_seed_details"][0]["pretrain"]
 
-    sasrec.main([*argv, "--epochs", "1", "--resume"])  # nothing to resume yet
+    run_script("sasrec", [*argv, "--pretrain.epochs", "1", "--resume"], monkeypatch)  # no state yet
     assert (tmp_path / "toy-sasrec-plain-seed0" / "pretrain-state.pt").is_file()
     assert pretrain_details()["epochs_run"] == 1 and pretrain_details()["resumed"] is False
-    # the model is recorded, so that benchmarks/merge_seeds.py can compare it between seeds
+    # the model is recorded, so that tools/merge_seeds.py can compare it between seeds
     recorded = json.loads(result_file.read_text())["per_seed_details"][0]["encoder"]
-    built = sasrec.build(20, build_parser("sasrec", "").parse_args(argv))
+    built = BACKBONES["sasrec"].build(20, parse_args("sasrec", argv))
     assert recorded == {
         "class": "SASRec",
         "hidden_size": 16,
         "parameters": sum(p.numel() for p in built.parameters()),
     }
-    sasrec.main([*argv, "--epochs", "3", "--resume"])
+    run_script("sasrec", [*argv, "--pretrain.epochs", "3", "--resume"], monkeypatch)
     resumed = pretrain_details()
     assert resumed["epochs_run"] == 3 and resumed["resumed"] is True
     # each call's epochs and command, so the file tells how the run was pieced together
     calls = resumed["invocations"]
     assert [(c["first_epoch"], c["last_epoch"]) for c in calls] == [(1, 1), (2, 3)]
     record = json.loads(result_file.read_text())
-    assert all(c["command"] == record["command"] for c in calls)  # this process's command line
+    assert calls[1]["command"] == record["command"]  # each call's own command line
+    assert calls[0]["command"].endswith("--pretrain.epochs 1 --resume")
+    assert record["command"].endswith("--pretrain.epochs 3 --resume")
     assert calls[1]["git_commit"] == record["git_commit"]
     with pytest.raises(ValueError, match="different settings"):
-        sasrec.main([*argv, "--epochs", "3", "--resume", "--lr", "0.01"])
+        run_script(
+            "sasrec",
+            [*argv, "--pretrain.epochs", "3", "--resume", "--pretrain.lr", "0.01"],
+            monkeypatch,
+        )
 
 
-@pytest.mark.parametrize(
-    "module", [sasrec, gru4rec, bert4rec, custom_encoder], ids=lambda m: m.__name__
-)
-def test_example_dropout_flags_reach_the_model(module):
-    parser = build_parser(module.BACKBONE.name, "")
-    args = parser.parse_args(["--dropout", "0.35"])
-    model = module.build(20, args)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_example_dropout_flags_reach_the_model(script):
+    backbone = backbone_of(script)
+    parser = build_parser(backbone)
+    model = backbone.build(20, parser.parse_args(["--dropout", "0.35"]))
     rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates == {0.35}
-    if module in (sasrec, bert4rec):
+    if script in ("sasrec", "bert4rec"):
         args = parser.parse_args(["--attn-dropout", "0.15"])
-        assert {layer.attn_dropout for layer in module.build(20, args).layers} == {0.15}
+        assert {layer.attn_dropout for layer in backbone.build(20, args).layers} == {0.15}
     else:
         with pytest.raises(SystemExit, match="no attention"):
-            module.build(20, parser.parse_args(["--attn-dropout", "0.15"]))
+            backbone.build(20, parser.parse_args(["--attn-dropout", "0.15"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--dropout", "1.5"])
 
 
+def spy_runner(monkeypatch) -> dict:
+    """Replaces the pipeline: what the scripts would run, with which options."""
+    seen: dict = {}
+    monkeypatch.setattr(
+        runner_module, "run", lambda backbone, args: seen.update(b=backbone, a=args)
+    )
+    return seen
+
+
 @pytest.mark.parametrize(
-    ("module", "default"),
-    [(sasrec, "random"), (gru4rec, "windows"), (bert4rec, "windows")],
-    ids=lambda m: getattr(m, "__name__", m),
+    ("script", "default"),
+    [("sasrec", "random"), ("gru4rec", "windows"), ("bert4rec", "windows")],
 )
-def test_example_batching_default_and_override(module, default, monkeypatch):
+def test_example_batching_default_and_override(script, default, monkeypatch):
     """SASRec's example parses to uniformly drawn batches by default (the released code's, which
-    its five-seed comparison chose), the others to the recorded runs' batches; ``--batching``
-    overrides either (that the parsed value reaches PretrainConfig: the end-to-end test)."""
-    seen = {}
-    monkeypatch.setattr(module, "run", lambda backbone, args: seen.update(a=args))
-    module.main(["--dataset", "beauty"])
-    assert seen["a"].batching == default
-    module.main(["--dataset", "beauty", "--batching", "bucketed"])
-    assert seen["a"].batching == "bucketed"
+    its five-seed comparison chose), the others to the recorded runs' batches;
+    ``--pretrain.batching`` overrides either (that the parsed value reaches PretrainConfig: the
+    end-to-end test)."""
+    seen = spy_runner(monkeypatch)
+    run_script(script, ["--dataset", "beauty"], monkeypatch)
+    assert seen["b"] is BACKBONES[script]
+    assert vars(seen["a"])["pretrain.batching"] == default
+    run_script(script, ["--dataset", "beauty", "--pretrain.batching", "bucketed"], monkeypatch)
+    assert vars(seen["a"])["pretrain.batching"] == "bucketed"
+    run_script(script, ["--demo"], monkeypatch)  # the demo's fast batches, whatever the default
+    assert vars(seen["a"])["pretrain.batching"] == "windows"
 
 
 def _bert4rec_cli(monkeypatch, argv: list[str]) -> tuple[dict, BERT4Rec]:
     """The settings examples/bert4rec.py records for ``argv`` and the model it builds."""
-    seen = {}
-    monkeypatch.setattr(bert4rec, "run", lambda backbone, args: seen.update(b=backbone, a=args))
-    bert4rec.main(argv)
-    return seen["b"].settings, bert4rec.build(12, seen["a"])
+    seen = spy_runner(monkeypatch)
+    run_script("bert4rec", argv, monkeypatch)
+    return seen["b"].settings(seen["a"]), seen["b"].build(12, seen["a"])
 
 
 def test_bert4rec_without_head_scores_the_last_layer(monkeypatch):
@@ -435,10 +468,10 @@ def test_bert4rec_without_head_scores_the_last_layer(monkeypatch):
     assert not torch.allclose(with_head(seq, lens), expected, atol=1e-3)
 
     settings, model = _bert4rec_cli(monkeypatch, ["--objective", "next-item", "--no-head"])
-    assert settings == {"objective": "next-item", "head": False}
+    assert settings == {"objective": "next-item", "readout": "last", "head": False}
     assert isinstance(model.head, torch.nn.Identity)
     settings, model = _bert4rec_cli(monkeypatch, [])
-    assert settings == {"objective": "cloze"}
+    assert settings == {"objective": "next-item", "readout": "last"}  # the defaults
     assert isinstance(model.head, torch.nn.Sequential)
     assert (model.readout, model.positions) == ("last", "start")
 
@@ -468,11 +501,13 @@ def test_bert4rec_last_readout_is_bidirectional_output_at_the_last_item(monkeypa
     with pytest.raises(ValueError, match="readout must be"):
         BERT4Rec(num_items=12, readout="first")  # type: ignore[arg-type]
 
-    settings, model = _bert4rec_cli(monkeypatch, ["--objective", "next-item", "--readout", "last"])
-    assert settings == {"objective": "next-item", "readout": "last"}
-    assert model.readout == "last"
-    with pytest.raises(SystemExit):
-        bert4rec.main(["--readout", "last"])  # the cloze objective trains at [mask]
+    settings, model = _bert4rec_cli(monkeypatch, ["--readout", "mask"])
+    assert settings == {"objective": "next-item", "readout": "mask"}
+    assert model.readout == "mask"
+    settings, model = _bert4rec_cli(monkeypatch, ["--readout", "mask", "--objective", "cloze"])
+    assert settings == {"objective": "cloze", "readout": "mask"}
+    with pytest.raises(SystemExit):  # the cloze objective trains at [mask], not the last item
+        _bert4rec_cli(monkeypatch, ["--objective", "cloze"])
 
 
 def test_bert4rec_positions_from_the_end_fix_the_readout_position(monkeypatch):
@@ -503,7 +538,7 @@ def test_bert4rec_positions_from_the_end_fix_the_readout_position(monkeypatch):
         BERT4Rec(num_items=12, positions="middle", readout="mask")  # type: ignore[arg-type]
 
     settings, model = _bert4rec_cli(monkeypatch, ["--objective", "next-item", "--positions", "end"])
-    assert settings == {"objective": "next-item", "positions": "end"}
+    assert settings == {"objective": "next-item", "readout": "last", "positions": "end"}
     assert model.positions == "end"
 
 

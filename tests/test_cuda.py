@@ -162,31 +162,42 @@ def test_faiss_bank_from_a_device_encoder_matches_the_cpu_build(split):
     on_dev = small_augmenter(model, max_len=MAX_LEN, k=4, kind="faiss")
     on_dev.build_bank(split, device=DEVICE, show_progress=False)
     assert len(on_dev.bank) == len(on_cpu.bank) == len(split.train)
-    torch.testing.assert_close(on_dev._train_keys.cpu(), on_cpu._train_keys, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        on_dev.memory.train_keys.cpu(), on_cpu.memory.train_keys, rtol=1e-4, atol=1e-5
+    )
     a = on_dev.recommend([[1, 2, 3], [7, 8, 9, 10]], k=5, device=DEVICE)
     torch.testing.assert_close(a[1].cpu(), b[1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec", "custom_encoder"])
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec", "bert4rec-cloze", "custom"])
 def test_every_example_backbone_runs_both_stages_on_the_device(split, name):
     """Each backbone's own pieces (GRU4Rec's packing, BERT4Rec's mask draws and loss, the custom
     encoder's accessors) on the device; its trained weights then score the same on the CPU."""
     import argparse
-    import importlib
+    import runpy
+    from pathlib import Path
 
     from raserec_adapter import AugmenterConfig, BankConfig, RAMConfig
+    from raserec_adapter.experiments import BACKBONES
     from raserec_adapter.training.pretraining import evaluate_encoder
 
-    backbone = importlib.import_module(f"examples.{name}").BACKBONE
+    args = argparse.Namespace(hidden_size=16, max_len=MAX_LEN)
+    if name == "custom":  # the user's own encoder of the example script
+        script = Path(__file__).resolve().parents[1] / "examples" / "custom_encoder.py"
+        backbone = runpy.run_path(str(script), run_name="custom_encoder")["BACKBONE"]
+    elif name == "bert4rec-cloze":
+        backbone = BACKBONES["bert4rec"]
+        args = argparse.Namespace(**vars(args), objective="cloze", readout="mask")
+    else:
+        backbone = BACKBONES[name]
     torch.manual_seed(0)
-    model = backbone.build(N_ITEMS, argparse.Namespace(hidden_size=16, max_len=MAX_LEN)).to(DEVICE)
-    wrap = backbone.wrap(model) if backbone.wrap else {}
+    model = backbone.build(N_ITEMS, args).to(DEVICE)
     cfg = AugmenterConfig(max_len=MAX_LEN, bank=BankConfig(kind="torch"), ram=RAMConfig(k=4))
-    aug = RetrievalAugmenter(model, cfg, **wrap)
+    aug = RetrievalAugmenter(model, cfg, **backbone.augmenter_kwargs(model))
     res = aug.pretrain(
         split,
         PretrainConfig(epochs=2, batch_size=64, max_len=MAX_LEN),
-        rec_loss=backbone.rec_loss,
+        rec_loss=backbone.rec_loss(args),
         device=DEVICE,
         show_progress=False,
     )

@@ -14,14 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from raserec_adapter.data import DataFormatError
+import raserec_adapter
+from raserec_adapter.data import DataFormatError, datasets
 from raserec_adapter.data.datasets import (
     DATASETS,
     ChecksumError,
     DatasetInfo,
     DatasetNotFoundError,
+    checkout_root,
     dataset_path,
     default_cache_dir,
+    development_data_dir,
     load_dataset,
 )
 
@@ -60,13 +63,25 @@ class FakeResponse(io.BytesIO):
         self.headers = {"Content-Length": str(len(content))}
 
 
+def fake_checkout(root: Path, name: str = "raserec-adapter") -> Path:
+    """A checkout at ``root`` (a ``pyproject.toml`` naming ``name``); its package folder."""
+    (root / "raserec_adapter").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(f'[project]\nname = "{name}"\nversion = "0"\n')
+    return root / "raserec_adapter"
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No env vars, a fresh working directory and home, no network, and the tiny dataset."""
+    """No env vars, a fresh working directory and home, no network, and the tiny dataset.
+
+    The package is made to live in a fake checkout ``root/project`` (so the development
+    fallback is ``root/shared/data``), and the working directory is elsewhere.
+    """
     monkeypatch.delenv("RASEREC_DATA_DIR", raising=False)
     monkeypatch.delenv("RASEREC_CACHE_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    work = tmp_path / "root" / "project"
+    monkeypatch.setattr(datasets, "_PACKAGE_DIR", fake_checkout(tmp_path / "root" / "project"))
+    work = tmp_path / "elsewhere" / "work"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
 
@@ -123,7 +138,7 @@ def test_unknown_name_lists_known_names() -> None:
 
 def test_resolution_order(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     arg, env, cache = isolated / "arg", isolated / "env", isolated / "cache"
-    shared = isolated / "root" / "shared" / "data"  # ../shared/data from the working directory
+    shared = isolated / "root" / "shared" / "data"  # ../shared/data next to the checkout
     files = [put(d) for d in (arg, env, shared, cache)]
     monkeypatch.setenv("RASEREC_DATA_DIR", str(env))
     kwargs = {"data_dir": arg, "cache_dir": cache, "download": False}
@@ -132,6 +147,46 @@ def test_resolution_order(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> No
         expected.unlink()
     with pytest.raises(DatasetNotFoundError):
         dataset_path("tiny", **kwargs)
+
+
+def test_fallback_is_next_to_the_checkout_not_the_working_directory(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = put(isolated / "root" / "shared" / "data")
+    near_cwd = put(isolated / "elsewhere" / "shared" / "data", b"1 1\n")  # ../shared/data of cwd
+    for cwd in (isolated / "elsewhere" / "work", isolated, isolated / "root" / "project"):
+        monkeypatch.chdir(cwd)
+        assert dataset_path("tiny", download=False) == shared.resolve()
+        assert load_dataset("tiny", download=False).num_interactions == 8
+    assert near_cwd.is_file()  # there, but never looked at (its checksum would fail)
+
+
+@pytest.mark.parametrize("pyproject", [None, "other-project"])
+def test_no_fallback_outside_a_checkout_of_this_project(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, pyproject: str | None
+) -> None:
+    """An installed package (no pyproject.toml beside it, or another project's) has none."""
+    if pyproject is None:
+        package = isolated / "site-packages" / "raserec_adapter"
+        package.mkdir(parents=True)
+    else:
+        package = fake_checkout(isolated / "other", name=pyproject)
+    monkeypatch.setattr(datasets, "_PACKAGE_DIR", package)
+    put(package.parent.parent / "shared" / "data")
+    assert checkout_root() is None and development_data_dir() is None
+    with pytest.raises(DatasetNotFoundError) as err:
+        dataset_path("tiny", download=False)
+    assert "shared" not in str(err.value)
+
+
+def test_development_data_dir_of_this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real package location, as imported
+    package = Path(raserec_adapter.__file__).resolve().parent
+    if (package.parent / "pyproject.toml").is_file():  # tests run from a checkout
+        assert checkout_root() == package.parent
+        assert development_data_dir() == package.parents[1] / "shared" / "data"
+    else:  # tests run against an installed wheel
+        assert checkout_root() is None and development_data_dir() is None
 
 
 def test_data_dir_without_file_falls_back_to_env(
@@ -269,7 +324,8 @@ def test_not_found_without_download(isolated: Path, monkeypatch: pytest.MonkeyPa
         load_dataset("tiny", data_dir=isolated / "argdir", download=False)
     msg = str(err.value)
     assert "download=False" in msg and DATASETS["tiny"].url in msg
-    for place in ("argdir", "envdir", str(Path("shared") / "data"), "raserec-adapter"):
+    shared = isolated / "root" / "shared" / "data"
+    for place in ("argdir", "envdir", str(shared), "raserec-adapter"):
         assert place in msg
     assert "RASEREC_DATA_DIR" in msg
 

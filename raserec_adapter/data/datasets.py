@@ -6,7 +6,8 @@ and Jewelry) in the preprocessed 5-core ``user item item ...`` form of S3-Rec / 
 
 1. the ``data_dir`` argument,
 2. the folder named by the environment variable ``RASEREC_DATA_DIR``,
-3. ``../shared/data`` relative to the current working directory,
+3. in a development checkout only, ``../shared/data`` next to the checkout (see
+   :func:`development_data_dir`; never relative to the working directory),
 4. the cache folder (``cache_dir`` argument, else ``RASEREC_CACHE_DIR``, else
    ``~/.cache/raserec-adapter``),
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -38,8 +40,10 @@ __all__ = [
     "ChecksumError",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "checkout_root",
     "dataset_path",
     "default_cache_dir",
+    "development_data_dir",
     "load_dataset",
 ]
 
@@ -49,6 +53,8 @@ DATA_DIR_ENV = "RASEREC_DATA_DIR"
 CACHE_DIR_ENV = "RASEREC_CACHE_DIR"
 _TABLE_SUFFIXES = (".csv", ".tsv", ".inter")
 _CHUNK = 1 << 16
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the imported raserec_adapter/ folder
+_PROJECT_NAME = re.compile(r'^name\s*=\s*["\']raserec-adapter["\']\s*$', re.MULTILINE)
 
 
 class ChecksumError(DataFormatError):
@@ -140,6 +146,41 @@ def default_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "raserec-adapter"
 
 
+def checkout_root() -> Path | None:
+    """The source checkout this package is imported from, or ``None`` when it is installed.
+
+    A checkout is the folder holding the imported ``raserec_adapter/`` package when that folder
+    also has a ``pyproject.toml`` naming this project (``name = "raserec-adapter"``); an
+    installed wheel (``site-packages``) has none.
+
+    Example:
+        >>> root = checkout_root()
+        >>> root is None or (root / "pyproject.toml").is_file()
+        True
+    """
+    root = _PACKAGE_DIR.parent
+    try:
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return root if _PROJECT_NAME.search(text) else None
+
+
+def development_data_dir() -> Path | None:
+    """The development fallback ``../shared/data``, next to the checkout, or ``None``.
+
+    Found relative to the checkout the package is imported from (:func:`checkout_root`), so the
+    same folder is searched from any working directory; an installed package has no fallback.
+
+    Example:
+        >>> folder = development_data_dir()
+        >>> folder is None or folder.parts[-2:] == ("shared", "data")
+        True
+    """
+    root = checkout_root()
+    return None if root is None else root.parent / "shared" / "data"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -194,10 +235,11 @@ def dataset_path(
 ) -> Path:
     """Finds (or downloads) the file of a dataset and verifies its checksum.
 
-    Looks in ``data_dir``, then ``$RASEREC_DATA_DIR``, then ``../shared/data`` relative to the
-    current working directory, then the cache folder (see :func:`default_cache_dir`); if the
-    file is in none of them and ``download`` is true, downloads it into the cache (to a
-    temporary file that is renamed once complete and verified).
+    Looks in ``data_dir``, then ``$RASEREC_DATA_DIR``, then (in a development checkout only)
+    ``../shared/data`` next to the checkout (:func:`development_data_dir`), then the cache
+    folder (see :func:`default_cache_dir`); if the file is in none of them and ``download`` is
+    true, downloads it into the cache (to a temporary file that is renamed once complete and
+    verified).
 
     Args:
         name: A registered name (see :data:`DATASETS`, case-insensitive), a
@@ -236,7 +278,9 @@ def dataset_path(
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         places.append((Path(env), f"${DATA_DIR_ENV}"))
-    places.append((Path.cwd() / ".." / "shared" / "data", "../shared/data"))
+    shared = development_data_dir()
+    if shared is not None:
+        places.append((shared, "../shared/data next to the checkout"))
     cache = default_cache_dir(cache_dir)
     places.append((cache, "cache"))
 

@@ -1,4 +1,7 @@
-"""Result tables and results files with provenance (command, commit, machine, seeds, wall time).
+"""Result tables and results files with provenance (command, code version, machine, seeds, time).
+
+The code version is the git commit when the package is imported from a checkout of this
+project, else the installed package's version: an installed wheel never runs git.
 
 Example:
     >>> print(format_table({"plain": {"HR@5": 0.05, "NDCG@5": 0.031}}))
@@ -21,7 +24,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["format_table", "machine_info", "mean_metrics", "write_results"]
+from raserec_adapter.data.datasets import checkout_root
+
+__all__ = [
+    "code_version",
+    "command_line",
+    "format_table",
+    "machine_info",
+    "mean_metrics",
+    "write_results",
+]
 
 METRIC_KEYS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
@@ -37,7 +49,12 @@ def _cpu_model() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model and core count, GPU name if any, Python and torch versions."""
+    """CPU model and core count, GPU name if any, Python and torch versions.
+
+    Example:
+        >>> sorted(machine_info())[:3]
+        ['cpu', 'cpu_cores', 'platform']
+    """
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -51,18 +68,27 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def git_commit(cwd: str | Path | None = None) -> str:
-    """The current commit (with ``-dirty`` when the tree has changes), or ``unknown``.
+def code_version() -> str:
+    """The code a run imports: the git commit (``-dirty`` with uncommitted changes) when the
+    package is imported from a git checkout of this project, else ``raserec-adapter <version>``.
 
     ``$RASEREC_GIT_COMMIT``, when set, wins: ``scripts/gpu-session.sh`` records it when it
     prepares a copy of the tree for another machine, where a ``.git`` folder, if any, may be a
     stale one (seen on a GPU machine: it named the session's first commit, not the copied one).
+
+    Example:
+        >>> code_version().startswith(("raserec-adapter ", "unknown")) or len(code_version()) >= 40
+        True
     """
     recorded = os.environ.get("RASEREC_GIT_COMMIT")
     if recorded:
         return recorded
+    root = checkout_root()
+    if root is None or not (root / ".git").exists():
+        from raserec_adapter import __version__
+
+        return f"raserec-adapter {__version__}"
     try:
-        root = cwd or Path(__file__).resolve().parents[1]
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
@@ -84,7 +110,12 @@ def command_line() -> str:
 
 
 def mean_metrics(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Mean of each metric over seeds."""
+    """Mean of each metric over seeds.
+
+    Example:
+        >>> mean_metrics([{"HR@10": 0.25}, {"HR@10": 0.75}])
+        {'HR@10': 0.5}
+    """
     keys = list(per_seed[0]) if per_seed else []
     return {k: sum(m[k] for m in per_seed) / len(per_seed) for k in keys}
 
@@ -105,8 +136,16 @@ def write_results(
 ) -> dict[str, Any]:
     """Writes ``benchmarks/results``-style JSON with provenance and returns it.
 
-    Pass ``commit`` as read when the run started (:func:`git_commit`); by default the current
-    commit is recorded.
+    Pass ``commit`` as read when the run started (:func:`code_version`); by default the current
+    one is recorded (under the key ``git_commit``, as in every results file so far).
+
+    Example:
+        >>> import json, tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "r.json"
+        >>> _ = write_results(path, dataset="toy", backbone="sasrec", variant="raserec",
+        ...     protocol="full", seeds=[0], per_seed=[{"HR@10": 0.5}], wall_seconds=1.0)
+        >>> json.loads(path.read_text())["mean"]
+        {'HR@10': 0.5}
     """
     record: dict[str, Any] = {
         "dataset": dataset,
@@ -118,7 +157,7 @@ def write_results(
         "per_seed": [dict(m) for m in per_seed],
         "mean": mean_metrics(per_seed),
         "command": command_line(),
-        "git_commit": commit or git_commit(),
+        "git_commit": commit or code_version(),
         "machine": machine_info(),
         "wall_seconds": round(wall_seconds, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -134,7 +173,7 @@ def write_results(
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]], keys: Sequence[str] | None = None) -> str:
-    """A plain-text table, one row per variant, one column per metric."""
+    """A plain-text table, one row per variant, one column per metric (``keys``, default all)."""
     keys = list(keys or next(iter(rows.values()), {}).keys())
     width = max([len("variant"), *(len(r) for r in rows)])
     lines = ["  ".join([f"{'variant':<{width}}", *(f"{k:<7}" for k in keys)]).rstrip()]
