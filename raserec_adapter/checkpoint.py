@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import shutil
 from pathlib import Path
@@ -28,17 +29,23 @@ from typing import Any
 
 import torch
 
+from raserec_adapter._checks import check_device
 from raserec_adapter.config import AugmenterConfig
+from raserec_adapter.encoder import WrappedEncoder
 from raserec_adapter.memory.protocol import MemoryBank
 from raserec_adapter.memory.torch_bank import TorchMemoryBank
 
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
+    "check_encoder_fits",
     "checkpoint_meta",
+    "load_bank",
+    "load_ram_weights",
     "read_bank",
     "read_meta",
     "read_ram_state",
+    "restore",
     "write_checkpoint",
 ]
 
@@ -47,6 +54,9 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A saved augmenter does not match the encoder or config it is loaded with."""
+
+
+logger = logging.getLogger("raserec_adapter")
 
 
 def checkpoint_meta(
@@ -259,3 +269,95 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
         elif va != vb:
             out.append(f"{prefix}{key}: saved {va!r}, given {vb!r}")
     return out
+
+
+def check_encoder_fits(
+    path: Path,
+    meta: dict[str, Any],
+    saved: AugmenterConfig,
+    encoder: WrappedEncoder,
+    strict: bool,
+) -> None:
+    """The load policy: refuses an encoder the checkpoint cannot fit, warns of a changed one.
+
+    Other item counts or hidden sizes are refused (the bank and RAM cannot be used). An encoder
+    of another class, or with other item embeddings than at save time, fits the shapes but not
+    the memories: a warning, or with ``strict=True`` a :class:`CheckpointError`.
+    """
+    if encoder.num_items != meta.get("num_items"):
+        raise CheckpointError(
+            f"{path} was trained for {meta.get('num_items')} items, the encoder has "
+            f"{encoder.num_items}; load it with the encoder it was saved with (same "
+            "dataset and item ids), or build a new bank and RAFT for this one"
+        )
+    if encoder.hidden_size != saved.hidden_size:
+        raise CheckpointError(
+            f"{path} was trained with hidden size {saved.hidden_size}, the encoder has "
+            f"{encoder.hidden_size}; build the encoder with the settings it was saved "
+            "with (e.g. hidden_size), or build a new bank and RAFT for this one"
+        )
+    mismatches = []
+    saved_class, this_class = meta.get("encoder_class"), type(encoder.module).__name__
+    if saved_class is not None and saved_class != this_class:
+        mismatches.append(
+            f"{path} was saved with a {saved_class} encoder, it is loaded with a "
+            f"{this_class}: the bank's keys are that encoder's representations; rebuild the "
+            "bank if the encoder changed"
+        )
+    saved_table = meta.get("item_table_sha256")
+    table = encoder.item_weights().detach().float().cpu()
+    if saved_table is not None and saved_table != table_fingerprint(table):
+        mismatches.append(
+            f"{path} was saved with an encoder whose item table differs from this "
+            "encoder's (another training run or changed weights): the bank's keys and "
+            "values and the RAM were fit to that encoder; load the encoder's own weights, "
+            "or rebuild the bank (build_bank) and retrain the RAM (fit_raft)"
+        )
+    if mismatches and strict:
+        raise CheckpointError(
+            "; and ".join(mismatches) + " (strict=True; strict=False loads it with a warning)"
+        )
+    for message in mismatches:
+        logger.warning("%s", message)
+
+
+def load_ram_weights(path: Path, ram: torch.nn.Module) -> None:
+    """Loads ``ram.pt`` into ``ram``, or a :class:`CheckpointError` saying why it does not fit."""
+    try:
+        ram.load_state_dict(read_ram_state(path))
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path / 'ram.pt'} does not fit the RAM of this config: {e}") from e
+
+
+def load_bank(
+    path: Path, meta: dict[str, Any], saved: AugmenterConfig, device: torch.device | str
+) -> tuple[MemoryBank | None, str | None]:
+    """The saved bank and its phase (``"train"``, ``"test"`` or ``"custom"``), or ``None``s."""
+    bank = read_bank(path, saved, device)
+    phase = meta.get("bank_phase")
+    if bank is None and phase is not None:
+        raise CheckpointError(
+            f"{path / 'config.json'} records a memory bank (phase {phase!r}) but "
+            f"{path / 'bank'} is missing; the checkpoint is incomplete: save it again, or "
+            "load it and rebuild the bank with build_bank"
+        )
+    if bank is None:
+        return None, None
+    return bank, phase if phase in ("train", "test") else "custom"
+
+
+def restore(
+    path: Path,
+    meta: dict[str, Any],
+    saved: AugmenterConfig,
+    encoder: WrappedEncoder,
+    ram: torch.nn.Module,
+    device: torch.device | str,
+    strict: bool,
+) -> tuple[MemoryBank | None, str | None]:
+    """Checks the encoder fits, loads the RAM weights onto ``device``; the bank and its phase."""
+    check_encoder_fits(path, meta, saved, encoder, strict)
+    load_ram_weights(path, ram)
+    check_device(device)
+    ram.to(device)
+    return load_bank(path, meta, saved, device)

@@ -386,6 +386,15 @@ class AugmenterConfig(_Config):
         _check(self.hidden_size >= 0, self, "hidden_size", ">= 0", self.hidden_size)
         _check(self.max_len >= 1, self, "max_len", ">= 1", self.max_len)
 
+    def for_hidden_size(self, hidden_size: int) -> AugmenterConfig:
+        """This config with ``hidden_size`` set to an encoder's (0 here means "take it")."""
+        if self.hidden_size and self.hidden_size != hidden_size:
+            raise ValueError(
+                f"config.hidden_size = {self.hidden_size} but the encoder's item table has size "
+                f"{hidden_size}; leave hidden_size at 0 to take the encoder's"
+            )
+        return self.replace(hidden_size=hidden_size)
+
 
 @dataclass(frozen=True)
 class RunOptions:

@@ -130,6 +130,19 @@ class RetrievalAugmentedModule(nn.Module):
                 nn.init.zeros_(m.bias)
         use_fast_paths(self)  # cheaper CPU dropout masks, same distribution
 
+    @classmethod
+    def fresh(
+        cls, hidden_size: int, config: RAMConfig | None = None, seed: int | None = None
+    ) -> RetrievalAugmentedModule:
+        """A new head; ``seed`` seeds its initial weights, leaving the global random state as it
+        was (``None``: drawn from the global random state)."""
+        if config is not None and not isinstance(config, RAMConfig):
+            raise TypeError(f"ram must be a RAMConfig, got {type(config).__name__}")
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return cls(hidden_size, config)
+
     def forward(
         self, h: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor
     ) -> torch.Tensor:

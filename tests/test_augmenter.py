@@ -69,7 +69,7 @@ def test_bank_contents_per_phase(trained):
     aug.build_bank(split, show_progress=False)
     assert len(aug.bank) == len(split.train)
     # bank keys are the frozen encoder's representations of the training prefixes
-    torch.testing.assert_close(aug._train_keys, aug.encode(split.sequences, split.train))
+    torch.testing.assert_close(aug.memory.train_keys, aug.encode(split.sequences, split.train))
     aug.evaluate(split, "test", augmented=(True,))
     assert len(aug.bank) == len(split.train) + len(split.valid)
     aug.evaluate(split, "valid", augmented=(True,))
@@ -111,7 +111,7 @@ def test_retrieval_never_leaks_the_future(trained, kind, monkeypatch):
     # the rule had work to do: unfiltered, most training queries would get inadmissible memories
     # (their own pair, their future)
     monkeypatch.setattr(bank_cls, "search", real_search)
-    ids = aug.bank.search(aug._train_keys, 4).ids
+    ids = aug.bank.search(aug.memory.train_keys, 4).ids
     train = split.train
     users, lengths = torch.from_numpy(train.users), torch.from_numpy(train.lengths)
     store = aug.bank._store
@@ -259,7 +259,7 @@ def test_bank_keeps_only_the_chosen_prefix_lengths(trained, kind):
     keep = (lengths <= 2) | (lengths >= 6)  # written out, not through BankConfig.keeps
     assert 0 < int(keep.sum()) < len(lengths)
     assert len(aug.bank) == int(keep.sum())
-    all_keys = torch.cat([aug._train_keys, aug.encode(split.sequences, split.valid)])
+    all_keys = torch.cat([aug.memory.train_keys, aug.encode(split.sequences, split.valid)])
     keys, _ = aug.bank.fetch(torch.arange(len(aug.bank)))
     torch.testing.assert_close(keys, all_keys[keep])
     # retrieval returns kept memories only; the RAM trains on every training query
@@ -338,7 +338,9 @@ def test_prefix_length_filter_survives_phase_switches(trained):
     aug.evaluate(split, "valid")
     assert len(aug.bank) == n_train
     keys, _ = aug.bank.fetch(torch.arange(len(aug.bank)))
-    torch.testing.assert_close(keys, aug._train_keys[torch.from_numpy(split.train.lengths <= 2)])
+    torch.testing.assert_close(
+        keys, aug.memory.train_keys[torch.from_numpy(split.train.lengths <= 2)]
+    )
 
 
 def test_evaluate_and_fit_raft_check_the_split(trained):
@@ -392,7 +394,7 @@ def test_save_never_replaces_what_is_not_a_checkpoint(trained, tmp_path):
     assert ck.stat().st_mode & 0o777 == 0o750
     aug.save(tmp_path / "empty")  # and so is an earlier checkpoint, over and over
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file.txt", "mine"]
-    assert RetrievalAugmenter.load(model, tmp_path / "empty")._bank_phase == "train"
+    assert RetrievalAugmenter.load(model, tmp_path / "empty").memory.phase == "train"
 
 
 def test_load_reports_damaged_checkpoints(trained, tmp_path, caplog, monkeypatch):
@@ -626,7 +628,7 @@ def test_reset_ram_gives_a_fresh_seeded_head_and_keeps_the_bank(trained, tmp_pat
     model, split = trained
     aug = make(model)
     aug.build_bank(split, show_progress=False)
-    bank, keys = aug.bank, aug._train_keys
+    bank, keys = aug.bank, aug.memory.train_keys
     rcfg = RAFTConfig(epochs=2, batch_size=64, seed=3)
     aug.reset_ram(RAMConfig(k=4, alpha=0.3), seed=5)
     first = aug.fit_raft(split, rcfg, show_progress=False)
@@ -635,7 +637,7 @@ def test_reset_ram_gives_a_fresh_seeded_head_and_keeps_the_bank(trained, tmp_pat
     aug.reset_ram(RAMConfig(k=4, alpha=0.3), seed=5)  # the same setting again, from scratch
     assert torch.equal(torch.get_rng_state(), rng_before)  # the global random state is untouched
     assert any(not torch.equal(v, trained_head[k]) for k, v in aug.ram.state_dict().items())
-    assert aug.bank is bank and aug._train_keys is keys  # nothing re-encoded
+    assert aug.bank is bank and aug.memory.train_keys is keys  # nothing re-encoded
     again = aug.fit_raft(split, rcfg, show_progress=False)
     assert again.best_valid == first.best_valid  # same seed, same fresh head: same run
     for k, v in aug.ram.state_dict().items():

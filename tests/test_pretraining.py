@@ -9,16 +9,15 @@ import torch
 from conftest import synthetic_sequences
 from torch import nn
 
-from raserec_adapter import PretrainConfig, Sequences, leave_one_out, wrap_encoder
+from raserec_adapter import PretrainConfig, RunOptions, Sequences, leave_one_out, wrap_encoder
 from raserec_adapter.data.batching import causal_windows, iter_batches, iter_windows
 from raserec_adapter.models import BERT4Rec, GRU4Rec, SASRec
 from raserec_adapter.training import pretrain, pretraining
-from raserec_adapter.training.pretraining import (
-    RunningMean,
-    _PositiveSampler,
-    evaluate_encoder,
-    info_nce,
-)
+from raserec_adapter.training.losses import info_nce
+from raserec_adapter.training.pretraining import evaluate_encoder
+from raserec_adapter.training.state import RunningMean
+from raserec_adapter.training.views import PositiveSampler as _PositiveSampler
+from raserec_adapter.training.views import anchors
 
 
 def reference_info_nce(z1, z2, tau, targets=None, groups=None):
@@ -154,7 +153,13 @@ def test_same_user_groups_are_the_views_users(batching, fuse, monkeypatch):
     cfg = PretrainConfig(
         epochs=1, batch_size=16, max_len=6, batching=batching, mask_same_user_negatives=True
     )
-    pretrain(SASRec(400, hidden_size=8, max_len=6), split, cfg, show_progress=False, fuse=fuse)
+    pretrain(
+        SASRec(400, hidden_size=8, max_len=6),
+        split,
+        cfg,
+        show_progress=False,
+        run=RunOptions(fuse=fuse),
+    )
     assert seen
     for targets, groups in seen:
         assert groups is not None and len(groups) == 2 * len(targets)
@@ -254,7 +259,7 @@ def test_own_rec_loss_runs_with_checked_inputs(fuse):
         PretrainConfig(epochs=1, batch_size=32, max_len=10),
         rec_loss=my_loss,
         show_progress=False,
-        fuse=fuse,
+        run=RunOptions(fuse=fuse),
     )
     assert trusted_in_loss and set(trusted_in_loss) == {0}
 
@@ -300,12 +305,12 @@ def test_settings_that_would_fail_late_are_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="checkpoint = .* is a directory"):
         pretrain(model, split, cfg, checkpoint=tmp_path)
     with pytest.raises(ValueError, match="state_path = .* is a directory"):
-        pretrain(model, split, cfg, state_path=tmp_path)
+        pretrain(model, split, cfg, run=RunOptions(state_path=tmp_path))
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "runs").write_text("a file where a folder should be")
     for kwargs in (
         {"checkpoint": tmp_path / "runs" / "a" / "enc.pt"},
-        {"state_path": tmp_path / "runs" / "state.pt"},
+        {"run": RunOptions(state_path=tmp_path / "runs" / "state.pt")},
     ):
         with pytest.raises(ValueError, match=r"cannot be written: .*runs is a file, not a folder"):
             pretrain(model, split, cfg, **kwargs)
@@ -317,7 +322,13 @@ def test_settings_that_would_fail_late_are_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="no training pairs"):
         pretrain(SASRec(3, hidden_size=8, max_len=10), short, cfg)
     state = tmp_path / "state.pt"  # max_len None: the split's, recorded as such
-    pretrain(model, split, PretrainConfig(epochs=1), state_path=state, show_progress=False)
+    pretrain(
+        model,
+        split,
+        PretrainConfig(epochs=1),
+        show_progress=False,
+        run=RunOptions(state_path=state),
+    )
     meta = json.loads(torch.load(state, weights_only=True)["meta"])
     assert meta["config"]["max_len"] == 10
 
@@ -327,7 +338,7 @@ def test_state_files_from_before_the_data_fingerprint_still_resume(tmp_path):
     state = tmp_path / "state.pt"
     split = leave_one_out(synthetic_sequences(30, 20, seed=1), max_len=10)
     cfg = PretrainConfig(epochs=1, batch_size=32)
-    pretrain(SASRec(20, hidden_size=8, max_len=10), split, cfg, state_path=state)
+    pretrain(SASRec(20, hidden_size=8, max_len=10), split, cfg, run=RunOptions(state_path=state))
     saved = torch.load(state, weights_only=True)
     meta = json.loads(saved["meta"])
     del meta["data"]
@@ -338,9 +349,8 @@ def test_state_files_from_before_the_data_fingerprint_still_resume(tmp_path):
         SASRec(20, hidden_size=8, max_len=10),
         split,
         cfg.replace(epochs=2),
-        state_path=state,
-        resume=True,
         show_progress=False,
+        run=RunOptions(state_path=state, resume=True),
     )
     assert res.epochs_run == 2
 
@@ -350,7 +360,12 @@ def test_state_file_with_numpy_item_count(tmp_path):
     seqs = Sequences(seqs.items, seqs.offsets, seqs.items.max())  # num_items a NumPy integer
     split = leave_one_out(seqs, max_len=10)
     cfg = PretrainConfig(epochs=1, batch_size=32)
-    pretrain(SASRec(20, hidden_size=8, max_len=10), split, cfg, state_path=tmp_path / "s.pt")
+    pretrain(
+        SASRec(20, hidden_size=8, max_len=10),
+        split,
+        cfg,
+        run=RunOptions(state_path=tmp_path / "s.pt"),
+    )
     assert (
         json.loads(torch.load(tmp_path / "s.pt", weights_only=True)["meta"])["data"]["items"] == 20
     )
@@ -360,7 +375,7 @@ def test_resume_on_other_data_is_refused(tmp_path):
     state = tmp_path / "state.pt"
     cfg = PretrainConfig(epochs=1, max_len=10, batch_size=32)
     split = leave_one_out(synthetic_sequences(30, 20, seed=1), max_len=10)
-    pretrain(SASRec(20, hidden_size=8, max_len=10), split, cfg, state_path=state)
+    pretrain(SASRec(20, hidden_size=8, max_len=10), split, cfg, run=RunOptions(state_path=state))
     before = state.read_bytes()
     other = leave_one_out(synthetic_sequences(30, 20, seed=2), max_len=10)
     with pytest.raises(ValueError, match="written for other training data"):
@@ -368,8 +383,7 @@ def test_resume_on_other_data_is_refused(tmp_path):
             SASRec(20, hidden_size=8, max_len=10),
             other,
             cfg.replace(epochs=2),
-            state_path=state,
-            resume=True,
+            run=RunOptions(state_path=state, resume=True),
         )
     assert state.read_bytes() == before
 
@@ -402,8 +416,8 @@ def test_fused_step_trains_like_separate_calls(backbone):
             split,
             PretrainConfig(epochs=2, batch_size=32, max_len=10, patience=5),
             rec_loss=cloze_loss if cloze else None,
-            fuse=fuse,
             show_progress=False,
+            run=RunOptions(fuse=fuse),
         )
         runs.append((res.history, model.state_dict()))
     (h0, s0), (h1, s1) = runs
@@ -427,7 +441,13 @@ def test_fused_step_is_one_encoder_call():
             return super().forward_all(item_seq, item_seq_len)
 
     cfg = PretrainConfig(epochs=1, batch_size=32, max_len=10)
-    pretrain(Counting(20, hidden_size=8, max_len=10), split, cfg, fuse=True, show_progress=False)
+    pretrain(
+        Counting(20, hidden_size=8, max_len=10),
+        split,
+        cfg,
+        show_progress=False,
+        run=RunOptions(fuse=True),
+    )
     steps = list(iter_windows(split.sequences, causal_windows(split), 32, True, cfg.seed + 1))
     assert len(calls) == len(steps)
     for n, batch in zip(calls, steps, strict=True):  # two views of the windows + the positives
@@ -488,7 +508,7 @@ def test_regrouped_random_batch_encodes_like_the_padded_batch(backbone):
     with torch.no_grad():
         want = enc(host.item_seq, host.lengths)
         hook = enc.module.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[1]))
-        h, targets, pairs, view = pretraining._anchors(
+        h, targets, pairs, view = anchors(
             enc, host, host, None, False, True, regroup=split
         )
         hook.remove()
@@ -524,15 +544,23 @@ def test_resumed_run_equals_uninterrupted_run(causal, tmp_path):
     def cfg(epochs):
         return PretrainConfig(epochs=epochs, batch_size=32, max_len=10, patience=100, seed=3)
 
-    whole = pretrain(model(), split, cfg(4), state_path=tmp_path / "a.pt", show_progress=False)
-    pretrain(model(), split, cfg(2), state_path=tmp_path / "b.pt", show_progress=False)
+    whole = pretrain(
+        model(), split, cfg(4), show_progress=False, run=RunOptions(state_path=tmp_path / "a.pt")
+    )
+    pretrain(
+        model(), split, cfg(2), show_progress=False, run=RunOptions(state_path=tmp_path / "b.pt")
+    )
     other_init = model()
     with torch.no_grad():
         for p in other_init.parameters():
             p.add_(1.0)  # resuming must overwrite whatever the model held
     torch.manual_seed(123)  # and the global random state
     resumed = pretrain(
-        other_init, split, cfg(4), state_path=tmp_path / "b.pt", resume=True, show_progress=False
+        other_init,
+        split,
+        cfg(4),
+        show_progress=False,
+        run=RunOptions(state_path=tmp_path / "b.pt", resume=True),
     )
     assert resumed.epochs_run == 4 and len(resumed.history) == 4
     for a, b in zip(whole.history, resumed.history, strict=True):
@@ -556,10 +584,8 @@ def _toy_pretrain(split, state, epochs=1, model=None, **kwargs):
         model or MeanEncoder(20),
         split,
         cfg,
-        state_path=state,
-        resume=resume,
         show_progress=False,
-        run_info=run_info,
+        run=RunOptions(state_path=state, resume=resume, run_info=run_info),
     )
 
 
@@ -617,7 +643,12 @@ def test_run_info_that_json_cannot_hold_is_refused_before_training(toy_split, tm
         ({"device": "gpu0", "command": "x"}, r"may not set \['device'\]"),
     ):
         with pytest.raises(ValueError, match=why):
-            pretrain(MeanEncoder(20), toy_split, cfg, state_path=tmp_path / "s.pt", run_info=bad)
+            pretrain(
+                MeanEncoder(20),
+                toy_split,
+                cfg,
+                run=RunOptions(state_path=tmp_path / "s.pt", run_info=bad),
+            )
     assert not (tmp_path / "s.pt").exists()
 
 

@@ -15,7 +15,14 @@ import torch
 
 from raserec_adapter.data.sequences import LeaveOneOutSplit, Sequences
 
-__all__ = ["check_padded", "refuse_as_batches", "require_split", "to_padded"]
+__all__ = [
+    "check_item_count",
+    "check_padded",
+    "check_split_fits",
+    "refuse_as_batches",
+    "require_split",
+    "to_padded",
+]
 
 
 def to_padded(
@@ -155,3 +162,25 @@ def require_split(split: object, method: str) -> LeaveOneOutSplit:
             f"{type(split).__name__}"
         )
     return split
+
+
+def check_item_count(num_items: int, split: LeaveOneOutSplit) -> None:
+    """Refuses data with items beyond the encoder's table (on CUDA that would be a device
+    assert deep inside the embedding lookup)."""
+    if split.sequences.num_items > num_items:
+        raise ValueError(
+            f"the encoder's item table covers items 1..{num_items} but the data has items up to "
+            f"{split.sequences.num_items}; build the model with num_items="
+            f"{split.sequences.num_items}"
+        )
+
+
+def check_split_fits(split: LeaveOneOutSplit, max_len: int, num_items: int) -> None:
+    """Refuses a split whose inputs are cut to another length, or with unknown items."""
+    if split.max_len != max_len:
+        raise ValueError(
+            f"the split truncates to max_len = {split.max_len} but the augmenter uses "
+            f"{max_len}; use leave_one_out(sequences, max_len={max_len}) or "
+            f"AugmenterConfig(max_len={split.max_len})"
+        )
+    check_item_count(num_items, split)

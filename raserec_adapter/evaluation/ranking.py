@@ -44,6 +44,7 @@ def rank_targets(
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
     show_progress: bool = False,
+    desc: str = "evaluate",
 ) -> torch.Tensor:
     """Rank of every prefix's target among all items, in the order of ``prefixes``.
 
@@ -57,6 +58,7 @@ def rank_targets(
         batch_size: Queries per scoring batch.
         device: Where to compute.
         show_progress: Show a progress bar.
+        desc: The progress bar's name.
     """
     check_protocol(protocol)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -67,7 +69,7 @@ def rank_targets(
     weights_t = item_weights.to(device).t()
     n_batches = -(-len(prefixes) // batch_size)
     batches = iter_batches(sequences, prefixes, batch_size, max_len=max_len)
-    for batch in progress(batches, n_batches, "evaluate", show_progress):
+    for batch in progress(batches, n_batches, desc, show_progress):
         batch = batch.to(device)
         scores = represent(batch) @ weights_t
         seen = None

@@ -49,7 +49,7 @@ from raserec_adapter.experiments.reporting import (
     mean_metrics,
     write_results,
 )
-from raserec_adapter.training.pretraining import seed_everything
+from raserec_adapter.training.state import seed_everything
 
 __all__ = ["dataset_name", "encoder_record", "main", "run"]
 

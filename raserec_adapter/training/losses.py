@@ -29,10 +29,16 @@ import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["attention_kernel_available", "frozen_table_cross_entropy"]
+__all__ = [
+    "attention_kernel_available",
+    "frozen_table_cross_entropy",
+    "info_nce",
+    "next_item_loss",
+]
 
 
 # exp() of arguments below about -87 gives float32 denormals or zero, which a CPU computes
@@ -196,3 +202,59 @@ def frozen_table_cross_entropy(
         )
     attention = kernel == "attention" or (kernel == "auto" and available)
     return _FrozenTableCE.apply(x, w_t.detach(), targets, chunk, attention)
+
+
+def next_item_loss(
+    h: torch.Tensor, item_weights: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Softmax cross-entropy of ``h . v_i`` over items 1..N (never the padding row 0)."""
+    return F.cross_entropy(h @ item_weights[1:].t(), targets - 1)
+
+
+def info_nce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 1.0,
+    targets: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """InfoNCE over ``2B`` views, dot-product similarity; ``z1[i]`` and ``z2[i]`` are positives.
+
+    Args:
+        z1: ``(B, d)`` first views.
+        z2: ``(B, d)`` second views.
+        temperature: Similarities are divided by it.
+        targets: If given, ``(B,)`` targets of the anchors: negatives with the same target as the
+            anchor (false negatives) are masked out.
+        groups: If given, ``(2B,)`` group of each view (``z1`` rows first, then ``z2``), e.g.
+            its user: a view's negatives from its own group are masked out (never its
+            positive).
+
+    Example:
+        >>> z = torch.eye(3)
+        >>> float(info_nce(z * 10, z * 10)) < 1e-3
+        True
+    """
+    b = z1.shape[0]
+    z = torch.cat([z1, z2], dim=0)
+    sim = (z @ z.t()) / temperature
+    eye = torch.eye(2 * b, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(eye, float("-inf"))
+    pos = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    same = None
+    if targets is not None:
+        t = torch.cat([targets, targets])
+        same = t[:, None] == t[None, :]
+    if groups is not None:
+        if groups.shape != (2 * b,):
+            raise ValueError(
+                f"groups must have shape ({2 * b},) (z1's views, then z2's), got "
+                f"{tuple(groups.shape)}"
+            )
+        own = groups[:, None] == groups[None, :]
+        same = own if same is None else same | own
+    if same is not None:
+        same = same & ~eye
+        same[torch.arange(2 * b, device=z.device), pos] = False
+        sim = sim.masked_fill(same, float("-inf"))
+    return F.cross_entropy(sim, pos)

@@ -47,14 +47,27 @@ from raserec_adapter._progress import progress
 from raserec_adapter.config import RAFTConfig
 from raserec_adapter.data import LeaveOneOutSplit
 from raserec_adapter.data.batching import Batch
+from raserec_adapter.encoder import encode_prefixes, eval_mode
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.memory.protocol import MemoryBank, gather_rows
+from raserec_adapter.memory.state import PhasedBank
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.training.losses import attention_kernel_available, frozen_table_cross_entropy
-from raserec_adapter.training.pretraining import RunningMean
-from raserec_adapter.training.state import EarlyStopping, TrainResult, gives_back_best
+from raserec_adapter.training.state import (
+    EarlyStopping,
+    RunningMean,
+    TrainResult,
+    gives_back_best,
+    seed_everything,
+)
 
-__all__ = ["evaluate_ram", "fit_raft", "search_neighbours"]
+__all__ = [
+    "evaluate_ram",
+    "fit_raft",
+    "fit_raft_frozen",
+    "fit_raft_on_bank",
+    "search_neighbours",
+]
 
 logger = logging.getLogger("raserec_adapter")
 
@@ -349,3 +362,107 @@ def fit_raft(
             plain,
         )
     return result
+
+
+def fit_raft_on_bank(
+    ram: RetrievalAugmentedModule,
+    split: LeaveOneOutSplit,
+    config: RAFTConfig,
+    bank: MemoryBank,
+    *,
+    train_keys: torch.Tensor,
+    valid_queries: torch.Tensor,
+    item_table: torch.Tensor,
+    device: torch.device | str = "cpu",
+    show_progress: bool = True,
+) -> TrainResult:
+    """RAFT's inputs from a frozen bank (each query's K neighbours, once), then :func:`fit_raft`.
+
+    Args:
+        ram: The head to train; its ``config.k`` memories per query.
+        split: The split the bank was built from (training phase: training pairs only).
+        config: RAFT settings.
+        bank: The memory bank; unchanged during RAFT.
+        train_keys: ``(P, d)`` the bank's keys of ``split.train``'s pairs = the training queries.
+        valid_queries: ``(U, d)`` frozen representations of ``split.valid``'s inputs.
+        item_table: ``(N + 1, d)`` the encoder's item table.
+        device: Where to train.
+        show_progress: Show progress bars.
+    """
+    t_start = time.perf_counter()
+    k = ram.config.k
+    train, valid = split.train, split.valid
+    neighbours = search_neighbours(
+        bank,
+        train_keys,
+        k,
+        torch.from_numpy(train.users),
+        torch.from_numpy(train.lengths),
+        show_progress=show_progress,
+    )
+    valid_nb = bank.search(
+        valid_queries, k, torch.from_numpy(valid.users), torch.from_numpy(valid.lengths)
+    ).ids
+    logger.info("RAFT: queries and neighbours ready in %.1f s", time.perf_counter() - t_start)
+    result = fit_raft(
+        ram,
+        split,
+        config,
+        queries=train_keys,
+        neighbours=neighbours,
+        valid_queries=valid_queries,
+        valid_neighbours=valid_nb,
+        memories=bank.fetch(torch.arange(len(bank))),  # the bank is frozen during RAFT
+        item_table=item_table,
+        device=device,
+        show_progress=show_progress,
+    )
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def fit_raft_frozen(
+    ram: RetrievalAugmentedModule,
+    memory: PhasedBank,
+    split: LeaveOneOutSplit,
+    config: RAFTConfig,
+    device: torch.device | str = "cpu",
+    show_progress: bool = True,
+) -> TrainResult:
+    """RAFT over an augmenter's bank: the encoder frozen (dropout off, no gradients) meanwhile.
+
+    The bank must have been built from ``split``; it is switched to the training phase (the
+    training pairs only), its cached keys are the training queries.
+    """
+    memory.require("fit_raft")
+    if memory.split is None or memory.train_keys is None:
+        raise RuntimeError(
+            "fit_raft needs the bank built from the same split: call "
+            "augmenter.build_bank(split) with this split first"
+        )
+    memory.use_phase(split, "valid", device)
+    bank = memory.require("fit_raft")
+    seed_everything(config.seed)
+    encoder = memory.encoder
+    eval_mode(encoder)
+    trainable = [p.requires_grad for p in encoder.parameters()]
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    try:
+        valid_h = encode_prefixes(
+            encoder, split.sequences, split.valid, memory.max_len, device=device
+        )
+        return fit_raft_on_bank(
+            ram,
+            split,
+            config,
+            bank,
+            train_keys=memory.train_keys,
+            valid_queries=valid_h,
+            item_table=memory.table(),
+            device=device,
+            show_progress=show_progress,
+        )
+    finally:  # give the user back their encoder as it was, even if training fails
+        for p, flag in zip(encoder.parameters(), trainable, strict=True):
+            p.requires_grad_(flag)
