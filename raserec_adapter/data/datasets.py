@@ -32,7 +32,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from raserec_adapter.data.readers import _format_suffix, read_interactions, read_sequences_txt
+from raserec_adapter.data._files import _format_suffix
+from raserec_adapter.data.readers import read_interactions, read_sequences_txt
 from raserec_adapter.data.sequences import DataFormatError, Sequences
 
 __all__ = [

@@ -8,12 +8,9 @@ has doubled since the last training.
 
 Search over-fetches ``overfetch * k`` candidates, drops inadmissible ones (the exclusion rule of
 :func:`~raserec_adapter.memory.admissible`) and Faiss's ``-1`` padding, and keeps the best ``k``.
-Rows left with fewer than ``k`` candidates are re-searched exactly (brute force in PyTorch over
-the admissible entries), so every query gets exactly ``k`` valid memories; the only error is a
-query with fewer than ``k`` admissible memories in the whole bank. (The released RaSeRec code
-crashes in that case.)
-
-Faiss is imported lazily, so ``import raserec_adapter`` works without it.
+Rows left with fewer than ``k`` candidates are re-searched exactly (brute force over the
+admissible entries), so every query gets exactly ``k`` valid memories, or an error when the
+whole bank holds fewer than ``k`` admissible ones. Faiss is imported lazily.
 
 Example:
     >>> import torch
@@ -51,6 +48,7 @@ from raserec_adapter.memory.protocol import (
     _check_ids,
     _exact_search,
     _normalize,
+    _positive_int,
     _users_to_remove,
     _validate_add,
     _validate_search,
@@ -75,12 +73,6 @@ def _import_faiss() -> Any:
             "TorchMemoryBank needs no extra package"
         ) from err
     return faiss
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class FaissMemoryBank:
@@ -168,8 +160,6 @@ class FaissMemoryBank:
             f"index_factory={self.index_factory!r}, nprobe={self.nprobe}, "
             f"overfetch={self.overfetch})"
         )
-
-    # ---------------------------------------------------------------------------------------
 
     def add(
         self,
@@ -264,8 +254,6 @@ class FaissMemoryBank:
             return self._build()
         self._set_nprobe(self._index)  # picks up a changed ``self.nprobe``
         return self._index
-
-    # ---------------------------------------------------------------------------------------
 
     def search(
         self,
@@ -409,8 +397,6 @@ class FaissMemoryBank:
             self._store.keep(~drop)
             self._invalidate()
         return removed
-
-    # ---------------------------------------------------------------------------------------
 
     def _config(self) -> dict[str, Any]:
         return {

@@ -175,6 +175,12 @@ def _check_dim(dim: int) -> int:
     return int(dim)
 
 
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _as_float_matrix(x: Any, name: str, dim: int, device: torch.device) -> torch.Tensor:
     """Validate a ``(n, dim)`` finite float matrix and return it as float32 on ``device``."""
     t = torch.as_tensor(x)
