@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import load_finished_run, open_run_analysis, provenance, run_analysis_parser
 
 from raserec_adapter.data import LeaveOneOutSplit
-from raserec_adapter.metrics import RankingMetrics
+from raserec_adapter.evaluation import RankingMetrics
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
 GROUPINGS = {"popularity": 10, "length": 8}

@@ -4,7 +4,7 @@ Stage 1 (and RAFT) read their losses from the device once per epoch. Up to this 
 commit they kept every step's loss tensor in a list until the epoch ended; on a CPU resident
 memory then grows by about a step's activations per step (most likely each kept scalar sits in
 a hole that a freed activation left in glibc's heap, so the next step's activations take fresh
-memory). :class:`raserec_adapter.pretraining.RunningMean` adds the losses in place instead.
+memory). :class:`raserec_adapter.training.state.RunningMean` adds the losses in place instead.
 
 Each arm runs in its own process (the allocator's state is per process), ``--repeats`` times,
 alternating: ``list`` patches ``RunningMean.add`` to also keep every step's loss tensor in a
@@ -44,8 +44,9 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from raserec_adapter import PretrainConfig, Sequences, leave_one_out, load_dataset, pretrain
-    from raserec_adapter import pretraining as pt
+    from raserec_adapter import PretrainConfig, Sequences, leave_one_out, load_dataset
+    from raserec_adapter.training import pretrain
+    from raserec_adapter.training import state as pt
 
     torch.set_num_threads(args.threads)
     example = importlib.import_module(f"examples.{args.backbone}")

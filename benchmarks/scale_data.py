@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from _common import peak_rss_mb, save
 
-from raserec_adapter import Sequences, iter_batches, leave_one_out, read_sequences_txt
-from raserec_adapter.data import causal_windows, iter_windows
+from raserec_adapter import Sequences, leave_one_out
+from raserec_adapter.data import iter_batches, read_sequences_txt
+from raserec_adapter.data.batching import causal_windows, iter_windows
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ from _common import (
     resume_settings,
     write_json,
 )
+from raserec_adapter.reporting import git_commit
 
 from raserec_adapter import (
     AugmenterConfig,
@@ -56,8 +57,7 @@ from raserec_adapter import (
     leave_one_out,
     load_dataset,
 )
-from raserec_adapter.pretraining import seed_everything
-from raserec_adapter.reporting import git_commit
+from raserec_adapter.training.state import seed_everything
 
 BASE = {"alpha": 0.5, "beta": 1.0, "k": 20}
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")

@@ -10,7 +10,7 @@ items, K = 20 memories from a bank of 131,413):
   exp()'s float32 range and at one where most of them are beyond it; and in bfloat16
   (``RAFTConfig(precision="bfloat16")``) against ``F.cross_entropy`` in bfloat16, its form before;
 * gathering the memories with ``index_select`` against advanced indexing;
-* dropout (``raserec_adapter.layers``, forward + backward) against ``nn.Dropout`` and against
+* dropout (``raserec_adapter.models._fast``, forward + backward) against ``nn.Dropout`` and against
   the RAM's dropout before (masks from 31-bit random integers), at the RAM's size and at the
   example SASRec's hidden states (256 x 50 x 64); and a SASRec block's attention in training
   (attention dropout 0.5), written out with those masks, against
@@ -36,12 +36,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from _common import median, save
-
 from examples.models import _attention_with_dropout
-from raserec_adapter.bank import gather_rows
-from raserec_adapter.layers import Dropout
-from raserec_adapter.losses import frozen_table_cross_entropy
-from raserec_adapter.metrics import target_rank
+
+from raserec_adapter.evaluation.metrics import target_rank
+from raserec_adapter.memory.protocol import gather_rows
+from raserec_adapter.models._fast import FastDropout as Dropout
+from raserec_adapter.training.losses import frozen_table_cross_entropy
 
 
 def _int31_dropout(x: torch.Tensor, p: float) -> torch.Tensor:

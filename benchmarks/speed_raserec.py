@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _common import median, save, timed
-
 from examples.models import SASRec
+
 from raserec_adapter import (
     AugmenterConfig,
     BankConfig,
@@ -38,9 +38,9 @@ from raserec_adapter import (
     RetrievalAugmenter,
     leave_one_out,
     load_dataset,
-    pretrain,
 )
-from raserec_adapter.data import gather_windows
+from raserec_adapter.data.batching import gather_windows
+from raserec_adapter.training import pretrain
 
 
 def build_bank_seconds(aug: RetrievalAugmenter, split) -> float:

@@ -28,10 +28,12 @@ import time
 import torch
 import torch.nn.functional as F
 from _common import median, save, timed
-
 from examples.models import SASRec
-from raserec_adapter import PretrainConfig, evaluate_encoder, leave_one_out, load_dataset, pretrain
-from raserec_adapter.data import gather_windows
+
+from raserec_adapter import PretrainConfig, leave_one_out, load_dataset
+from raserec_adapter.data.batching import gather_windows
+from raserec_adapter.training import pretrain
+from raserec_adapter.training.pretraining import evaluate_encoder
 
 
 def _sync(device: torch.device) -> None:

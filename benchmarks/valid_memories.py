@@ -45,7 +45,7 @@ from _common import (
 
 from raserec_adapter import RetrievalAugmenter
 from raserec_adapter.data import LeaveOneOutSplit
-from raserec_adapter.metrics import RankingMetrics
+from raserec_adapter.evaluation import RankingMetrics
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
 

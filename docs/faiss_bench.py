@@ -24,7 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from raserec_adapter.reporting import machine_info
+from raserec_adapter.experiments.reporting import machine_info
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,4 +1,4 @@
-"""benchmarks/learning_curves.py: curves read back from pre-training state files."""
+"""tools/learning_curves.py: curves read back from pre-training state files."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import pytest
 import torch
 from conftest import synthetic_sequences
 
-from examples.models import SASRec
-from raserec_adapter import PretrainConfig, leave_one_out, pretrain
+from raserec_adapter import PretrainConfig, leave_one_out
+from raserec_adapter.models import SASRec
+from raserec_adapter.training import pretrain
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import _common
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import learning_curves
+
+# isort: split
+import _common  # benchmarks/_common.py, on sys.path once learning_curves is imported
 
 
 def test_curves_match_the_training_history(tmp_path: Path, monkeypatch, capsys) -> None:

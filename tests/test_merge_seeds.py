@@ -1,4 +1,4 @@
-"""benchmarks/merge_seeds.py: merging single-seed results files."""
+"""tools/merge_seeds.py: merging single-seed results files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from raserec_adapter.reporting import write_results
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import merge_seeds
 
 

@@ -6,7 +6,7 @@ working tree one after the other, ``--rounds`` times alternating, each in a fres
 the same data, encoder weights, settings and seed. It prints the medians and their ratios and
 writes ``benchmarks/results/compare-commits.json``.
 
-    python benchmarks/compare_commits.py --old c48e607 --data-dir ../shared/data \\
+    python tools/compare_commits.py --old c48e607 --data-dir ../shared/data \\
         --encoder-checkpoint runs/.../encoder.pt
 
 Each process builds the default (Faiss IVF) bank of Beauty's training pairs, trains the RAM for
@@ -19,7 +19,7 @@ Each process builds the default (Faiss IVF) bank of Beauty's training pairs, tra
 how pairs form batches) for ``--epochs`` epochs, and the results go to
 ``compare-commits-pretrain-<backbone>.json``:
 
-    python benchmarks/compare_commits.py --old c6c3ff4 --stage pretrain --epochs 1 \
+    python tools/compare_commits.py --old c6c3ff4 --stage pretrain --epochs 1 \
         --data-dir ../shared/data
 """
 
@@ -36,6 +36,7 @@ from pathlib import Path
 from types import ModuleType
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))  # for _common (the parent only)
 
 
 def _check_tree(package: ModuleType, tree: str) -> None:
@@ -80,9 +81,9 @@ def child(tree: str, data_dir: str | None, checkpoint: str | None, epochs: int, 
     sys.path.insert(0, tree)
     import numpy as np
     import torch
+    from examples.models import SASRec
 
     import raserec_adapter
-    from examples.models import SASRec
     from raserec_adapter import (
         AugmenterConfig,
         RAFTConfig,

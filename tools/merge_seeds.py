@@ -8,7 +8,7 @@ run (command, commit, machine, wall time, finish time) is kept under ``runs``; a
 itself a merged file passes on its own ``runs``, so seeds can be added to a merged file later.
 
 Example:
-    python benchmarks/merge_seeds.py /tmp/runs/beauty-sasrec-raserec-seed0.json \\
+    python tools/merge_seeds.py /tmp/runs/beauty-sasrec-raserec-seed0.json \\
         /tmp/runs/beauty-sasrec-raserec-seed1.json /tmp/runs/beauty-sasrec-raserec-seed2.json \\
         --out benchmarks/results/beauty-sasrec-raserec.json
 """
@@ -18,8 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # for _common
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
 

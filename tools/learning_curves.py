@@ -6,7 +6,7 @@ so far. This script compares arms (e.g. two model variants, same seed) epoch by 
 the validation metric of each, and writes a results file with the arms' own commands and this
 script's provenance. A learning-curve probe, not a comparison of converged models.
 
-    python benchmarks/learning_curves.py --name beauty-bert4rec-head-probe \\
+    python tools/learning_curves.py --name beauty-bert4rec-head-probe \\
         --what "BERT4Rec with vs without its prediction head, seed 0" \\
         --arm "head=/tmp/runs/beauty-bert4rec-raserec-seed0/pretrain-state.pt" \\
         --command "head=python examples/bert4rec.py --dataset beauty ..." \\
@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # for _common
+
 from _common import save
 
 KEEP = ("epoch", "loss_rec", "loss_ret", "valid_MRR@10", "valid_HR@10", "train_seconds")
