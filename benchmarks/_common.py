@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from raserec_adapter.reporting import git_commit, machine_info  # noqa: E402
+from raserec_adapter.experiments.reporting import code_version, machine_info  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -42,7 +42,7 @@ def peak_rss_mb() -> float:
 
 
 # the code a long run executes is the code it started with: its commit is read at import
-START_COMMIT = git_commit(ROOT)
+START_COMMIT = code_version()
 
 
 def resume_settings(args: Any, names: tuple[str, ...]) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def provenance(wall: float) -> dict[str, Any]:
         "wall_seconds": round(wall, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    now = git_commit(ROOT)
+    now = code_version()
     if now != START_COMMIT:
         out["git_commit_at_end"] = now
     return out

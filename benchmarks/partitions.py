@@ -47,9 +47,9 @@ from _common import (
     write_json,
 )
 
-from examples.common import prefix_length_ranges
 from raserec_adapter import BankConfig, RetrievalAugmenter
-from raserec_adapter.reporting import mean_metrics
+from raserec_adapter.experiments.options import prefix_length_ranges
+from raserec_adapter.experiments.reporting import mean_metrics
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
 PAPER_PARTS = {

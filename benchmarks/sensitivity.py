@@ -47,7 +47,6 @@ from _common import (
     resume_settings,
     write_json,
 )
-from raserec_adapter.reporting import git_commit
 
 from raserec_adapter import (
     AugmenterConfig,
@@ -57,6 +56,7 @@ from raserec_adapter import (
     leave_one_out,
     load_dataset,
 )
+from raserec_adapter.experiments.reporting import code_version
 from raserec_adapter.training.state import seed_everything
 
 BASE = {"alpha": 0.5, "beta": 1.0, "k": 20}
@@ -315,7 +315,7 @@ def summarise(files: list[str], metric: str) -> dict[str, Any]:
             for r in parts
         ],
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
-        "git_commit": git_commit(Path(__file__).resolve().parents[1]),
+        "git_commit": code_version(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

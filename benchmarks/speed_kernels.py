@@ -36,11 +36,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from _common import median, save
-from examples.models import _attention_with_dropout
 
 from raserec_adapter.evaluation.metrics import target_rank
 from raserec_adapter.memory.protocol import gather_rows
 from raserec_adapter.models._fast import FastDropout as Dropout
+from raserec_adapter.models._fast import _attention_with_dropout
 from raserec_adapter.training.losses import frozen_table_cross_entropy
 
 

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _common import median, save, timed
-from examples.models import SASRec
 
 from raserec_adapter import (
     AugmenterConfig,
@@ -40,6 +39,7 @@ from raserec_adapter import (
     load_dataset,
 )
 from raserec_adapter.data.batching import gather_windows
+from raserec_adapter.models import SASRec
 from raserec_adapter.training import pretrain
 
 

@@ -28,10 +28,10 @@ import time
 import torch
 import torch.nn.functional as F
 from _common import median, save, timed
-from examples.models import SASRec
 
-from raserec_adapter import PretrainConfig, leave_one_out, load_dataset
+from raserec_adapter import PretrainConfig, RunOptions, leave_one_out, load_dataset
 from raserec_adapter.data.batching import gather_windows
+from raserec_adapter.models import SASRec
 from raserec_adapter.training import pretrain
 from raserec_adapter.training.pretraining import evaluate_encoder
 
@@ -107,7 +107,7 @@ def main() -> None:
             ),
             device=device,
             show_progress=False,
-            fuse=fuse,
+            run=RunOptions(fuse=fuse),
         )
         return [h["train_seconds"] for h in res.history], model
 

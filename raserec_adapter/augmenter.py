@@ -4,7 +4,7 @@ The facade delegates to :mod:`~raserec_adapter.training` (both stages),
 :mod:`raserec_adapter.memory.state` (the bank per phase), :mod:`raserec_adapter.evaluation`
 (ranking, recommendation) and :mod:`raserec_adapter.checkpoint` (saving, the load policy).
 
-Example:
+Examples:
     >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAFTConfig, RAMConfig,
     ...     RetrievalAugmenter, Sequences, leave_one_out)
     >>> from raserec_adapter.models import SASRec
@@ -210,7 +210,7 @@ class RetrievalAugmenter(nn.Module):
         :meth:`fit_raft`. ``seed`` seeds the new head's weights (the global random state is
         left as it was).
 
-        Example:
+        Examples:
             >>> from raserec_adapter import RAMConfig, RetrievalAugmenter
             >>> from raserec_adapter.models import SASRec
             >>> aug = RetrievalAugmenter(SASRec(num_items=30))
@@ -324,7 +324,7 @@ class RetrievalAugmenter(nn.Module):
         sequence; ``users`` (bank ids of the owners) keeps their own memories from the same or
         later positions out of retrieval.
 
-        Example:
+        Examples:
             >>> from raserec_adapter import (AugmenterConfig, BankConfig, RAMConfig,
             ...     RetrievalAugmenter, Sequences, leave_one_out)
             >>> from raserec_adapter.models import SASRec

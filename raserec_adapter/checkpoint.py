@@ -5,7 +5,7 @@
 in ``docs/checkpoints.md``. Nothing is pickled: the metadata and config are JSON, the RAM
 weights a state dict read with ``weights_only=True``, the bank its own directory format.
 
-Example:
+Examples:
     >>> import tempfile
     >>> from pathlib import Path
     >>> from raserec_adapter import AugmenterConfig

@@ -4,7 +4,7 @@ Defaults follow the RaSeRec authors' released settings for Beauty. Runtime choic
 a resumable state file, facts about the run) live in one :class:`RunOptions`, never saved
 with a config; the device and progress bars are function arguments.
 
-Example:
+Examples:
     >>> cfg = AugmenterConfig(ram=RAMConfig(alpha=0.3))
     >>> AugmenterConfig.from_dict(cfg.to_dict()) == cfg
     True
@@ -245,7 +245,7 @@ class BankConfig(_Config):
             every memory, the validation pairs of the test bank included; queries are not
             filtered.
 
-    Example:
+    Examples:
         >>> BankConfig(prefix_lengths=((1, 2), (7, None))).prefix_lengths
         ((1, 2), (7, None))
     """
@@ -277,7 +277,7 @@ class BankConfig(_Config):
     def keeps(self, prefix_lengths: np.ndarray) -> np.ndarray | None:
         """Boolean mask of the memories this config keeps (``None``: all of them).
 
-        Example:
+        Examples:
             >>> BankConfig(prefix_lengths=((1, 2), (7, None))).keeps(np.array([1, 3, 7, 50]))
             array([ True, False,  True,  True])
         """
@@ -415,7 +415,7 @@ class RunOptions:
         fuse: Encode a stage-1 step's anchor pass, second view and positives in one padded
             call (``None``: on an accelerator, not on a CPU). Same losses in distribution.
 
-    Example:
+    Examples:
         >>> RunOptions(state_path="runs/x/pretrain-state.pt", resume=True).resume
         True
         >>> RunOptions(resume=True)

@@ -10,7 +10,7 @@ Optionally, a *causal* encoder (SASRec, GRU4Rec) may offer
 where position ``t`` sees only items ``<= t``, and set ``is_causal = True``; training and bank
 building then encode all prefixes of a sequence in one pass (about 7x less work on Beauty).
 
-Example:
+Examples:
     >>> import torch
     >>> from torch import nn
     >>> class LastItem(nn.Module):  # a toy encoder: the embedding of the last item
@@ -155,7 +155,7 @@ class WrappedEncoder(nn.Module):
         batches built from validated :class:`~raserec_adapter.Sequences` inside this block;
         shapes and dtypes are still checked, and CPU tensors are always checked in full.
 
-        Example:
+        Examples:
             >>> import torch
             >>> from raserec_adapter.models import SASRec
             >>> enc = wrap_encoder(SASRec(num_items=5))
@@ -326,7 +326,7 @@ def wrap_encoder(
             ``item_embedding`` with more rows than ``model.num_items + 1`` (a ``[mask]`` row)
             and no ``item_weights`` saying which rows score items.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> wrap_encoder(nn.Linear(2, 2))
         Traceback (most recent call last):
@@ -408,7 +408,7 @@ def encode_prefixes(
 ) -> torch.Tensor:
     """Representations ``(n, d)`` of prefixes (the encoder in eval mode), in their order.
 
-    Example:
+    Examples:
         >>> from raserec_adapter.data import Sequences, leave_one_out
         >>> from raserec_adapter.models import GRU4Rec
         >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4], [2, 3, 1, 4]]))

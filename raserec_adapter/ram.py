@@ -14,7 +14,7 @@ The block never projects the K memories: since ``q . (W_k m + b_k) = (W_k^T q) .
 ``sum_k w_k (W_v m_k + b_v) = W_v (sum_k w_k m_k) + (sum_k w_k) b_v``, it moves the query into
 the memories' space instead, which is exact and about K times cheaper.
 
-Example:
+Examples:
     >>> import torch
     >>> ram = RetrievalAugmentedModule(hidden_size=8, config=RAMConfig(k=3))
     >>> h, mem_keys, mem_values = torch.randn(2, 8), torch.randn(2, 3, 8), torch.randn(2, 3, 8)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import synthetic_sequences
 
-from raserec_adapter import PretrainConfig, leave_one_out
+from raserec_adapter import PretrainConfig, RunOptions, leave_one_out
 from raserec_adapter.models import SASRec
 from raserec_adapter.training import pretrain
 
@@ -29,7 +29,9 @@ def test_curves_match_the_training_history(tmp_path: Path, monkeypatch, capsys) 
         model = SASRec(20, hidden_size=8, max_len=10)
         cfg = PretrainConfig(epochs=epochs, seed=len(name), lr=0.01 if name == "a" else 0.001)
         state = tmp_path / f"{name}.pt"
-        results[name] = pretrain(model, split, cfg, state_path=state, show_progress=False)
+        results[name] = pretrain(
+            model, split, cfg, show_progress=False, run=RunOptions(state_path=state)
+        )
     monkeypatch.setattr(_common, "RESULTS", tmp_path / "out")
     learning_curves.main(
         ["--name", "probe", "--what", "two learning rates"]
@@ -71,8 +73,8 @@ def test_an_arm_read_back_from_an_earlier_results_file(tmp_path: Path, monkeypat
             SASRec(20, hidden_size=8, max_len=10),
             split,
             cfg,
-            state_path=tmp_path / f"{name}.pt",
             show_progress=False,
+            run=RunOptions(state_path=tmp_path / f"{name}.pt"),
         )
     monkeypatch.setattr(_common, "RESULTS", tmp_path / "out")
     learning_curves.main(

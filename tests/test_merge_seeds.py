@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from raserec_adapter.reporting import write_results
+from raserec_adapter.experiments.reporting import write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import merge_seeds
@@ -128,21 +128,6 @@ def test_settings_added_later_count_as_their_defaults(tmp_path: Path) -> None:
     rand["per_seed_details"][0]["pretrain"]["config"]["batching"] = "random"
     with pytest.raises(ValueError, match="other settings"):
         merge_seeds.merge([old, rand])
-
-
-def test_the_recorded_commit_wins_over_git_and_outside_a_checkout(tmp_path, monkeypatch):
-    from raserec_adapter.reporting import git_commit
-
-    monkeypatch.delenv("RASEREC_GIT_COMMIT", raising=False)
-    here = git_commit()
-    if here != "unknown":  # run from a checkout: git answers when nothing is recorded
-        assert len(here.removesuffix("-dirty")) == 40
-    monkeypatch.setenv("RASEREC_GIT_COMMIT", "abc123")
-    assert git_commit() == "abc123"  # a copied tree's .git may be stale: the record wins
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository above tmp_path
-    assert git_commit(cwd=tmp_path) == "abc123"
-    monkeypatch.delenv("RASEREC_GIT_COMMIT")
-    assert git_commit(cwd=tmp_path) == "unknown"
 
 
 def test_ignore_epochs_lets_only_the_stage1_cap_differ(tmp_path: Path) -> None:

@@ -508,9 +508,7 @@ def test_regrouped_random_batch_encodes_like_the_padded_batch(backbone):
     with torch.no_grad():
         want = enc(host.item_seq, host.lengths)
         hook = enc.module.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[1]))
-        h, targets, pairs, view = anchors(
-            enc, host, host, None, False, True, regroup=split
-        )
+        h, targets, pairs, view = anchors(enc, host, host, None, False, True, regroup=split)
         hook.remove()
         # the anchor pass really ran grouped: one call per length group, none padded to the max
         groups = torch.ceil(torch.log2(host.lengths.double())).unique()

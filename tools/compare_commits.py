@@ -81,7 +81,6 @@ def child(tree: str, data_dir: str | None, checkpoint: str | None, epochs: int, 
     sys.path.insert(0, tree)
     import numpy as np
     import torch
-    from examples.models import SASRec
 
     import raserec_adapter
     from raserec_adapter import (
@@ -91,6 +90,7 @@ def child(tree: str, data_dir: str | None, checkpoint: str | None, epochs: int, 
         leave_one_out,
         load_dataset,
     )
+    from raserec_adapter.models import SASRec
 
     _check_tree(raserec_adapter, tree)
     split = leave_one_out(load_dataset("beauty", data_dir=data_dir))

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # f
 import _common  # noqa: F401  (puts the repository root on sys.path)
 
 from raserec_adapter import AugmenterConfig, PretrainConfig, RAFTConfig
-from raserec_adapter.reporting import write_results
+from raserec_adapter.experiments.reporting import write_results
 
 # a setting added to a config after a file was written ran at its default there: compare with it
 DEFAULTS: dict[str, dict[str, Any]] = {

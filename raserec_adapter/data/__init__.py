@@ -1,6 +1,6 @@
 """Data: user sequences, the leave-one-out split, batching, file readers and named datasets.
 
-Example:
+Examples:
     >>> from raserec_adapter.data import Sequences, leave_one_out
     >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4], [2, 3, 1, 4, 5]]))
     >>> split.test.targets.tolist()

@@ -4,7 +4,7 @@ Batches are left-aligned (items first, zeros after, as RecBole does) and trimmed
 sequence in the batch; sequences are bucketed by length so that almost no compute is spent on
 padding.
 
-Example:
+Examples:
     >>> from raserec_adapter.data import Sequences, leave_one_out
     >>> split = leave_one_out(Sequences.from_lists([[1, 2, 3, 4], [2, 3, 1, 4, 5]]))
     >>> batch = next(iter_batches(split.sequences, split.test, batch_size=2))
@@ -134,7 +134,7 @@ def iter_batches(
         bucket: With ``shuffle``, batch prefixes of similar length (little padding); if false,
             every batch is a uniform random draw, padded to its longest prefix.
 
-    Example:
+    Examples:
         >>> from raserec_adapter.data import leave_one_out
         >>> seqs = Sequences.from_lists([[1, 2, 3, 4], [2, 3, 1, 4, 5]])
         >>> b = next(iter_batches(seqs, leave_one_out(seqs).test, batch_size=8))

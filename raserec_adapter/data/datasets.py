@@ -14,7 +14,7 @@ and Jewelry) in the preprocessed 5-core ``user item item ...`` form of S3-Rec / 
 and otherwise downloads it from its public URL into the cache. Every file's SHA-256 checksum
 is verified, and the loaded counts are checked against the paper's table.
 
-Example:
+Examples:
     >>> seqs = load_dataset("beauty")  # doctest: +SKIP
     >>> seqs.num_users, seqs.num_items, seqs.num_interactions  # doctest: +SKIP
     (22363, 12101, 198502)
@@ -135,7 +135,7 @@ def default_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     Returns:
         The cache folder (not created).
 
-    Example:
+    Examples:
         >>> default_cache_dir("/tmp/my-cache").as_posix()
         '/tmp/my-cache'
     """
@@ -154,7 +154,7 @@ def checkout_root() -> Path | None:
     also has a ``pyproject.toml`` naming this project (``name = "raserec-adapter"``); an
     installed wheel (``site-packages``) has none.
 
-    Example:
+    Examples:
         >>> root = checkout_root()
         >>> root is None or (root / "pyproject.toml").is_file()
         True
@@ -173,7 +173,7 @@ def development_data_dir() -> Path | None:
     Found relative to the checkout the package is imported from (:func:`checkout_root`), so the
     same folder is searched from any working directory; an installed package has no fallback.
 
-    Example:
+    Examples:
         >>> folder = development_data_dir()
         >>> folder is None or folder.parts[-2:] == ("shared", "data")
         True
@@ -259,7 +259,7 @@ def dataset_path(
         DatasetNotFoundError: If the file is nowhere and cannot be downloaded; the message
             lists the places looked at and the URL.
 
-    Example:
+    Examples:
         >>> dataset_path("beauty").name  # doctest: +SKIP
         'Beauty.txt'
     """
@@ -375,7 +375,7 @@ def load_dataset(
         DataFormatError: The file is malformed, or a registered dataset's users, items or
             interactions differ from the registry.
 
-    Example:
+    Examples:
         >>> seqs = load_dataset("beauty")  # doctest: +SKIP
         >>> seqs.describe()["users"]  # doctest: +SKIP
         22363

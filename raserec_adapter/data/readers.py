@@ -13,7 +13,7 @@ mapped back, and raise :class:`~raserec_adapter.data.DataFormatError` naming the
 and what to fix when the input is malformed. Files must be UTF-8 (or ASCII) text; files whose
 name ends in ``.gz`` (``Beauty.txt.gz``, ``ratings.csv.gz``) are decompressed while reading.
 
-Example:
+Examples:
     >>> import pathlib, tempfile
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "toy.csv"
     >>> _ = path.write_text("user_id,item_id,timestamp\\nu1,a,3\\nu1,b,1\\nu2,a,5\\n")
@@ -88,7 +88,7 @@ def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
             names the file and the line), or is gzip-compressed without a ``.gz`` name,
             UTF-16 encoded or a corrupt ``.gz`` file.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "toy.txt"
         >>> _ = path.write_text("1 1 2 3\\n2 2 3\\n")
@@ -226,7 +226,7 @@ def k_core_filter(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
     Returns:
         Boolean mask over the interactions: ``True`` for the ones that are kept.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> users = np.array([0, 0, 1, 1, 2])
         >>> items = np.array([5, 6, 5, 6, 5])
@@ -306,7 +306,7 @@ def read_interactions(
             message gives the line of the first bad byte), gzip-compressed without a ``.gz``
             name, or a corrupt ``.gz`` file.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "toy.inter"
         >>> _ = path.write_text(

@@ -4,7 +4,7 @@ All sequences of a dataset live in one flat ``items`` array plus ``offsets`` (CS
 tens of millions of interactions cost a few hundred MB and load in seconds. Item ids are
 1-based; 0 is padding.
 
-Example:
+Examples:
     >>> seqs = Sequences.from_lists([[1, 2, 3, 4], [2, 3, 1, 4, 5]])
     >>> split = leave_one_out(seqs)
     >>> split.train.targets.tolist()  # every prefix of the training part -> next item
@@ -150,7 +150,7 @@ class Sequences:
         Raises:
             ValueError: If the sequences carry no ``item_labels`` or an id is outside ``1..N``.
 
-        Example:
+        Examples:
             >>> seqs = Sequences.from_lists([[1, 2], [2, 3]], item_labels=["b07", "a11", "c42"])
             >>> seqs.labels_of([[3, 1]]).tolist(), seqs.ids_of(["a11", "c42"]).tolist()
             ([['c42', 'b07']], [2, 3])
@@ -332,7 +332,7 @@ class PrefixSet:
         A prefix of user ``u`` may be ``1 .. len(sequence u)`` items long; anything else would
         read another user's items (or past the end of the data).
 
-        Example:
+        Examples:
             >>> seqs = Sequences.from_lists([[1, 2, 3], [2, 3]])
             >>> PrefixSet(np.array([0]), np.array([3]), np.array([0])).check_against(seqs)
             >>> too_long = PrefixSet(np.array([1]), np.array([3]), np.array([0]))

@@ -1,6 +1,6 @@
 """Sequences a user passes to ``recommend``: item-id lists or a padded tensor, validated.
 
-Example:
+Examples:
     >>> block, lengths, full, seen = to_padded([[3, 1, 2], [4]], None, max_len=2, num_items=5)
     >>> block.tolist(), lengths.tolist(), full.tolist(), seen
     ([[1, 2], [4, 0]], [2, 1], [3, 1], None)

@@ -1,6 +1,6 @@
 """Evaluation: ranking metrics (pure functions plus :class:`RankingMetrics`) and full ranking.
 
-Example:
+Examples:
     >>> import torch
     >>> from raserec_adapter.evaluation import RankingMetrics
     >>> metrics = RankingMetrics(ks=(1, 2))

@@ -11,7 +11,7 @@ Two protocols:
 * ``"seen_removed"`` (S3-Rec/ICLRec/BSARec): the user's earlier items are removed (the target is
   never removed).
 
-Example:
+Examples:
     >>> import torch
     >>> scores = torch.tensor([[0.0, 0.9, 0.5, 0.1], [0.0, 0.2, 0.2, 0.7]])
     >>> target_rank(scores, torch.tensor([2, 1])).tolist()  # item 1 outranks item 2; a tie counts

@@ -93,7 +93,7 @@ def evaluate_ranking(
 ) -> dict[str, float]:
     """HR@K, NDCG@K and MRR@K of ``represent`` on ``prefixes`` (see :func:`rank_targets`).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from raserec_adapter.data import Sequences, leave_one_out
         >>> seqs = Sequences.from_lists([[1, 2, 3], [2, 3, 1]])

@@ -7,7 +7,7 @@ options are generated from the config dataclasses (``--pretrain.lr``, ``--bank.n
 result table per protocol and writes results files with provenance
 (:mod:`raserec_adapter.experiments.reporting`).
 
-Example:
+Examples:
     >>> from raserec_adapter.experiments import BACKBONES, parse_args
     >>> sorted(BACKBONES)
     ['bert4rec', 'gru4rec', 'sasrec']

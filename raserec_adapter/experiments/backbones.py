@@ -5,7 +5,7 @@ parsed options, its own options, defaults and stage-1 loss if any, what a result
 of it, and its name in the results files (``<dataset>-<name>-<variant>.json``). A backbone of
 one's own is a :class:`Backbone` too (see ``examples/custom_encoder.py``).
 
-Example:
+Examples:
     >>> import argparse
     >>> model = BACKBONES["sasrec"].build(100, argparse.Namespace(hidden_size=16, max_len=10))
     >>> type(model).__name__, model.item_embedding.weight.shape
@@ -84,7 +84,7 @@ def dropout_kwargs(args: argparse.Namespace, attention: bool = True) -> dict[str
     Raises:
         SystemExit: ``--attn-dropout`` for a model without attention (``attention=False``).
 
-    Example:
+    Examples:
         >>> dropout_kwargs(argparse.Namespace(dropout=0.3, attn_dropout=None))
         {'dropout': 0.3}
     """

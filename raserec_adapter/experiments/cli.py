@@ -4,7 +4,7 @@ The runner's own options (data, seeds, threads, output, the model's size) are de
 once; every training setting comes from the configs (:mod:`.options`); each backbone adds its
 own options and defaults (:class:`~.backbones.Backbone`).
 
-Example:
+Examples:
     >>> args = parse_args("sasrec", ["--dataset", "beauty", "--pretrain.lr", "0.002"])
     >>> args.seeds, vars(args)["pretrain.lr"], vars(args)["pretrain.batching"]
     ([0], 0.002, 'random')
@@ -39,7 +39,7 @@ PROTOCOLS = {"full": "seen items kept", "seen_removed": "seen items removed"}
 def resolve(backbone: str | Backbone) -> Backbone:
     """A registered backbone by name (see :data:`~.backbones.BACKBONES`), or ``backbone``.
 
-    Example:
+    Examples:
         >>> resolve("gru4rec").title
         'GRU4Rec'
     """
@@ -55,7 +55,7 @@ def resolve(backbone: str | Backbone) -> Backbone:
 def seed_arg(text: str) -> int:
     """A seed from the command line: an int in 0 .. 2**63 - 1 (``--seed``, ``--seeds``).
 
-    Example:
+    Examples:
         >>> seed_arg("3")
         3
     """
@@ -71,7 +71,7 @@ def seed_arg(text: str) -> int:
 def probability(text: str) -> float:
     """A dropout probability in ``[0, 1)`` (``--dropout``, ``--attn-dropout``).
 
-    Example:
+    Examples:
         >>> probability("0.25")
         0.25
     """
@@ -210,7 +210,7 @@ def build_parser(
 ) -> argparse.ArgumentParser:
     """The full command line of the runner for ``backbone``, with its defaults.
 
-    Example:
+    Examples:
         >>> build_parser("gru4rec").parse_args([]).hidden_size
         64
     """
@@ -258,7 +258,7 @@ def choose_threads(requested: int | None = None) -> tuple[int, str]:
     (``os.sched_getaffinity``) less the 1-minute load average, rounded, at least 1 and at most
     ``$OMP_NUM_THREADS`` when set, so a busy machine is never oversubscribed.
 
-    Example:
+    Examples:
         >>> choose_threads(3)[0]
         3
         >>> 1 <= choose_threads()[0] <= (os.cpu_count() or 1)

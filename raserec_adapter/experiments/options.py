@@ -9,7 +9,7 @@ the help from the ``Attributes:`` section of the class docstring. Booleans get a
 with the config's own message. The few fields the runner sets itself (each seed of ``--seeds``,
 the split's ``--max-len``) are listed in :data:`RUNNER_SET`.
 
-Example:
+Examples:
     >>> import argparse
     >>> parser = argparse.ArgumentParser()
     >>> add_config_options(parser)
@@ -65,7 +65,7 @@ _RANGES = tuple[tuple[int, int | None], ...]
 def attribute_docs(cls: type) -> dict[str, str]:
     """The ``Attributes:`` section of a class docstring, as ``{name: text on one line}``.
 
-    Example:
+    Examples:
         >>> attribute_docs(RAMConfig)["k"]
         'Memories retrieved per query.'
     """
@@ -95,7 +95,7 @@ def attribute_docs(cls: type) -> dict[str, str]:
 def help_text(doc: str) -> str:
     """A docstring's text as ``--help`` shows it: reST markup (````x````, roles) made plain.
 
-    Example:
+    Examples:
         >>> help_text("``None`` keeps :class:`~raserec_adapter.BankConfig`'s")
         "None keeps BankConfig's"
     """
@@ -105,7 +105,7 @@ def help_text(doc: str) -> str:
 def prefix_length_ranges(text: str) -> tuple[tuple[int, int | None], ...]:
     """Parses ``"1-2,7-"`` into ``((1, 2), (7, None))`` (``--bank.prefix-lengths``).
 
-    Example:
+    Examples:
         >>> prefix_length_ranges("1-6"), prefix_length_ranges("1-2,7-")
         (((1, 6),), ((1, 2), (7, None)))
     """

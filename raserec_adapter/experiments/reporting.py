@@ -3,7 +3,7 @@
 The code version is the git commit when the package is imported from a checkout of this
 project, else the installed package's version: an installed wheel never runs git.
 
-Example:
+Examples:
     >>> print(format_table({"plain": {"HR@5": 0.05, "NDCG@5": 0.031}}))
     variant  HR@5     NDCG@5
     plain    0.0500   0.0310
@@ -51,7 +51,7 @@ def _cpu_model() -> str:
 def machine_info() -> dict[str, Any]:
     """CPU model and core count, GPU name if any, Python and torch versions.
 
-    Example:
+    Examples:
         >>> sorted(machine_info())[:3]
         ['cpu', 'cpu_cores', 'platform']
     """
@@ -76,7 +76,7 @@ def code_version() -> str:
     prepares a copy of the tree for another machine, where a ``.git`` folder, if any, may be a
     stale one (seen on a GPU machine: it named the session's first commit, not the copied one).
 
-    Example:
+    Examples:
         >>> code_version().startswith(("raserec-adapter ", "unknown")) or len(code_version()) >= 40
         True
     """
@@ -112,7 +112,7 @@ def command_line() -> str:
 def mean_metrics(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Mean of each metric over seeds.
 
-    Example:
+    Examples:
         >>> mean_metrics([{"HR@10": 0.25}, {"HR@10": 0.75}])
         {'HR@10': 0.5}
     """
@@ -139,7 +139,7 @@ def write_results(
     Pass ``commit`` as read when the run started (:func:`code_version`); by default the current
     one is recorded (under the key ``git_commit``, as in every results file so far).
 
-    Example:
+    Examples:
         >>> import json, tempfile
         >>> path = Path(tempfile.mkdtemp()) / "r.json"
         >>> _ = write_results(path, dataset="toy", backbone="sasrec", variant="raserec",

@@ -15,7 +15,7 @@ Files written under ``--out`` (``runs`` by default):
   there; variants ``pretrained-plain`` (the frozen encoder) and ``raserec`` (with the RAM), or
   ``plain`` with ``--plain``.
 
-Example:
+Examples:
     >>> main("sasrec", ["--dataset", "beauty", "--demo"])  # doctest: +SKIP
 """
 
@@ -74,7 +74,7 @@ def main(
     Returns:
         The mean test metrics over seeds of each variant, for the first protocol.
 
-    Example:
+    Examples:
         >>> main("gru4rec", ["--dataset", "beauty", "--plain"])  # doctest: +SKIP
     """
     backbone = resolve(backbone)
@@ -84,7 +84,7 @@ def main(
 def dataset_name(dataset: str) -> str:
     """The name results files use: a registered name, or a data file's stem (lower case).
 
-    Example:
+    Examples:
         >>> dataset_name("Beauty"), dataset_name("data/toy.txt"), dataset_name("Toy.txt")
         ('beauty', 'toy', 'toy')
     """

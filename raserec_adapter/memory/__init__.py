@@ -2,7 +2,7 @@
 
 Faiss is imported only when a :class:`FaissMemoryBank` is created or loaded.
 
-Example:
+Examples:
     >>> import torch
     >>> from raserec_adapter.memory import TorchMemoryBank
     >>> bank = TorchMemoryBank(dim=2)

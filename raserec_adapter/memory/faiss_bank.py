@@ -12,7 +12,7 @@ Rows left with fewer than ``k`` candidates are re-searched exactly (brute force 
 admissible entries), so every query gets exactly ``k`` valid memories, or an error when the
 whole bank holds fewer than ``k`` admissible ones. Faiss is imported lazily.
 
-Example:
+Examples:
     >>> import torch
     >>> bank = FaissMemoryBank(dim=4, index_factory="Flat")
     >>> g = torch.Generator().manual_seed(0)
@@ -95,7 +95,7 @@ class FaissMemoryBank:
         index_description: Factory string of the index actually built (``"Flat"`` after a
             fallback), or ``None`` before the first build.
 
-    Example:
+    Examples:
         >>> bank = FaissMemoryBank(dim=2, index_factory="Flat")
         >>> bank.add(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))
         >>> bank.search(torch.tensor([[0.1, 1.0]]), k=1).ids.tolist()
@@ -181,7 +181,7 @@ class FaissMemoryBank:
             users: ``(n,)`` integer user ids.
             lengths: ``(n,)`` integer prefix lengths of the pairs.
 
-        Example:
+        Examples:
             >>> bank = FaissMemoryBank(dim=2, index_factory="Flat")
             >>> bank.add(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))
             >>> len(bank)
@@ -280,7 +280,7 @@ class FaissMemoryBank:
             ValueError: on bad input, ``k < 1``, ``k > len(bank)``, an empty bank, or when a
                 query has fewer than ``k`` admissible memories.
 
-        Example:
+        Examples:
             >>> bank = FaissMemoryBank(dim=2, index_factory="Flat")
             >>> bank.add(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))
             >>> res = bank.search(torch.tensor([[1.0, 0.0]]), k=1, users=torch.tensor([0]),
@@ -357,7 +357,7 @@ class FaissMemoryBank:
         Returns:
             ``(keys, values)``, each of shape ``ids.shape + (dim,)``, on the CPU.
 
-        Example:
+        Examples:
             >>> bank = FaissMemoryBank(dim=2, index_factory="Flat")
             >>> bank.add(3 * torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))
             >>> bank.fetch(torch.tensor([0]))[0].tolist()
@@ -382,7 +382,7 @@ class FaissMemoryBank:
             TypeError: If the ids are not integers.
             ValueError: If an id is negative.
 
-        Example:
+        Examples:
             >>> bank = FaissMemoryBank(dim=2, index_factory="Flat")
             >>> bank.add(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))
             >>> bank.remove(torch.tensor([1])), len(bank)
@@ -414,7 +414,7 @@ class FaissMemoryBank:
 
         The index is built first if needed, so a loaded bank answers searches identically.
 
-        Example:
+        Examples:
             >>> import tempfile, os
             >>> bank = FaissMemoryBank(dim=2, index_factory="Flat")
             >>> bank.add(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))

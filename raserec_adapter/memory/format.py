@@ -6,7 +6,7 @@ its ``index.faiss``). Nothing is pickled: the arrays are read with ``allow_pickl
 goes to a temporary directory that is renamed into place, so a failed save never corrupts an
 existing bank.
 
-Example:
+Examples:
     >>> import tempfile, torch
     >>> from pathlib import Path
     >>> keys = torch.ones(2, 3)

@@ -24,7 +24,7 @@ Banks are saved as a directory with ``bank.json`` (format version, class, dim, c
 ``arrays.npz`` (keys, values, users, lengths); nothing is pickled. A save is written to a
 temporary directory and renamed into place, so a failed save never corrupts an existing bank.
 
-Example:
+Examples:
     >>> import torch
     >>> # user 0 at prefix length 2 may see its own past (length 1), not its own pair (length 2)
     >>> admissible(torch.tensor([0]), torch.tensor([2]), torch.tensor([0, 0]),
@@ -63,7 +63,7 @@ class SearchResult:
         ids: ``(q, k)`` long tensor of positions in the bank; always valid, never ``-1``.
         scores: ``(q, k)`` float tensor of cosine similarities, descending along each row.
 
-    Example:
+    Examples:
         >>> r = SearchResult(ids=torch.tensor([[2, 0]]), scores=torch.tensor([[0.9, 0.1]]))
         >>> r.ids.shape
         torch.Size([1, 2])
@@ -80,7 +80,7 @@ class MemoryBank(Protocol):
     Implementations: :class:`TorchMemoryBank` (exact, CPU or GPU) and
     :class:`raserec_adapter.memory.faiss_bank.FaissMemoryBank` (Faiss, approximate or exact).
 
-    Example:
+    Examples:
         >>> from raserec_adapter.memory import TorchMemoryBank
         >>> isinstance(TorchMemoryBank(dim=8), MemoryBank)
         True
@@ -155,7 +155,7 @@ def admissible(
     Returns:
         Bool tensor of the broadcast shape; ``True`` where the memory may be returned.
 
-    Example:
+    Examples:
         >>> import torch
         >>> admissible(torch.tensor([[0]]), torch.tensor([[3]]),
         ...            torch.tensor([[0, 0, 0, 1]]), torch.tensor([[2, 3, 4, 9]])).tolist()
@@ -391,7 +391,7 @@ def gather_rows(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     The same values as advanced indexing, through ``index_select`` (about 5x faster on a CPU
     for RAFT's ``(1024, 20)`` neighbour ids into Beauty's bank).
 
-    Example:
+    Examples:
         >>> gather_rows(torch.eye(3), torch.tensor([[2], [0]])).tolist()
         [[[0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0]]]
     """

@@ -5,7 +5,7 @@ validation queries search the training pairs; test queries search training plus 
 pairs. :class:`PhasedBank` keeps the bank, its phase, the split it was built from and the
 cached training keys together, and switches phases without re-encoding the training pairs.
 
-Example:
+Examples:
     >>> import torch
     >>> from raserec_adapter import BankConfig
     >>> from raserec_adapter import BankConfig, Sequences, leave_one_out, wrap_encoder
@@ -328,7 +328,7 @@ def history_pairs(seqs: Sequences, start_lengths: np.ndarray) -> PrefixSet:
 
     The prefix set's ``users`` are rows of ``seqs``.
 
-    Example:
+    Examples:
         >>> pairs = history_pairs(Sequences.from_lists([[1, 2, 3, 4]]), np.array([2]))
         >>> pairs.lengths.tolist(), pairs.targets.tolist()
         ([2, 3], [3, 4])

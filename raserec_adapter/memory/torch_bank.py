@@ -1,6 +1,6 @@
 """``TorchMemoryBank``: an exact memory bank in PyTorch (CPU or GPU), brute-force search.
 
-Example:
+Examples:
     >>> import torch
     >>> bank = TorchMemoryBank(dim=2)
     >>> keys = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
@@ -148,7 +148,7 @@ class TorchMemoryBank:
         max_chunk_elements: Largest ``queries x memories`` similarity block computed at once
             (default 2**27 float32 entries = 512 MiB); lowers the chunk for very large banks.
 
-    Example:
+    Examples:
         >>> bank = TorchMemoryBank(dim=4)
         >>> g = torch.Generator().manual_seed(0)
         >>> keys = torch.randn(10, 4, generator=g)
@@ -216,7 +216,7 @@ class TorchMemoryBank:
             ValueError: on wrong shapes, NaN/inf rows, lengths below 1 or mismatched row
                 counts.
 
-        Example:
+        Examples:
             >>> bank = TorchMemoryBank(dim=2)
             >>> ones = torch.ones(3, 2)
             >>> bank.add(ones, ones, torch.arange(3), torch.ones(3, dtype=torch.long))
@@ -248,7 +248,7 @@ class TorchMemoryBank:
             ValueError: on bad input, ``k < 1``, ``k > len(bank)``, an empty bank, or when a
                 query has fewer than ``k`` admissible memories.
 
-        Example:
+        Examples:
             >>> bank = TorchMemoryBank(dim=2)
             >>> bank.add(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))
             >>> bank.search(torch.tensor([[0.0, 2.0]]), k=1).ids.tolist()
@@ -279,7 +279,7 @@ class TorchMemoryBank:
         Returns:
             ``(keys, values)``, each of shape ``ids.shape + (dim,)`` on :attr:`device`.
 
-        Example:
+        Examples:
             >>> bank = TorchMemoryBank(dim=2)
             >>> bank.add(2 * torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))
             >>> bank.fetch(torch.tensor([[1]]))[0].tolist()  # raw, not normalised
@@ -304,7 +304,7 @@ class TorchMemoryBank:
             TypeError: If the ids are not integers.
             ValueError: If an id is negative.
 
-        Example:
+        Examples:
             >>> bank = TorchMemoryBank(dim=2)
             >>> ones = torch.ones(3, 2)
             >>> bank.add(ones, ones, torch.tensor([0, 1, 0]), torch.tensor([1, 1, 2]))
@@ -323,7 +323,7 @@ class TorchMemoryBank:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save to directory ``path`` (``bank.json`` + ``arrays.npz``), atomically.
 
-        Example:
+        Examples:
             >>> import tempfile, os
             >>> bank = TorchMemoryBank(dim=2)
             >>> bank.add(torch.eye(2), torch.eye(2), torch.tensor([0, 1]), torch.tensor([1, 1]))

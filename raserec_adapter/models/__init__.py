@@ -6,7 +6,7 @@ item ids, and an ``item_embedding`` table whose rows score items by dot product.
 are plain torch layers; CPU fast paths (cheaper dropout masks) are switched in automatically
 (see ``raserec_adapter.models._fast``).
 
-Example:
+Examples:
     >>> import torch
     >>> from raserec_adapter.models import SASRec
     >>> SASRec(num_items=100)(torch.tensor([[5, 7, 0]]), torch.tensor([2])).shape

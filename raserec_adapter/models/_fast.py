@@ -26,7 +26,7 @@ model trained with one does not reproduce the other bit for bit. Other devices (
 :func:`use_fast_paths` also speeds up the CPU training of your own encoder; the state dict is
 the same (dropout has none), so checkpoints load either way.
 
-Example:
+Examples:
     >>> import torch
     >>> from raserec_adapter.models._fast import FastDropout
     >>> _ = torch.manual_seed(0)
@@ -75,7 +75,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     Raises:
         ValueError: ``p`` is outside ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> _ = torch.manual_seed(0)
         >>> y = dropout(torch.ones(8, 1000), 0.3)
@@ -98,7 +98,7 @@ class FastDropout(nn.Dropout):
     A subclass, so code that looks for ``nn.Dropout`` modules (to switch them off, or to read
     their rates) finds it. ``inplace=True`` is accepted and ignored on the CPU.
 
-    Example:
+    Examples:
         >>> import torch
         >>> drop = FastDropout(0.25).train()
         >>> y = drop(torch.ones(4, 1000))
@@ -119,7 +119,7 @@ def use_fast_paths(module: nn.Module) -> nn.Module:
 
     Returns ``module``; its state dict and parameters are unchanged.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> model = use_fast_paths(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.3)))
         >>> type(model[1]).__name__, model[1].p
@@ -169,7 +169,7 @@ def scaled_dot_product_attention(
     SDPA's CPU dropout masks cost more than the rest of the attention; elsewhere, and without
     dropout, this is SDPA itself.
 
-    Example:
+    Examples:
         >>> import torch
         >>> q = torch.randn(1, 2, 3, 4)
         >>> out = scaled_dot_product_attention(q, q, q, is_causal=True)

@@ -76,7 +76,7 @@ class BERT4Rec(nn.Module):
             whatever the length (what left-padded implementations such as the original
             SASRec get by aligning sequences at the right).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from raserec_adapter import wrap_encoder
         >>> model = BERT4Rec(num_items=100)

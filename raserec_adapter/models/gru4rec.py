@@ -28,7 +28,7 @@ class GRU4Rec(nn.Module):
         num_layers: Stacked GRU layers.
         dropout: Dropout on the item embeddings.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = GRU4Rec(num_items=100)
         >>> model(torch.tensor([[5, 7, 0]]), torch.tensor([2])).shape

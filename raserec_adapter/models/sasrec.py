@@ -19,7 +19,7 @@ class SASRec(nn.Module):
     equals the encoding of the prefix ending at ``t``: :meth:`forward_all` encodes every prefix in
     one pass (``is_causal = True``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = SASRec(num_items=100)
         >>> model(torch.tensor([[5, 7, 0]]), torch.tensor([2])).shape

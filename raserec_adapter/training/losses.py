@@ -11,7 +11,7 @@ sizes in float32; in bfloat16 the target's score and the gradient's subtraction 
 float32). Elsewhere (and for any dtype that kernel does not take) the scores are formed in
 chunks of ``chunk`` rows, each with one exp() pass into one reused buffer (``kernel="chunked"``).
 
-Example:
+Examples:
     >>> import torch, torch.nn.functional as F
     >>> x = torch.randn(5, 4, requires_grad=True)
     >>> w_t, y = torch.randn(4, 9), torch.tensor([0, 3, 8, 2, 2])
@@ -177,7 +177,7 @@ def frozen_table_cross_entropy(
             bfloat16),
             ``"chunked"`` (any device and dtype), or ``"auto"``: attention where it can run.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.randn(3, 4, requires_grad=True)
         >>> loss = frozen_table_cross_entropy(x, torch.randn(4, 10), torch.tensor([1, 0, 9]))
@@ -230,7 +230,7 @@ def info_nce(
             its user: a view's negatives from its own group are masked out (never its
             positive).
 
-    Example:
+    Examples:
         >>> z = torch.eye(3)
         >>> float(info_nce(z * 10, z * 10)) < 1e-3
         True

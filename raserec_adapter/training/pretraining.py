@@ -13,7 +13,7 @@ The loop reads top to bottom: :func:`pretrain` sets up a :class:`_Run`, then per
 stopping, checkpoint, the resumable state). A backbone-specific recommendation loss (e.g.
 BERT4Rec's cloze task) can replace the cross-entropy: pass ``rec_loss``.
 
-Example:
+Examples:
     >>> from raserec_adapter import PretrainConfig, Sequences, leave_one_out, wrap_encoder
     >>> from raserec_adapter.models import SASRec
     >>> seqs = Sequences.from_lists([[1, 2, 3, 4, 5], [2, 3, 4, 5, 1], [3, 4, 5, 1, 2]] * 4)
@@ -112,7 +112,7 @@ def pretrain(
         ValueError: The encoder's item table is too small for the data; a state file from
             other settings, another model, or not a state; ``run_info`` that JSON cannot hold.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from raserec_adapter import RunOptions, Sequences, leave_one_out
         >>> from raserec_adapter.models import SASRec

@@ -9,7 +9,7 @@ stopping on the validation users. :meth:`RetrievalAugmenter.fit_raft
 (the no-leakage rule applied by the bank's search) and calls it; call it directly to train a
 RAM over representations and neighbours of your own.
 
-Example:
+Examples:
     >>> import torch
     >>> from raserec_adapter import RAFTConfig, RAMConfig, Sequences, TorchMemoryBank, leave_one_out
     >>> from raserec_adapter.ram import RetrievalAugmentedModule
@@ -87,7 +87,7 @@ def search_neighbours(
     ``users`` and ``lengths`` (the query's user and prefix length) let the bank apply the
     no-leakage rule: a query never gets its own pair or its user's future.
 
-    Example:
+    Examples:
         >>> from raserec_adapter import TorchMemoryBank
         >>> bank = TorchMemoryBank(dim=4)
         >>> keys = torch.eye(4)

@@ -256,7 +256,7 @@ class RunningMean:
     scalar in a hole that a freed large activation left in the heap and the next step's
     activations, no longer fitting there, take fresh memory.
 
-    Example:
+    Examples:
         >>> m = RunningMean(torch.device("cpu"))
         >>> for loss in (torch.tensor(1.0), torch.tensor(2.0, requires_grad=True) * 2):
         ...     m.add(loss)
