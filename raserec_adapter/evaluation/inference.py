@@ -132,9 +132,8 @@ def rank_split(
     return out
 
 
-def _check_k(k: object, n: int, seen: torch.Tensor | None) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {k!r}")
+def _check_k(k: int, n: int, seen: torch.Tensor | None) -> int:
+    """``k`` (an int, checked by the caller) if ``1 <= k <= n`` and every row has k unseen."""
     if k < 1 or k > n:
         raise ValueError(f"k must be in 1..{n}, got {k}")
     if seen is not None:
