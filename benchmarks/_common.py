@@ -106,14 +106,14 @@ def save(name: str, record: dict[str, Any], wall: float) -> Path:
 
 
 def load_finished_run(
-    example: Any, num_items: int, ex_args: Any, run: Path, device: str = "cpu"
+    backbone: Any, num_items: int, ex_args: Any, run: Path, device: str = "cpu"
 ) -> Any:
     """The :class:`~raserec_adapter.RetrievalAugmenter` an example saved in ``run``.
 
     ``run`` is an example run's folder (``<out>/<dataset>-<backbone>-raserec-seed<N>``), holding
-    ``encoder.pt`` (a state dict) and the augmenter saved in ``augmenter/``; ``example`` is the
-    example's module and ``ex_args`` the options the run was made with. The encoder and the
-    RAM are moved to ``device``.
+    ``encoder.pt`` (a state dict) and the augmenter saved in ``augmenter/``; ``backbone`` is the
+    :class:`~raserec_adapter.experiments.Backbone` and ``ex_args`` the runner's options the run
+    was made with. The encoder and the RAM are moved to ``device``.
 
     Raises:
         SystemExit: If either file is missing.
@@ -125,10 +125,10 @@ def load_finished_run(
     for need in (run / "encoder.pt", run / "augmenter"):
         if not need.exists():
             raise SystemExit(f"{need} is missing: --run takes a finished example run's folder")
-    encoder = example.BACKBONE.build(num_items, ex_args)
+    encoder = backbone.build(num_items, ex_args)
     encoder.load_state_dict(torch.load(run / "encoder.pt", map_location="cpu", weights_only=True))
     encoder.to(device)
-    wrap = example.BACKBONE.wrap(encoder) if example.BACKBONE.wrap else {}
+    wrap = backbone.augmenter_kwargs(encoder)
     return RetrievalAugmenter.load(encoder, run / "augmenter", device=device, **wrap)
 
 
@@ -138,7 +138,12 @@ def run_analysis_parser(description: str) -> Any:
 
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--backbone", choices=["sasrec", "gru4rec", "bert4rec"], default="sasrec")
-    p.add_argument("--backbone-args", default="", help="model options the runs were made with")
+    p.add_argument(
+        "--backbone-args",
+        default="",
+        help="the runner's model options the runs were made with, e.g. '--max-len 10 "
+        "--hidden-size 16' (default: none, the runner's defaults)",
+    )
     p.add_argument("--dataset", default="beauty")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--run", action="append", required=True, help="a finished run's folder")
@@ -149,9 +154,16 @@ def run_analysis_parser(description: str) -> Any:
     return p
 
 
+def backbone_options(name: str, backbone_args: str) -> tuple[Any, Any]:
+    """The registered backbone ``name`` and the runner's options parsed from
+    ``backbone_args`` (what the analysed runs were made with)."""
+    from raserec_adapter.experiments import BACKBONES, parse_args
+
+    return BACKBONES[name], parse_args(name, shlex.split(backbone_args))
+
+
 def open_run_analysis(args: Any) -> tuple[Any, Any, Any]:
-    """Logging, threads, the example's module, its options and the dataset's split."""
-    import importlib
+    """Logging, threads, the backbone, the runner's options and the dataset's split."""
     import logging
 
     import torch
@@ -162,10 +174,9 @@ def open_run_analysis(args: Any) -> tuple[Any, Any, Any]:
     logging.getLogger("faiss").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    example = importlib.import_module(f"examples.{args.backbone}")
-    ex_args = example.parser().parse_args(shlex.split(args.backbone_args))
+    backbone, ex_args = backbone_options(args.backbone, args.backbone_args)
     split = leave_one_out(load_dataset(args.dataset, data_dir=args.data_dir), ex_args.max_len)
-    return example, ex_args, split
+    return backbone, ex_args, split
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:

@@ -85,13 +85,13 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = run_analysis_parser(__doc__.splitlines()[0]).parse_args(argv)
     t0 = time.perf_counter()
-    example, ex_args, split = open_run_analysis(args)
+    backbone, ex_args, split = open_run_analysis(args)
     groups = {by: group_of_users(split, by, n) for by, n in GROUPINGS.items()}
     per_run: dict[str, dict[str, list[list[dict[str, float]]]]] = {
         by: {"plain": [], "raserec": []} for by in GROUPINGS
     }
     for run in map(Path, args.run):
-        aug = load_finished_run(example, split.sequences.num_items, ex_args, run, args.device)
+        aug = load_finished_run(backbone, split.sequences.num_items, ex_args, run, args.device)
         ranks = aug.ranks(split, "test", protocol=args.protocol, device=args.device)
         for by, n in GROUPINGS.items():
             for variant, r in ranks.items():

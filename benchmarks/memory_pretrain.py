@@ -40,8 +40,6 @@ def _current_rss_mb() -> float:
 
 def child(args: argparse.Namespace) -> None:
     """One measured epoch in this process; prints one JSON line."""
-    import importlib
-
     import torch
 
     from raserec_adapter import PretrainConfig, Sequences, leave_one_out, load_dataset
@@ -49,14 +47,15 @@ def child(args: argparse.Namespace) -> None:
     from raserec_adapter.training import state as pt
 
     torch.set_num_threads(args.threads)
-    example = importlib.import_module(f"examples.{args.backbone}")
-    ex_args = example.parser().parse_args([])
+    from raserec_adapter.experiments import BACKBONES, parse_args
+
+    ex_args = parse_args(args.backbone, [])
     full = load_dataset(args.dataset, data_dir=args.data_dir)
     users = [full[u].tolist() for u in range(min(args.users, full.num_users))]
     seqs = Sequences.from_lists(users, num_items=full.num_items)
     split = leave_one_out(seqs, ex_args.max_len)
     torch.manual_seed(0)
-    encoder = example.BACKBONE.build(full.num_items, ex_args)
+    encoder = BACKBONES[args.backbone].build(full.num_items, ex_args)
     kept: list[torch.Tensor] = []
     if args.arm == "list":
         add = pt.RunningMean.add

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done = {(r["run"], r["combo"]): r for r in record.get("results", [])}
     wall_before = record.get("wall_seconds", 0.0)
     t0 = time.perf_counter()
-    example, ex_args, split = open_run_analysis(args)
+    backbone, ex_args, split = open_run_analysis(args)
     names = list(parts)
     lengths = split.train.lengths
     shares = {}
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plain: dict[str, dict[str, dict[str, float]]] = record.get("plain", {})
     for run in args.run:
         base = load_finished_run(
-            example, split.sequences.num_items, ex_args, Path(run), args.device
+            backbone, split.sequences.num_items, ex_args, Path(run), args.device
         )
         if run not in plain:
             plain[run] = {

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not seeds:
         raise SystemExit("--noise-seeds needs at least one seed")
     t0 = time.perf_counter()
-    example, ex_args, split = open_run_analysis(args)
+    backbone, ex_args, split = open_run_analysis(args)
     # the clean input (ratio 0) is the same for every seed: drawn once
     draws = {r: seeds if r > 0 else seeds[:1] for r in ratios}
     inputs = {(r, s): noisy_inputs(split, "test", r, s) for r in ratios for s in draws[r]}
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r: {"plain": [], "raserec": []} for r in ratios
     }
     for run in map(Path, args.run):
-        aug = load_finished_run(example, split.sequences.num_items, ex_args, run, args.device)
+        aug = load_finished_run(backbone, split.sequences.num_items, ex_args, run, args.device)
         for r in ratios:
             for s in draws[r]:
                 m = aug.evaluate(

@@ -1,6 +1,6 @@
 """RAM sensitivity to alpha, beta and K over one frozen encoder (the paper's Fig. 5).
 
-Stage 2 only: the example backbone's trained encoder (``encoder.pt`` from a run of
+Stage 2 only: a registered backbone's trained encoder (``encoder.pt`` from a run of
 ``examples/<backbone>.py``) is loaded, the memory bank is built once, and for every setting a
 fresh RAM head (:meth:`~raserec_adapter.RetrievalAugmenter.reset_ram`, same seed) is trained by
 RAFT with early stopping on validation HR@10, then evaluated on the test split. As in the
@@ -25,7 +25,6 @@ split over several processes (each with its own ``--out`` and a part of the grid
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import shlex
@@ -40,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (
+    backbone_options,
     check_resume,
     earlier_invocations,
     fit_raft_and_test,
@@ -127,9 +127,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     wall_before = record.get("wall_seconds", 0.0)
 
-    example = importlib.import_module(f"examples.{args.backbone}")
-    ex_args = example.parser().parse_args(shlex.split(args.backbone_args))
-    backbone = example.BACKBONE
+    backbone, ex_args = backbone_options(args.backbone, args.backbone_args)
     sequences = load_dataset(args.dataset, data_dir=args.data_dir)
     split = leave_one_out(sequences, max_len=ex_args.max_len)
     seed_everything(args.seed)
@@ -141,7 +139,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         bank=BankConfig(index_factory=args.index, nprobe=args.nprobe),
         ram=RAMConfig(**BASE),
     )
-    aug = RetrievalAugmenter(encoder, acfg, **(backbone.wrap(encoder) if backbone.wrap else {}))
+    aug = RetrievalAugmenter(encoder, acfg, **backbone.augmenter_kwargs(encoder))
     aug.build_bank(split, device=args.device)
     plain: dict[str, dict[str, float]] = record.get("plain", {})
     if not plain:
@@ -346,8 +344,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--backbone-args",
         default="",
-        help="options of the example script the encoder was trained with that change the "
-        "model, e.g. '--no-head' or '--max-len 50'",
+        help="the runner's options the encoder was trained with that change the model, e.g. "
+        "'--max-len 10 --hidden-size 16' (default: none, the runner's defaults)",
     )
     p.add_argument("--encoder", help="the example run's encoder.pt (a state dict)")
     p.add_argument("--dataset", default="beauty")

@@ -83,7 +83,7 @@ def retrieved_shares(aug: RetrievalAugmenter, split: LeaveOneOutSplit) -> dict[s
 
 
 def analyse(
-    aug: RetrievalAugmenter, split: LeaveOneOutSplit, args: Any, example: Any
+    aug: RetrievalAugmenter, split: LeaveOneOutSplit, args: Any, backbone: Any
 ) -> dict[str, Any]:
     """Test metrics of one finished run: plain, the protocol's bank, the training pairs alone.
 
@@ -99,7 +99,7 @@ def analyse(
     with tempfile.TemporaryDirectory() as tmp:
         aug.save(Path(tmp) / "train-bank")
         model = aug.encoder.module
-        wrap = example.BACKBONE.wrap(model) if example.BACKBONE.wrap else {}
+        wrap = backbone.augmenter_kwargs(model)
         train_bank = RetrievalAugmenter.load(
             model, Path(tmp) / "train-bank", device=args.device, **wrap
         )
@@ -117,12 +117,12 @@ def analyse(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = run_analysis_parser(__doc__.splitlines()[0]).parse_args(argv)
     t0 = time.perf_counter()
-    example, ex_args, split = open_run_analysis(args)
+    backbone, ex_args, split = open_run_analysis(args)
     per_run = []
     for run in map(Path, args.run):
-        aug = load_finished_run(example, split.sequences.num_items, ex_args, run, args.device)
+        aug = load_finished_run(backbone, split.sequences.num_items, ex_args, run, args.device)
         aug.build_bank(split, "test", device=args.device, show_progress=False)
-        per_run.append(analyse(aug, split, args, example))
+        per_run.append(analyse(aug, split, args, backbone))
         logging.info("%s: %s", run, per_run[-1])
     mean = {
         v: {k: statistics.fmean(r[v][k] for r in per_run) for k in per_run[0][v]}

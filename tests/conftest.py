@@ -72,6 +72,27 @@ def write_dataset_file(path: Path, seqs: Sequences) -> Path:
     return path
 
 
+TINY_MODEL = ["--max-len", "10", "--hidden-size", "16"]
+"""Runner options of a tiny model for tests that run ``raserec_adapter.experiments``."""
+
+
+def finished_run(
+    tmp_path: Path, backbone: str, seqs: Sequences, *options: str, epochs: int = 2
+) -> tuple[Path, Path]:
+    """Runs both stages of ``backbone`` on ``seqs`` (written to ``tmp_path/toy.txt``) with a
+    tiny model, an exact torch bank and 64-pair batches, as ``examples/<backbone>.py`` does;
+    ``options`` are more runner options. Returns the data file and the seed's run folder."""
+    from raserec_adapter.experiments import main
+
+    data = write_dataset_file(tmp_path / "toy.txt", seqs)
+    argv = ["--dataset", str(data), "--pretrain.epochs", str(epochs), "--out", str(tmp_path)]
+    argv += [*TINY_MODEL, "--bank.kind", "torch", "--pretrain.batch-size", "64", *options]
+    main(backbone, argv)
+    seed = options[options.index("--seed") + 1] if "--seed" in options else "0"
+    tag = f"-{options[options.index('--tag') + 1]}" if "--tag" in options else ""
+    return data, tmp_path / f"toy-{backbone}{tag}-raserec-seed{seed}"
+
+
 @pytest.fixture
 def small_sequences() -> Sequences:
     return synthetic_sequences()

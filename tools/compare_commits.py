@@ -26,6 +26,7 @@ how pairs form batches) for ``--epochs`` epochs, and the results go to
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))  # for _common (the parent only)
@@ -46,6 +48,21 @@ def _check_tree(package: ModuleType, tree: str) -> None:
         raise RuntimeError(f"imported {package.__file__}, not the tree {tree}")
 
 
+def _layout() -> tuple[ModuleType, Any]:
+    """The imported tree's backbones module and stage-1 function, wherever that commit keeps
+    them: ``raserec_adapter.models`` and ``raserec_adapter.training.pretrain`` since the
+    backbones ship in the wheel, ``examples.models`` and ``raserec_adapter.pretrain`` before."""
+    import raserec_adapter
+
+    try:
+        models = importlib.import_module("raserec_adapter.models")
+        pretrain = importlib.import_module("raserec_adapter.training").pretrain
+    except (ImportError, AttributeError):
+        models = importlib.import_module("examples.models")
+        pretrain = raserec_adapter.pretrain
+    return models, pretrain
+
+
 def child_pretrain(
     tree: str, data_dir: str | None, backbone: str, epochs: int, batching: str
 ) -> None:
@@ -54,8 +71,9 @@ def child_pretrain(
     import torch
 
     import raserec_adapter
-    from examples import models
-    from raserec_adapter import PretrainConfig, leave_one_out, load_dataset, pretrain
+    from raserec_adapter import PretrainConfig, leave_one_out, load_dataset
+
+    models, pretrain = _layout()
 
     _check_tree(raserec_adapter, tree)
     split = leave_one_out(load_dataset("beauty", data_dir=data_dir))
@@ -90,8 +108,8 @@ def child(tree: str, data_dir: str | None, checkpoint: str | None, epochs: int, 
         leave_one_out,
         load_dataset,
     )
-    from raserec_adapter.models import SASRec
 
+    SASRec = _layout()[0].SASRec
     _check_tree(raserec_adapter, tree)
     split = leave_one_out(load_dataset("beauty", data_dir=data_dir))
     torch.manual_seed(0)
