@@ -3,7 +3,9 @@
 :meth:`RetrievalAugmenter.save <raserec_adapter.RetrievalAugmenter.save>` and
 :meth:`~raserec_adapter.RetrievalAugmenter.load` use these functions; the format is documented
 in ``docs/checkpoints.md``. Nothing is pickled: the metadata and config are JSON, the RAM
-weights a state dict read with ``weights_only=True``, the bank its own directory format.
+weights a state dict read with ``weights_only=True``, the bank its own directory format. A save
+is atomic at every instant (a kill leaves the old or the new checkpoint at the path) and
+``config.json`` records the SHA-256 of the other files, which a load verifies.
 
 Examples:
     >>> import tempfile
@@ -22,21 +24,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from raserec_adapter import _atomic
 from raserec_adapter._checks import check_device
 from raserec_adapter.config import AugmenterConfig
 from raserec_adapter.encoder import WrappedEncoder
+from raserec_adapter.memory.format import MemoryBankDamagedError, bank_incomplete
 from raserec_adapter.memory.protocol import MemoryBank
 from raserec_adapter.memory.torch_bank import TorchMemoryBank
 
 __all__ = [
     "FORMAT_VERSION",
+    "SAVE_STEPS",
     "CheckpointError",
     "check_encoder_fits",
     "checkpoint_meta",
@@ -97,42 +101,79 @@ def write_checkpoint(
 ) -> None:
     """Writes ``config.json``, ``ram.pt`` and (with a bank) ``bank/`` as the directory ``path``.
 
-    The directory is written to a temporary place and moved in at the end, so a failure never
-    leaves a half-written checkpoint or destroys an earlier one. Only an earlier checkpoint (a
-    directory with ``config.json`` and nothing save() did not write) or an empty directory is
-    replaced; the new directory keeps the old one's permissions (else the umask's).
+    The directory is written beside ``path`` under a hidden name, synced to disk and put in
+    place in one step (:mod:`raserec_adapter._atomic`), so at every instant, a kill included,
+    ``path`` holds the complete earlier checkpoint or the complete new one. ``config.json``
+    records the size and SHA-256 of ``ram.pt`` and ``bank/bank.json`` (which records the
+    bank's other files) and of its own content; :func:`read_meta` and :func:`restore` verify
+    them. Only an earlier checkpoint (a directory with ``config.json`` and nothing save() did
+    not write) or an empty directory is replaced; the new directory keeps the old one's
+    permissions (else the umask's). The leftovers of an interrupted earlier save of ``path``
+    are removed first (or, if nothing is at ``path``, the complete copy is put back).
 
     Raises:
         FileExistsError: If ``path`` is a file, a directory that is not a checkpoint, or a
             checkpoint that holds other files too.
     """
     path = Path(path)
+    _atomic.settle(path, _incomplete)
     _check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}")
-    tmp.mkdir()  # the umask's permissions, as any new directory
-    if path.exists():
-        tmp.chmod(path.stat().st_mode & 0o7777)  # a replaced checkpoint keeps its own
+    tmp = _atomic.new_dir(path)  # the umask's permissions, as any new directory
     try:
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if path.exists():
+            tmp.chmod(path.stat().st_mode & 0o7777)  # a replaced checkpoint keeps its own
         torch.save(ram_state, tmp / "ram.pt")
+        _atomic.step("checkpoint.wrote ram.pt")
+        names = ["ram.pt"]
         if bank is not None:
             bank.save(tmp / "bank")
+            _atomic.step("checkpoint.wrote bank")
+            names.append("bank/bank.json")
+        sealed = _atomic.seal({**meta, "files": _atomic.record_files(tmp, names)})
+        with open(tmp / "config.json", "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
+        _atomic.step("checkpoint.wrote config.json")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _atomic._ACTIVE.discard(tmp)
         raise
-    old = tmp.with_name(tmp.name + ".old")  # unique, like tmp
-    had_old = path.exists()
+    _atomic.install_dir(tmp, path, "checkpoint")
+
+
+SAVE_STEPS = ("checkpoint.wrote ram.pt", "checkpoint.wrote bank", "checkpoint.wrote config.json")
+"""The steps of :func:`write_checkpoint` before :func:`~raserec_adapter._atomic.install_dir`'s
+(``"checkpoint.wrote bank"`` only with a bank, after the bank's own steps)."""
+
+
+def _incomplete(path: Path) -> str | None:
+    """Why the directory ``path`` is not a complete checkpoint whose checksums all match
+    (``None`` when it is one): what :func:`~raserec_adapter._atomic.settle` recovers."""
     try:
-        if had_old:
-            path.rename(old)
-        tmp.rename(path)
-    except BaseException:  # put the earlier checkpoint back where it was
-        if had_old and old.exists() and not path.exists():
-            old.rename(path)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"config.json cannot be read: {e}"
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        return "config.json records no checksums"
+    why = _atomic.unsealed(meta) or "; ".join(_atomic.mismatches(path, meta["files"]))
+    if why or not (path / "bank").is_dir():
+        return why or None
+    return bank_incomplete(path / "bank")
+
+
+def _verify(path: Path, meta: dict[str, Any], name: str) -> None:
+    """Refuses ``path/name`` if it differs from what ``config.json`` records of it."""
+    files = meta.get("files")
+    if not isinstance(files, dict):  # saved before checksums: read_meta has warned
+        return
+    if name not in files:
+        problems = [f"{path / name} is not recorded in config.json (it was added after save())"]
+    else:
+        problems = _atomic.mismatches(path, {name: files[name]})
+    if problems:
+        raise CheckpointError(
+            f"{problems[0]}: the checkpoint was changed or damaged after it was saved; "
+            "restore it from a backup, or save the augmenter again (retrain it if it is lost)"
+        )
 
 
 def read_meta(
@@ -145,6 +186,7 @@ def read_meta(
             version, or ``config`` differs from the saved one (``hidden_size`` 0 matches any).
     """
     path = Path(path)
+    _atomic.settle(path, _incomplete)  # an interrupted save: its leftovers, or recovery
     meta_file = path / "config.json"
     if not meta_file.is_file():
         raise CheckpointError(f"{path} is not an augmenter checkpoint: no config.json")
@@ -152,16 +194,29 @@ def read_meta(
         meta = json.loads(meta_file.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{meta_file} is not valid JSON: {e}") from e
+    damaged = _atomic.unsealed(meta) if isinstance(meta, dict) else None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         version = meta.get("format_version") if isinstance(meta, dict) else None
         raise CheckpointError(
-            f"{path} has format version {version!r}, this library reads {FORMAT_VERSION}: "
-            "load it with the raserec-adapter version that saved it, or retrain"
+            f"{meta_file} has format version {version!r}, this library reads {FORMAT_VERSION}"
+            + (f" (and {damaged}: the file may be damaged)" if damaged else "")
+            + ": load it with the raserec-adapter version that saved it, or retrain"
         )
     try:
         saved = AugmenterConfig.from_dict(meta["config"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{meta_file} is malformed: {e!r}") from e
+    if damaged:
+        raise CheckpointError(
+            f"{meta_file}: {damaged}; restore the checkpoint from a backup, or save the "
+            "augmenter again (retrain it if it is lost)"
+        )
+    if not isinstance(meta.get("files"), dict):
+        logger.warning(
+            "%s was saved without checksums (by a raserec-adapter before they were recorded): "
+            "its files cannot be verified; save it again to add them",
+            path,
+        )
     if config is not None:
         if config.hidden_size not in (0, saved.hidden_size):
             raise CheckpointError(
@@ -227,10 +282,12 @@ def read_bank(
         return FaissMemoryBank.load(where, dim=dim)
     except ImportError:  # e.g. faiss not installed: the environment, not the checkpoint
         raise
+    except MemoryBankDamagedError as e:  # names the file and says what to do
+        raise CheckpointError(f"the memory bank in {where} cannot be read: {e}") from e
     except Exception as e:
         why = str(e)
         if "allow_pickle" in why:  # numpy's advice to load pickles: never taken here
-            why = "its arrays hold pickled objects, which are never loaded"
+            why = f"{where / 'arrays.npz'} holds pickled objects or is damaged; never loaded"
         raise CheckpointError(
             f"the memory bank in {where} cannot be read ({why}); the checkpoint is "
             "incomplete or damaged: save it again or rebuild the bank with build_bank"
@@ -355,9 +412,17 @@ def restore(
     device: torch.device | str,
     strict: bool,
 ) -> tuple[MemoryBank | None, str | None]:
-    """Checks the encoder fits, loads the RAM weights onto ``device``; the bank and its phase."""
+    """Checks the encoder fits, loads the RAM weights onto ``device``; the bank and its phase.
+
+    ``ram.pt`` and ``bank/bank.json`` are verified against the sizes and SHA-256 that
+    ``config.json`` records (the bank verifies its own files the same way).
+    """
     check_encoder_fits(path, meta, saved, encoder, strict)
     load_ram_weights(path, ram)
+    _verify(path, meta, "ram.pt")  # after the checks that say more of a foreign file
     check_device(device)
     ram.to(device)
-    return load_bank(path, meta, saved, device)
+    bank, phase = load_bank(path, meta, saved, device)  # the bank checks its own files
+    if bank is not None:
+        _verify(path, meta, "bank/bank.json")
+    return bank, phase

@@ -4,8 +4,9 @@
 :meth:`~raserec_adapter.RetrievalAugmenter.fit_raft` return. :class:`TrainingRun` writes and
 restores everything a pre-training run needs to continue after an interruption: the model's
 weights (current and best), the optimizer, the early-stopping counters, the random states and
-the history. The file holds tensors and one JSON string (no pickled objects); it is written to
-a temporary name and renamed, and read with ``torch.load(..., weights_only=True)``.
+the history. The file holds tensors and one JSON string (no pickled objects), and its SHA-256 in
+the zip comment; it is written to a hidden name, synced and renamed (a kill at any instant leaves
+the old or the new file), and read with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from raserec_adapter import _atomic
 
 FORMAT = "raserec-adapter pretrain state 1"
 
@@ -107,12 +110,24 @@ def gives_back_best(module: nn.Module, stop: EarlyStopping) -> Iterator[None]:
         module.load_state_dict(stop.best_state if stop.best_state is not None else start)
 
 
-def atomic_save(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+def atomic_save(
+    state: dict[str, Any], path: Path, step_prefix: str = "file", checksum: bool = False
+) -> None:
+    """``torch.save`` to a hidden name beside ``path``, synced, then ``os.replace``.
+
+    At every instant, a kill included, ``path`` holds the old or the new file; hidden files of
+    earlier interrupted writes of ``path`` are deleted first (:func:`raserec_adapter._atomic.
+    write_file`; ``step_prefix`` names its steps for the fault-injection tests). With
+    ``checksum`` the file's SHA-256 goes into its zip comment (:func:`raserec_adapter._atomic.
+    seal_zip`); ``torch.load`` reads it as any other.
+    """
+
+    def write(tmp: Path) -> None:
+        torch.save(state, tmp)
+        if checksum:
+            _atomic.seal_zip(tmp)
+
+    _atomic.write_file(Path(path), write, step_prefix)
 
 
 @dataclass
@@ -165,25 +180,49 @@ class TrainingRun:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        atomic_save(state, path)
+        atomic_save(state, path, "state", checksum=True)  # restore() refuses a changed file
 
     def restore(self, path: Path) -> EarlyStopping:
         """Loads a state written by :meth:`save` into this run after checking that it fits.
 
+        The file is checked against the SHA-256 that :meth:`save` wrote into it (states written
+        before, or re-saved by ``torch.save``, load with a warning that they cannot be
+        verified); hidden files that interrupted writes of ``path`` left are deleted.
+
         Raises:
-            ValueError: The file is not such a state, or it comes from other settings (any but
-                ``epochs``) or another model. Nothing is changed then.
+            ValueError: The file is not such a state, is damaged (it differs from its
+                SHA-256), or it comes from other settings (any but ``epochs``) or another
+                model. Nothing is changed then.
         """
+        _atomic.settle(Path(path))
+        advice = "pass another state_path or resume=False to start over"
         try:
+            seal, why = _atomic.check_zip_seal(Path(path))
+        except OSError as exc:
+            seal, why = "foreign", repr(exc)
+        if seal == "mismatch":
+            raise ValueError(
+                f"the training state at {path} is damaged: {why} (it changed on disk after it "
+                f"was written); resume from a backup copy, or {advice}"
+            )
+        try:
+            if seal == "foreign":
+                raise ValueError(why)
             state = torch.load(path, map_location=self.device, weights_only=True)
             meta = json.loads(state["meta"])
             if meta.get("format") != FORMAT:
                 raise KeyError("format")
         except Exception as exc:  # any unreadable file gets the same advice
             raise ValueError(
-                f"{path} is not a pre-training state written by pretrain(state_path=...) "
-                f"({exc!r}); pass another state_path or resume=False to start over"
+                f"{path} is not a pre-training state written by pretrain(state_path=...), or it "
+                f"is damaged ({exc!r}); {advice}"
             ) from exc
+        if seal == "unsealed":
+            logging.getLogger("raserec_adapter").warning(
+                "%s has no checksum (written by a raserec-adapter before it was recorded, or "
+                "re-saved with torch.save): its content cannot be verified",
+                path,
+            )
         free = {"epochs"}
         if "data" not in meta:  # written before states recorded their data: max_len was then
             free.add("max_len")  # recorded as 50 whatever the split used
