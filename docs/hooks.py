@@ -1,9 +1,6 @@
-"""MkDocs hooks (``mkdocs.yml``): the generated results tables and plots of the site.
-
-A page's marker line ``<!-- gen:NAME -->`` becomes ``GENERATORS[NAME](ROOT)``: ``results`` (tables,
-chart and provenance of ``benchmarks/results/*.json``) or ``faiss-measurements``
-(``docs/measurements/faiss-indexes.json``). An unknown marker or unreadable file logs a warning, so
-``mkdocs build --strict`` fails on it. The API reference is mkdocstrings' (``docs/api.md``).
+"""MkDocs hooks (``mkdocs.yml``): a page's marker ``<!-- gen:NAME -->`` becomes the generated
+``GENERATORS[NAME](ROOT)``: ``results`` (``benchmarks/results/*.json``) or ``faiss-measurements``.
+An unknown marker or unreadable file logs a warning, so ``mkdocs build --strict`` fails on it.
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
 VARIANTS = {"plain": 0, "pretrained-plain": 1, "raserec": 2}
 PROVENANCE = ("command", "git_commit", "machine", "wall_seconds", "finished_at")
 NOTES = ("model_note", "note", "run_history", "wall_seconds_note")
+LIFT = ("base", "new", "diff", "low", "high", "excludes_zero")  # evaluation.lift.paired_lift
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
@@ -155,7 +153,6 @@ def bar_chart(records: list[tuple[Path, dict]], metrics: tuple[str, str]) -> str
     return "".join([*out, "</svg>"])
 
 
-# ------------------------------------------------------------------------------ analyses
 TEST = tuple(f"test.{m}" for m in METRICS)
 VS = ("plain", "raserec")
 NOISY = tuple(f"{v}.{m}" for m in METRICS for v in VS)  # benchmarks/robustness.py
@@ -225,13 +222,16 @@ def render_results(root: Path = ROOT) -> str:
                 seeds = zip(rec.get("seeds") or [], rec.get("per_seed") or [], strict=False)
                 rows = ([str(s), *map(_value, map(r.get, METRICS))] for s, r in seeds)
                 out += _table(["seed", *METRICS], rows)
+                if isinstance(lift := rec.get("lift"), dict):  # the RAM's paired lift
+                    out += [f"Lift with the RAM ({lift['level']:.0%}): {lift['method']}.", ""]
+                    rows = ([m, *(_value(r[c]) for c in LIFT)] for m, r in lift["metrics"].items())
+                    out += _table(["metric", *LIFT], rows)
             else:
                 tables = analysis_tables(rec)
                 out += _table(["field", "value"], _flat_scalars(rec, deep=not tables)) + tables
     return "\n".join(out)
 
 
-# ------------------------------------------------------------------------------ Faiss
 def render_faiss_measurements(root: Path = ROOT) -> str:
     """The index comparison that ``docs/faiss_bench.py`` measured."""
     path = root / "docs" / "measurements" / "faiss-indexes.json"

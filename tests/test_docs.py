@@ -258,6 +258,9 @@ def test_results_rendering(tmp_path: Path) -> None:
         {"command": "python run0", "git_commit": "c0", "machine": {"cpu": "CPU A"}, "seeds": [0]}
     ]
     merged["model_note"] = "an older model"
+    from raserec_adapter.evaluation.lift import lift_record
+
+    merged["lift"] = lift_record([1, 3, 12, 40], [1, 2, 12, 3], ks=(10,), resamples=50)
     _write(results / "beauty-sasrec-raserec.json", merged)
     _write(results / "speed-sasrec.json", {"epoch_seconds": [1.5, 2.0], **provenance})
     md = hooks.render_results(tmp_path)
@@ -271,6 +274,10 @@ def test_results_rendering(tmp_path: Path) -> None:
     assert "- run of seed 0: `python run0` at `c0`; CPU A; None s" in md
     assert "- merged on: Test CPU" in md and "- model note: an older model" in md
     assert "| 1 |  |  | 0.0700 | 0.0300 |" in md  # seed 1's row of the per-seed table
+    lift = merged["lift"]["metrics"]["HR@10"]  # 0.5 -> 0.75 with the RAM
+    assert "Lift with the RAM (95%): paired bootstrap over test users" in md
+    row = f"| HR@10 | 0.5000 | 0.7500 | 0.2500 | {lift['low']:.4f} | {lift['high']:.4f} |"
+    assert row in md
     assert "## Analyses and speed" in md and "| `epoch_seconds` | 1.5, 2 |" in md
     assert "`command`" not in md  # provenance is listed once, not again as a field
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from raserec_adapter import BankConfig, PretrainConfig, RAFTConfig, RAMConfig, RunOptions
@@ -231,3 +233,32 @@ def test_sasrec_script_help_runs_from_another_directory(tmp_path):
     )
     assert done.stdout.startswith("usage: sasrec.py")
     assert "SASRec + RaSeRec" in done.stdout and "--pretrain.batching STR" in done.stdout
+
+
+def test_a_run_reports_the_rams_lift_with_an_interval_from_its_saved_ranks(tmp_path, capsys):
+    from conftest import finished_run, synthetic_sequences
+
+    from raserec_adapter.evaluation.lift import lift_record
+
+    seqs = synthetic_sequences(60, 20, seed=6)
+    finished_run(tmp_path, "sasrec", seqs, "--raft.epochs", "1", "--seeds", "0", "1")
+    assert "lift with the RAM, 95% interval (paired bootstrap over 60 test users)" in (
+        capsys.readouterr().out
+    )
+    for protocol, suffix in (("full", ""), ("seen_removed", "-seen_removed")):
+        rec = json.loads((tmp_path / f"toy-sasrec-raserec{suffix}-seeds0-1.json").read_text())
+        plain = json.loads(
+            (tmp_path / f"toy-sasrec-pretrained-plain{suffix}-seeds0-1.json").read_text()
+        )
+        assert "lift" not in plain
+        saved = [
+            np.load(tmp_path / f"toy-sasrec-raserec-seed{s}" / "test-ranks.npz") for s in (0, 1)
+        ]
+        base = np.stack([r[f"{protocol}.plain"] for r in saved])
+        new = np.stack([r[f"{protocol}.raserec"] for r in saved])
+        assert rec["lift"] == lift_record(base, new)  # the file's lift: its saved ranks'
+        for name, row in rec["lift"]["metrics"].items():  # the means the file reports
+            assert row["base"] == pytest.approx(plain["mean"][name], abs=1e-9)
+            assert row["new"] == pytest.approx(rec["mean"][name], abs=1e-9)
+        one = rec["per_seed_details"][0]["lift"][protocol]
+        assert one == lift_record(base[:1], new[:1])

@@ -13,7 +13,11 @@ Files written under ``--out`` (``runs`` by default):
 - ``<dataset>-<backbone>[-<tag>]-<variant>[-seen_removed]-seed<N>.json``: the results, with
   ``--results-dir`` also as ``<dataset>-<backbone>[-<tag>]-<variant>[-seen_removed].json``
   there; variants ``pretrained-plain`` (the frozen encoder) and ``raserec`` (with the RAM), or
-  ``plain`` with ``--plain``.
+  ``plain`` with ``--plain``. Files of the ``raserec`` variant carry ``lift``: the RAM's
+  per-metric difference from the frozen encoder with a paired bootstrap interval over test
+  users (:func:`~raserec_adapter.evaluation.lift.lift_record`), over the seeds of the process;
+- ``<run folder>/test-ranks.npz``: every test user's rank of the target, per protocol and
+  variant (``full.plain``, ``full.raserec``, ...), for pooling the lift of separate processes.
 
 Examples:
     >>> main("sasrec", ["--dataset", "beauty", "--demo"])  # doctest: +SKIP
@@ -28,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from raserec_adapter import (
@@ -39,6 +44,8 @@ from raserec_adapter import (
     load_dataset,
 )
 from raserec_adapter.data.datasets import DATASETS
+from raserec_adapter.evaluation import RankingMetrics
+from raserec_adapter.evaluation.lift import lift_record
 from raserec_adapter.experiments.backbones import Backbone, dropout_kwargs
 from raserec_adapter.experiments.cli import PROTOCOLS, choose_threads, parse_args, resolve
 from raserec_adapter.experiments.options import config_from_args
@@ -64,6 +71,8 @@ LABELS = {
 """How the result table names each variant of the results files."""
 
 Metrics = dict[str, float]
+Ranks = dict[str, dict[str, torch.Tensor]]  # protocol -> variant -> (U,) ranks
+LIFT_METRICS = ("HR@10", "NDCG@10")
 
 
 def main(
@@ -152,7 +161,7 @@ def _stage2(
     args: argparse.Namespace,
     seed: int,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Metrics]]]:
-    """Builds the bank, fits the RAM and tests it; the record and ``{protocol: {variant: m}}``."""
+    """Builds the bank, fits the RAM and ranks the test targets; the record and the ranks."""
     aug.build_bank(split, device=args.device)
     rcfg = config_from_args(args, "raft", seed=seed)
     raft = aug.fit_raft(split, rcfg, device=args.device)
@@ -165,8 +174,56 @@ def _stage2(
         "config": rcfg.to_dict(),
         "augmenter_config": acfg.to_dict(),  # as given (hidden_size 0: the encoder's)
     }
-    tests = {p: aug.evaluate(split, "test", protocol=p, device=args.device) for p in args.protocols}
-    return record, tests
+    return record, _test_ranks(aug, split, args, augmented=(False, True))
+
+
+def _test_ranks(
+    aug: RetrievalAugmenter, split: LeaveOneOutSplit, args: argparse.Namespace, augmented: Any
+) -> Ranks:
+    """Each protocol's test ranks of the variants asked for."""
+    return {
+        p: aug.ranks(
+            split, "test", protocol=p, augmented=augmented, device=args.device, show_progress=True
+        )
+        for p in args.protocols
+    }
+
+
+def _metrics(ranks: Ranks) -> dict[str, dict[str, Metrics]]:
+    """``{protocol: {variant: metrics}}`` from the ranks."""
+    out: dict[str, dict[str, Metrics]] = {}
+    for p, by_variant in ranks.items():
+        out[p] = {}
+        for variant, r in by_variant.items():
+            m = RankingMetrics()
+            m.update(r)
+            out[p][variant] = m.compute()
+    return out
+
+
+def _lifts(ranks: list[Ranks]) -> dict[str, dict[str, Any]]:
+    """Per protocol, the RAM's lift over the frozen encoder from one or more seeds' ranks."""
+    return {
+        p: lift_record(
+            torch.stack([r[p]["plain"] for r in ranks]),
+            torch.stack([r[p]["raserec"] for r in ranks]),
+        )
+        for p in ranks[0]
+        if "raserec" in ranks[0][p]
+    }
+
+
+def _lift_line(lift: dict[str, Any]) -> str:
+    """One line: the RAM's lift on HR@10 and NDCG@10 with its interval, and what it means."""
+    parts = []
+    for name in LIFT_METRICS:
+        row = lift["metrics"][name]
+        verdict = "" if row["excludes_zero"] else ", contains 0"
+        parts.append(f"{name} {row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}{verdict}]")
+    return (
+        f"lift with the RAM, {lift['level']:.0%} interval (paired bootstrap over "
+        f"{lift['users']:,} test users): " + "; ".join(parts)
+    )
 
 
 def _run_seed(
@@ -177,8 +234,9 @@ def _run_seed(
     seed: int,
     run_dir: Path,
     run_info: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, dict[str, Metrics]]]:
-    """Both stages (or stage 1 alone) for one seed: its record and its test metrics."""
+) -> tuple[dict[str, Any], Ranks]:
+    """Both stages (or stage 1 alone) for one seed: its record and its test ranks (also
+    saved as ``run_dir/test-ranks.npz``)."""
     seed_everything(seed)
     encoder = backbone.build(num_items, args)
     acfg = AugmenterConfig(
@@ -201,16 +259,19 @@ def _run_seed(
         )
         details["pretrain"] = _stage1(aug, backbone, split, args, seed, run_dir, run)
     if args.plain:
-        tests = {
-            p: aug.evaluate(split, "test", protocol=p, augmented=False, device=args.device)
-            for p in args.protocols
-        }
-        return details, tests
-    details["raft"], tests = _stage2(aug, acfg, split, args, seed)
-    aug.save(run_dir / "augmenter")
-    if args.encoder_checkpoint:  # the folder holds what the analyses reload, as after stage 1
-        torch.save(encoder.state_dict(), run_dir / "encoder.pt")
-    return details, tests
+        ranks = _test_ranks(aug, split, args, augmented=False)
+    else:
+        details["raft"], ranks = _stage2(aug, acfg, split, args, seed)
+        details["lift"] = _lifts([ranks])
+        aug.save(run_dir / "augmenter")
+        if args.encoder_checkpoint:  # the folder holds what the analyses reload
+            torch.save(encoder.state_dict(), run_dir / "encoder.pt")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        f"{p}.{v}": r.numpy().astype(np.int32) for p, rs in ranks.items() for v, r in rs.items()
+    }
+    np.savez(run_dir / "test-ranks.npz", **arrays)
+    return details, ranks
 
 
 def _size(paths: list[Path]) -> tuple[int, int]:
@@ -259,14 +320,16 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, Metrics]:
     stage = "plain" if args.plain else "raserec"
     per_variant: dict[tuple[str, str], list[Metrics]] = {}
     written: list[Path] = []
+    seed_ranks: list[Ranks] = []
     for seed in seeds:
         run_dir = out / f"{stem}-{stage}-seed{seed}"
-        details, tests = _run_seed(
+        details, ranks = _run_seed(
             backbone, args, split, sequences.num_items, seed, run_dir, run_info
         )
         written.append(run_dir)
+        seed_ranks.append(ranks)
         extra["per_seed_details"].append(details)
-        for p, test in tests.items():
+        for p, test in _metrics(ranks).items():
             for variant, metrics in test.items():
                 key = (
                     "plain" if args.plain else "pretrained-plain" if variant == "plain" else variant
@@ -274,11 +337,14 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, Metrics]:
                 per_variant.setdefault((p, key), []).append(metrics)
     wall = time.perf_counter() - t_start
     means = {key: mean_metrics(rows) for key, rows in per_variant.items()}
+    lifts = {} if args.plain else _lifts(seed_ranks)
     label = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {seeds}"
     for p in args.protocols:
         print(f"\n{name} / {backbone.name} / {label} / test split / protocol {p} ({PROTOCOLS[p]})")
         rows = {LABELS[v]: m for (q, v), m in means.items() if q == p}
         print(format_table(rows, TABLE_METRICS))
+        if p in lifts:
+            print(_lift_line(lifts[p]))
     # the --out copy names its seeds, so runs of other seeds sharing --out (parallel processes)
     # never overwrite it; merge them with tools/merge_seeds.py
     seed_label = ("seed" if len(seeds) == 1 else "seeds") + "-".join(map(str, seeds))
@@ -297,7 +363,7 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, Metrics]:
                 seeds=seeds,
                 per_seed=rows,
                 wall_seconds=wall,
-                extra=extra,
+                extra={**extra, "lift": lifts[p]} if variant == "raserec" else extra,
                 commit=commit,
             )
         written.append(paths[0])  # the --results-dir copies are not counted below
