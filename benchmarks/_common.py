@@ -113,7 +113,8 @@ def load_finished_run(
     ``run`` is an example run's folder (``<out>/<dataset>-<backbone>-raserec-seed<N>``), holding
     ``encoder.pt`` (a state dict) and the augmenter saved in ``augmenter/``; ``backbone`` is the
     :class:`~raserec_adapter.experiments.Backbone` and ``ex_args`` the runner's options the run
-    was made with. The encoder and the RAM are moved to ``device``.
+    was made with. The encoder and the RAM are moved to ``device``; the RAM is served even where
+    RAFT chose the frozen encoder (do no harm), as the run's own results measure it.
 
     Raises:
         SystemExit: If either file is missing.
@@ -129,7 +130,9 @@ def load_finished_run(
     encoder.load_state_dict(torch.load(run / "encoder.pt", map_location="cpu", weights_only=True))
     encoder.to(device)
     wrap = backbone.augmenter_kwargs(encoder)
-    return RetrievalAugmenter.load(encoder, run / "augmenter", device=device, **wrap)
+    aug = RetrievalAugmenter.load(encoder, run / "augmenter", device=device, **wrap)
+    aug.ram.serve(True)  # the analyses measure the RAM itself, as the run's results files do
+    return aug
 
 
 def run_analysis_parser(description: str) -> Any:
@@ -197,6 +200,7 @@ def fit_raft_and_test(aug: Any, split: Any, args: Any, protocol: str = "full") -
         patience=args.patience,
         valid_metric=args.valid_metric,
         seed=args.seed,
+        fallback=False,  # the analyses measure the RAM itself, not the do-no-harm choice
     )
     res = aug.fit_raft(split, rcfg, device=args.device, show_progress=False)
     test = aug.evaluate(split, "test", protocol=protocol, augmented=True, device=args.device)

@@ -140,6 +140,7 @@ def main() -> None:
         show_progress=False,
     )
     raft_bf16 = [h["train_seconds"] for h in res_bf16.history]
+    aug.ram.serve(True)  # recommendations are timed with the RAM, whatever RAFT chose to serve
     raft_base = naive_raft_seconds(aug, split, args.baseline_batches)
 
     aug.eval()

@@ -180,10 +180,8 @@ class RetrievalAugmenter(nn.Module):
         return self.memory.add_histories(sequences, users, start_lengths, device)
 
     def remove_memories(self, users: Ids | int) -> int:
-        """Removes every memory of the given users (bank ids) from the bank; returns how many.
-
-        As after :meth:`add_memories`, the bank no longer follows the split protocol.
-        """
+        """Removes every memory of the given users (bank ids); returns how many. As after
+        :meth:`add_memories`, the bank no longer follows the split protocol."""
         return self.memory.remove(users)
 
     def augment(
@@ -195,8 +193,11 @@ class RetrievalAugmenter(nn.Module):
         """``h~``: retrieves K memories for each ``h`` and mixes them in with the RAM.
 
         ``users`` and ``lengths`` (full prefix lengths) of the queries switch on the no-leakage
-        rule; leave them out for users outside the bank.
+        rule; leave them out for users outside the bank. ``h`` as it is where RAFT chose not to
+        serve the RAM (:attr:`~raserec_adapter.ram.RetrievalAugmentedModule.serves`).
         """
+        if not self.ram.serves:
+            return self.ram.passthrough(h)
         keys, values = self.memory.memories(h, self.config.ram.k, users, lengths)
         dev = h.device
         if next(self.ram.parameters()).device != dev:
@@ -206,9 +207,8 @@ class RetrievalAugmenter(nn.Module):
     def reset_ram(self, ram: RAMConfig | None = None, *, seed: int | None = None) -> None:
         """Replaces the RAM head with a freshly initialised one; keeps the encoder and the bank.
 
-        For tuning the RAM over one frozen encoder: each setting costs only its
-        :meth:`fit_raft`. ``seed`` seeds the new head's weights (the global random state is
-        left as it was).
+        For tuning the RAM over one frozen encoder (each setting costs only its :meth:`fit_raft`);
+        ``seed`` seeds the new head's weights (the global random state is left as it was).
 
         Examples:
             >>> from raserec_adapter import RAMConfig, RetrievalAugmenter
@@ -236,7 +236,8 @@ class RetrievalAugmenter(nn.Module):
 
         Queries and their K neighbours are computed once; early stopping on validation keeps
         the best epoch's RAM. The result's ``baseline_valid`` holds the frozen encoder's own
-        validation metrics; a warning says when the RAM's best epoch does not beat them.
+        validation metrics; where the RAM's best epoch does not beat them, a warning says so and
+        the augmenter serves the encoder alone (``RAFTConfig.fallback``; ``ram.serve(True)``).
         """
         require_split(split, "fit_raft")
         check_device(device)
@@ -395,6 +396,5 @@ class RetrievalAugmenter(nn.Module):
 
     def trainable_parameters(self) -> str:
         """A one-line summary of RAM vs encoder parameters (what RAFT trains)."""
-        ram = sum(p.numel() for p in self.ram.parameters())
-        enc = sum(p.numel() for p in self.encoder.parameters())
+        ram, enc = (sum(p.numel() for p in m.parameters()) for m in (self.ram, self.encoder))
         return f"RAM parameters: {ram:,} | encoder parameters (frozen in RAFT): {enc:,}"

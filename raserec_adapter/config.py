@@ -343,6 +343,9 @@ class RAFTConfig(_Config):
             where the CPU has AVX512-BF16 or AMX, slower where it has neither; on a GPU one
             bfloat16 product and ``F.cross_entropy``, as float32 takes there). Evaluation always
             scores in float32.
+        fallback: Do no harm: when the RAM's best validation score does not beat the frozen
+            encoder's, the augmenter serves the encoder's own representation (a warning says
+            so; ``augmenter.ram.serve(True)`` forces the RAM). ``False`` always serves the RAM.
     """
 
     epochs: int = 100
@@ -353,6 +356,7 @@ class RAFTConfig(_Config):
     valid_metric: str = "HR@10"
     seed: int = 0
     precision: str = "float32"
+    fallback: bool = True
 
     def _validate(self) -> None:
         _check(self.epochs >= 1, self, "epochs", ">= 1", self.epochs)

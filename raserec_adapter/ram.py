@@ -24,7 +24,9 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,8 @@ from raserec_adapter.config import RAMConfig
 from raserec_adapter.models._fast import use_fast_paths
 
 __all__ = ["CrossAttention", "RetrievalAugmentedModule"]
+
+logger = logging.getLogger("raserec_adapter")
 
 
 class CrossAttention(nn.Module):
@@ -129,6 +133,48 @@ class RetrievalAugmentedModule(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
         use_fast_paths(self)  # cheaper CPU dropout masks, same distribution
+        # whether the augmenter mixes this head in; saved in the state dict (see ``serves``)
+        self.register_buffer("serving", torch.tensor(True))
+        self._told = False
+
+    @property
+    def serves(self) -> bool:
+        """Whether the augmenter serves ``h~`` from this head, or the encoder's ``h`` as it is.
+
+        RAFT sets it (:func:`~raserec_adapter.training.raft.fit_raft_frozen`): ``False`` when
+        the head's best validation score does not beat the frozen encoder's and
+        ``RAFTConfig.fallback`` is on (the default). It is saved with the head's weights.
+
+        Examples:
+            >>> ram = RetrievalAugmentedModule(hidden_size=8)
+            >>> ram.serves, ram.serve(False), ram.serves
+            (True, None, False)
+        """
+        return bool(self.serving)
+
+    def serve(self, on: bool = True) -> None:
+        """Forces the choice: ``serve(True)`` mixes the head in even where RAFT found no gain,
+        ``serve(False)`` serves the encoder's representation as it is."""
+        if not isinstance(on, bool):
+            raise TypeError(f"serve takes True or False, got {on!r}")
+        self.serving.fill_(on)
+        self._told = False
+
+    def passthrough(self, h: torch.Tensor) -> torch.Tensor:
+        """``h`` unchanged, in place of ``h~`` while the head is not served (said once)."""
+        if not self._told:
+            logger.warning(
+                "the RAM is not served: RAFT found it no better than the frozen encoder on "
+                "validation, so 'raserec' results and recommend(augmented=True) use the "
+                "encoder's own representation; augmenter.ram.serve(True) forces the RAM"
+            )
+            self._told = True
+        return h
+
+    def _load_from_state_dict(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        if prefix + "serving" not in state:  # a head saved before RAFT chose: it was served
+            state[prefix + "serving"] = torch.tensor(True)
+        super()._load_from_state_dict(state, prefix, *args)
 
     @classmethod
     def fresh(

@@ -95,7 +95,8 @@ def test_retrieval_never_leaks_the_future(trained, kind, monkeypatch):
         return found
 
     monkeypatch.setattr(bank_cls, "search", spy)
-    aug.fit_raft(split, RAFTConfig(epochs=1, batch_size=64), show_progress=False)
+    rcfg = RAFTConfig(epochs=1, batch_size=64, fallback=False)  # the RAM served: it retrieves
+    aug.fit_raft(split, rcfg, show_progress=False)
     aug.evaluate(split, "test", augmented=(True,))
     seqs = split.sequences  # recommend for the first 3 items of 5 users: their later pairs are out
     starts = [seqs.items[o : o + 3].tolist() for o in seqs.offsets[:5]]
@@ -578,7 +579,8 @@ def test_phase_switches_train_the_ivf_index_on_the_phases_memories(trained):
 
     switched = ivf()
     switched.build_bank(split, show_progress=False)
-    switched.fit_raft(split, RAFTConfig(epochs=1, batch_size=64), show_progress=False)
+    rcfg = RAFTConfig(epochs=1, batch_size=64, fallback=False)  # the RAM served: it retrieves
+    switched.fit_raft(split, rcfg, show_progress=False)
     got = switched.evaluate(split, "test")["raserec"]
     direct = ivf()
     direct.ram.load_state_dict(switched.ram.state_dict())

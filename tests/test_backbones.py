@@ -273,8 +273,9 @@ def test_example_script_runs_end_to_end(script, plain, dataset_file, tmp_path, c
     # one table per protocol, naming it; the frozen encoder and, after stage 2, the RAM
     for protocol in ("full (seen items kept)", "seen_removed (seen items removed)"):
         assert out.count(f"toy / {name} / seed 0 / test split / protocol {protocol}") == 1
-    assert out.count("frozen encoder" if not plain else "plain encoder") == 2
-    assert out.count("with the RAM") == (0 if plain else 2)
+    assert out.count("\nfrozen encoder " if not plain else "\nplain encoder ") == 2  # table rows
+    assert out.count("\nwith the RAM ") == (0 if plain else 2)  # a table row per protocol
+    assert out.count("\nlift with the RAM, 95% interval") == (0 if plain else 2)
     assert f"to {tmp_path}/" in out
     if not plain:
         assert (tmp_path / f"toy-{name}-raserec-seed0" / "augmenter" / "ram.pt").is_file()

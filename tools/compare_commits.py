@@ -120,6 +120,8 @@ def child(tree: str, data_dir: str | None, checkpoint: str | None, epochs: int, 
     aug = RetrievalAugmenter(model, AugmenterConfig())
     aug.build_bank(split, show_progress=False)
     res = aug.fit_raft(split, RAFTConfig(epochs=epochs, patience=epochs + 1), show_progress=False)
+    if hasattr(aug.ram, "serve"):  # since do no harm: time the RAM, whatever RAFT chose
+        aug.ram.serve(True)
     aug.eval()
     users = np.random.default_rng(0).choice(len(split.test), requests, replace=False)
     histories = [split.sequences[u][:-1].tolist() for u in users]

@@ -37,7 +37,6 @@ from raserec_adapter import RankingMetrics, leave_one_out, load_dataset
 from raserec_adapter.evaluation.lift import lift_record
 
 
-
 def saved_ranks(run: Path, protocol: str) -> tuple[np.ndarray, np.ndarray] | None:
     """``(plain, raserec)`` test ranks from ``run/test-ranks.npz``; ``None`` if it has none."""
     path = run / "test-ranks.npz"

@@ -173,8 +173,14 @@ def _stage2(
         "baseline_valid": raft.baseline_valid,  # the frozen encoder alone
         "config": rcfg.to_dict(),
         "augmenter_config": acfg.to_dict(),  # as given (hidden_size 0: the encoder's)
+        # do no harm: what the augmenter serves after RAFT's validation comparison
+        "serving": "ram" if aug.ram.serves else "encoder",
     }
-    return record, _test_ranks(aug, split, args, augmented=(False, True))
+    served = aug.ram.serves
+    aug.ram.serve(True)  # the results measure the RAM itself, whatever RAFT chose to serve
+    ranks = _test_ranks(aug, split, args, augmented=(False, True))
+    aug.ram.serve(served)  # saved with the augmenter as RAFT chose
+    return record, ranks
 
 
 def _test_ranks(
@@ -367,6 +373,17 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, Metrics]:
                 commit=commit,
             )
         written.append(paths[0])  # the --results-dir copies are not counted below
+    unserved = [
+        d["seed"]
+        for d in extra["per_seed_details"]
+        if d.get("raft", {}).get("serving") == "encoder"
+    ]
+    if unserved:
+        print(
+            f"Seeds {unserved}: the RAM did not beat the frozen encoder on validation, so the "
+            "saved augmenter serves the encoder's representation (RAFTConfig.fallback); the "
+            "rows above are the RAM's own."
+        )
     if args.demo and name in backbone.converged:
         print(f"\nThis was a short demo schedule; {backbone.converged[name]}.")
     files, size = _size(written)

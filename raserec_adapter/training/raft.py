@@ -239,9 +239,10 @@ def fit_raft(
 
     Returns:
         A :class:`~raserec_adapter.TrainResult` whose ``baseline_valid`` holds the metrics of
-        ``valid_queries`` alone (the frozen encoder without the RAM); a warning is logged when
-        the RAM's best epoch does not beat them. The RAM holds the best epoch's weights, in eval
-        mode.
+        ``valid_queries`` alone (the frozen encoder without the RAM). Where the RAM's best epoch
+        does not beat them, a warning says so and, with ``config.fallback``, the RAM is marked
+        not served (:attr:`~raserec_adapter.ram.RetrievalAugmentedModule.serves`). The RAM holds
+        the best epoch's weights, in eval mode.
 
     Raises:
         ValueError: Inputs whose shapes do not fit the RAM, the split or each other,
@@ -352,14 +353,19 @@ def fit_raft(
     ram.eval()
     result.seconds = time.perf_counter() - t_start
     plain, best = result.baseline_valid[config.valid_metric], stop.best_score
+    ram.serve(best > plain or not config.fallback)
     if best <= plain:
         logger.warning(
             "RAFT: the RAM's best validation %s (%.4f) does not beat the frozen encoder "
-            "alone (%.4f); try a larger RAMConfig.alpha (more weight on the encoder's own "
-            "representation), or serve the encoder alone (augmented=False)",
+            "alone (%.4f); %s. A larger RAMConfig.alpha puts more weight on the encoder's own "
+            "representation",
             config.valid_metric,
             best,
             plain,
+            "the augmenter serves the encoder's representation (RAFTConfig.fallback); "
+            "augmenter.ram.serve(True) forces the RAM"
+            if config.fallback
+            else "the RAM is served anyway (RAFTConfig.fallback=False)",
         )
     return result
 
