@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ __all__ = [
     "require_flag",
     "require_positive_int",
 ]
+
+
+T = TypeVar("T")
 
 
 def as_id_array(values: Any, name: str, count: int | None, low: int | None) -> np.ndarray:
@@ -56,14 +59,15 @@ def as_id_array(values: Any, name: str, count: int | None, low: int | None) -> n
     return np.asarray(items, dtype=np.int64)
 
 
-def require_config(config: object, kind: type, method: str) -> None:
-    """Refuses a ``config`` that is not a ``kind`` (e.g. a dict, or the other stage's config)."""
+def require_config(config: T, kind: type, method: str) -> T:
+    """``config``, refused if it is not a ``kind`` (e.g. a dict, or the other stage's config)."""
     if not isinstance(config, kind):
         raise TypeError(
             f"{method} takes a {kind.__name__}, got {type(config).__name__}"
             + (f" {config!r}" if isinstance(config, dict) else "")
             + f"; e.g. {kind.__name__}(epochs=...)"
         )
+    return config
 
 
 def check_device(device: torch.device | str) -> torch.device:

@@ -235,17 +235,17 @@ class RetrievalAugmenter(nn.Module):
         """Stage 2, retrieval-augmented fine-tuning: trains only the RAM, the encoder frozen.
 
         Queries and their K neighbours are computed once; early stopping on validation keeps
-        the best epoch's RAM. The result's ``baseline_valid`` holds the frozen encoder's own
-        validation metrics; where the RAM's best epoch does not beat them, a warning says so and
-        the augmenter serves the encoder alone (``RAFTConfig.fallback``; ``ram.serve(True)``).
+        the best epoch's RAM (``RAFTConfig.alpha_grid``: then its alpha is chosen). The result's
+        ``baseline_valid`` holds the frozen encoder's validation metrics; where the RAM does not
+        beat them, a warning says so and the encoder is served alone (``RAFTConfig.fallback``).
         """
         require_split(split, "fit_raft")
         check_device(device)
-        if config is not None:
-            require_config(config, RAFTConfig, "fit_raft")
+        cfg = RAFTConfig() if config is None else require_config(config, RAFTConfig, "fit_raft")
         check_split_fits(split, self.config.max_len, self.encoder.num_items)
-        cfg = config or RAFTConfig()
-        return fit_raft_frozen(self.ram, self.memory, split, cfg, device, show_progress)
+        result = fit_raft_frozen(self.ram, self.memory, split, cfg, device, show_progress)
+        self.config = self.config.replace(ram=self.ram.config)  # an alpha chosen on validation
+        return result
 
     @torch.no_grad()
     def evaluate(

@@ -346,6 +346,10 @@ class RAFTConfig(_Config):
         fallback: Do no harm: when the RAM's best validation score does not beat the frozen
             encoder's, the augmenter serves the encoder's own representation (a warning says
             so; ``augmenter.ram.serve(True)`` forces the RAM). ``False`` always serves the RAM.
+        alpha_grid: After training, choose ``RAMConfig.alpha`` among these values (and the
+            trained one) by the validation metric, over the cached validation queries and
+            neighbours: one validation pass per value. A tie keeps the trained alpha, then the
+            larger. Empty (default): keep the trained alpha, the paper's fixed 0.5.
     """
 
     epochs: int = 100
@@ -357,6 +361,7 @@ class RAFTConfig(_Config):
     seed: int = 0
     precision: str = "float32"
     fallback: bool = True
+    alpha_grid: tuple[float, ...] = ()
 
     def _validate(self) -> None:
         _check(self.epochs >= 1, self, "epochs", ">= 1", self.epochs)
@@ -368,6 +373,16 @@ class RAFTConfig(_Config):
         ok = self.precision in ("float32", "bfloat16")
         _check(ok, self, "precision", "'float32' or 'bfloat16'", self.precision)
         _check_seed(self)
+        want = "a tuple of numbers in [0, 1]"
+        try:  # JSON gives lists back: store a tuple of floats, so configs compare and hash
+            grid = tuple(float(a) for a in self.alpha_grid if not isinstance(a, bool))
+        except (TypeError, ValueError):
+            grid = (math.nan,)
+        ok = len(grid) == len(self.alpha_grid) and all(0.0 <= a <= 1.0 for a in grid)
+        _check(
+            ok and not isinstance(self.alpha_grid, str), self, "alpha_grid", want, self.alpha_grid
+        )
+        object.__setattr__(self, "alpha_grid", grid)
 
 
 @dataclass(frozen=True)

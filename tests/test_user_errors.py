@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +22,7 @@ from raserec_adapter import (
     RetrievalAugmenter,
     Sequences,
     TorchMemoryBank,
+    _atomic,
     leave_one_out,
     wrap_encoder,
 )
@@ -156,20 +157,21 @@ def test_a_save_that_fails_while_moving_in_puts_the_old_checkpoint_back(
     aug.build_bank(split, show_progress=False)
     aug.save(tmp_path / "ck")
     before = _snapshot(tmp_path / "ck")
-    real = Path.rename
+    monkeypatch.setattr(_atomic, "_use_exchange", False)  # the two renames (no renameat2)
+    real = os.rename
     calls = {"n": 0}
 
-    def second_fails(self, target):  # the old one moves aside, the new one cannot move in
+    def third_fails(src, dst):  # bank in, old aside, new in (fails), old back
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 3:
             raise OSError("simulated failure")
-        return real(self, target)
+        return real(src, dst)
 
-    monkeypatch.setattr(Path, "rename", second_fails)
+    monkeypatch.setattr(os, "rename", third_fails)
     with pytest.raises(OSError, match="simulated failure"):
         aug.save(tmp_path / "ck")
     monkeypatch.undo()
-    assert calls["n"] == 3  # aside, (failed) in, back
+    assert calls["n"] == 4  # bank in, aside, (failed) in, back
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no stray copies
     assert _snapshot(tmp_path / "ck") == before
     RetrievalAugmenter.load(model, tmp_path / "ck")  # and it still loads

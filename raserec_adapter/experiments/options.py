@@ -123,6 +123,23 @@ def prefix_length_ranges(text: str) -> tuple[tuple[int, int | None], ...]:
     return tuple(ranges)
 
 
+def numbers(text: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers (``"0.3,0.5,1"``); ``""`` or ``none`` for none.
+
+    Examples:
+        >>> numbers("0.3, 0.5,1"), numbers("none")
+        ((0.3, 0.5, 1.0), ())
+    """
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.3,0.5,1, got {text!r}"
+        ) from None
+
+
 def _optional(parse: typing.Callable[[str], Any]) -> typing.Callable[[str], Any]:
     def parse_or_none(text: str) -> Any:
         return None if text.lower() == "none" else parse(text)
@@ -140,6 +157,8 @@ def _value_type(hint: Any) -> tuple[typing.Callable[[str], Any], str]:
         return _optional(parse), f"{metavar}|none"
     if hint == _RANGES:
         return prefix_length_ranges, "LO-HI,..."
+    if hint == tuple[float, ...]:
+        return numbers, "X,Y,...|none"
     if hint in (int, float, str):
         return hint, hint.__name__.upper()
     raise TypeError(f"no command-line form for a config field of type {hint!r}")

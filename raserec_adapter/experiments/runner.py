@@ -171,6 +171,7 @@ def _stage2(
         "seconds": round(raft.seconds, 1),
         "best_valid": raft.best_valid,
         "baseline_valid": raft.baseline_valid,  # the frozen encoder alone
+        "alpha_selection": raft.alpha_selection,  # with --raft.alpha-grid
         "config": rcfg.to_dict(),
         "augmenter_config": acfg.to_dict(),  # as given (hidden_size 0: the encoder's)
         # do no harm: what the augmenter serves after RAFT's validation comparison

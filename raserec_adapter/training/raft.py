@@ -46,13 +46,13 @@ from raserec_adapter._checks import check_device
 from raserec_adapter._progress import progress
 from raserec_adapter.config import RAFTConfig
 from raserec_adapter.data import LeaveOneOutSplit
-from raserec_adapter.data.batching import Batch
 from raserec_adapter.encoder import encode_prefixes, eval_mode
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.memory.protocol import MemoryBank, gather_rows
 from raserec_adapter.memory.state import PhasedBank
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.training.losses import attention_kernel_available, frozen_table_cross_entropy
+from raserec_adapter.training.ram_validation import choose_alpha, evaluate_ram
 from raserec_adapter.training.state import (
     EarlyStopping,
     RunningMean,
@@ -109,38 +109,6 @@ def search_neighbours(
 
 
 @torch.no_grad()
-def evaluate_ram(
-    ram: RetrievalAugmentedModule,
-    split: LeaveOneOutSplit,
-    queries: torch.Tensor,
-    neighbours: torch.Tensor,
-    memories: tuple[torch.Tensor, torch.Tensor],
-    item_table: torch.Tensor,
-) -> dict[str, float]:
-    """Validation metrics of the RAM over cached query representations and neighbours.
-
-    ``queries`` and ``neighbours`` hold one row per validation user (``split.valid``);
-    ``memories`` are the bank's ``(keys, values)``; everything on ``item_table``'s device. The
-    RAM is evaluated in eval mode and handed back in the mode it came in.
-    """
-    was = ram.training
-    ram.eval()
-    dev = item_table.device
-    mem_k, mem_v = memories
-
-    def represent(b: Batch) -> torch.Tensor:
-        rows = b.index.to(dev)
-        nb = neighbours[rows]
-        return ram(queries[rows], gather_rows(mem_k, nb), gather_rows(mem_v, nb))
-
-    try:
-        return evaluate_ranking(
-            represent, item_table, split.sequences, split.valid, max_len=split.max_len, device=dev
-        )
-    finally:
-        ram.train(was)
-
-
 def _check_inputs(
     ram: RetrievalAugmentedModule,
     split: LeaveOneOutSplit,
@@ -351,9 +319,13 @@ def fit_raft(
             if stop.bad_epochs >= config.patience:
                 break
     ram.eval()
-    result.seconds = time.perf_counter() - t_start
-    plain, best = result.baseline_valid[config.valid_metric], stop.best_score
+    if config.alpha_grid:
+        tables = ((valid_h, valid_nb), (mem_k, mem_v), table)
+        result.best_valid, result.alpha_selection = choose_alpha(ram, split, *tables, config)
+    plain = result.baseline_valid[config.valid_metric]
+    best = result.best_valid.get(config.valid_metric, stop.best_score)
     ram.serve(best > plain or not config.fallback)
+    result.seconds = time.perf_counter() - t_start
     if best <= plain:
         logger.warning(
             "RAFT: the RAM's best validation %s (%.4f) does not beat the frozen encoder "

@@ -45,6 +45,9 @@ class TrainResult:
             run has one per call): ``first_epoch`` and ``last_epoch`` it trained (``last_epoch
             < first_epoch`` when it trained none), its ``seconds``, ``started_at`` (UTC),
             ``device``, ``torch_threads`` and the caller's ``run_info`` (command, commit, ...).
+        alpha_selection: RAFT with ``RAFTConfig.alpha_grid`` only: ``trained`` (the alpha RAFT
+            trained with), ``chosen`` and ``valid`` (each value's validation score);
+            ``best_valid`` then holds the chosen alpha's metrics.
     """
 
     best_epoch: int = 0
@@ -54,6 +57,7 @@ class TrainResult:
     seconds: float = 0.0
     baseline_valid: dict[str, float] = field(default_factory=dict)
     invocations: list[dict[str, Any]] = field(default_factory=list)
+    alpha_selection: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,0 +1,123 @@
+"""Does choosing the RAM's alpha on validation beat the paper's fixed alpha = 0.5?
+
+Reads finished runs of an example made with ``--raft.alpha-grid`` (``<run>/encoder.pt`` and the
+augmenter saved in ``<run>/augmenter``, whose alpha is the one chosen on validation after RAFT;
+the run's results file, ``<run>.json``, records the trained alpha and each value's validation
+score). For each run it ranks the validation and test targets with the frozen encoder, with the
+RAM at the trained alpha and with the RAM at the chosen alpha (the same trained RAM, the same
+bank) and reports, per split, the metrics and each RAM arm's lift over the frozen encoder with
+a paired bootstrap interval over users (:func:`raserec_adapter.evaluation.lift.lift_record`),
+pooled over the runs (their users' ranks averaged per user).
+
+    for s in 0 1 2; do  # one process per seed: each run folder gets its own results file
+        python examples/sasrec.py --dataset ../shared/data/ml-100k.inter --seed $s --threads 1 \\
+            --raft.alpha-grid 0.1,0.3,0.7,0.9,1 --protocols full --out runs/alpha
+    done
+    python benchmarks/alpha_selection.py --dataset ../shared/data/ml-100k.inter \\
+        --run runs/alpha/ml-100k-sasrec-raserec-seed0 --run ... \\
+        --out benchmarks/results/alpha-selection-ml-100k-sasrec.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import (
+    load_finished_run,
+    open_run_analysis,
+    provenance,
+    run_analysis_parser,
+    run_provenance,
+    write_json,
+)
+
+from raserec_adapter import RankingMetrics
+from raserec_adapter.evaluation.lift import lift_record
+
+ARMS = ("frozen", "trained_alpha", "chosen_alpha")
+METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
+
+
+def trained_alpha(run: Path) -> float:
+    """The alpha RAFT trained with, from the run's results file (``<run>.json``)."""
+    path = Path(str(run).rstrip("/") + ".json")
+    try:
+        details = json.loads(path.read_text())["per_seed_details"][0]["raft"]
+        return float(details["alpha_selection"]["trained"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise SystemExit(
+            f"{path}: no RAFT alpha selection recorded ({e!r}); --run takes runs made with "
+            "--raft.alpha-grid, next to their results file"
+        ) from None
+
+
+def _metrics(ranks: torch.Tensor) -> dict[str, float]:
+    m = RankingMetrics()
+    m.update(ranks)
+    return {k: v for k, v in m.compute().items() if k in METRICS}
+
+
+def analyse(aug: Any, split: Any, run: Path, protocol: str, device: str) -> dict[str, Any]:
+    """Ranks of both splits for the three arms of one run."""
+    chosen, trained = aug.ram.config.alpha, trained_alpha(run)
+    out: dict[str, Any] = {"trained_alpha": trained, "chosen_alpha": chosen, "ranks": {}}
+    for which in ("valid", "test"):
+        ranks = {}
+        for arm, alpha in (("trained_alpha", trained), ("chosen_alpha", chosen)):
+            aug.ram.config = aug.ram.config.replace(alpha=alpha)
+            r = aug.ranks(split, which, protocol=protocol, device=device, show_progress=True)
+            ranks["frozen"], ranks[arm] = r["plain"], r["raserec"]
+        aug.ram.config = aug.ram.config.replace(alpha=chosen)
+        out["ranks"][which] = ranks
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = run_analysis_parser(__doc__.splitlines()[0]).parse_args(argv)
+    t0 = time.perf_counter()
+    backbone, ex_args, split = open_run_analysis(args)
+    per_run = []
+    for run in map(Path, args.run):
+        aug = load_finished_run(backbone, split.sequences.num_items, ex_args, run, args.device)
+        per_run.append(analyse(aug, split, run, args.protocol, args.device))
+        logging.info(
+            "%s: alpha %g -> %g", run, per_run[-1]["trained_alpha"], per_run[-1]["chosen_alpha"]
+        )
+    splits: dict[str, Any] = {}
+    for which in ("valid", "test"):
+        stacked = {a: torch.stack([r["ranks"][which][a] for r in per_run]) for a in ARMS}
+        splits[which] = {
+            "per_run": [{a: _metrics(r["ranks"][which][a]) for a in ARMS} for r in per_run],
+            "lift": {a: lift_record(stacked["frozen"], stacked[a]) for a in ARMS[1:]},
+        }
+    record: dict[str, Any] = {
+        "what": "the RAM at the alpha chosen on validation after RAFT (--raft.alpha-grid) "
+        "against the same RAM at its trained alpha, each against the frozen encoder",
+        "dataset": args.dataset,
+        "backbone": args.backbone,
+        "protocol": args.protocol,
+        "runs": [str(r) for r in args.run],
+        "run_provenance": run_provenance([str(r) for r in args.run]),
+        "alphas": [{"trained": r["trained_alpha"], "chosen": r["chosen_alpha"]} for r in per_run],
+        "splits": splits,
+    }
+    record.update(provenance(time.perf_counter() - t0))
+    write_json(Path(args.out), record)
+    print(f"alphas (trained -> chosen): {record['alphas']}")
+    for which, rec in splits.items():
+        for arm, lift in rec["lift"].items():
+            row = lift["metrics"]["NDCG@10"]
+            print(
+                f"{which:>5} {arm:>13}: NDCG@10 {row['new']:.4f} vs frozen {row['base']:.4f}, "
+                f"lift {row['diff']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}]"
+            )
+    return record
+
+
+if __name__ == "__main__":
+    main()
