@@ -182,6 +182,12 @@ def open_run_analysis(args: Any) -> tuple[Any, Any, Any]:
     return backbone, ex_args, split
 
 
+def each_run(args: Any, backbone: Any, ex_args: Any, split: Any) -> Any:
+    """Yields ``(run folder, its reloaded augmenter)`` for every ``--run`` of ``args``."""
+    for run in map(Path, args.run):
+        yield run, load_finished_run(backbone, split.sequences.num_items, ex_args, run, args.device)
+
+
 def write_json(path: Path, record: dict[str, Any]) -> None:
     """Writes ``record`` to ``path`` through a temporary file: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)

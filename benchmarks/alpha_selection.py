@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from _common import (
-    load_finished_run,
+    each_run,
     open_run_analysis,
     provenance,
     run_analysis_parser,
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     backbone, ex_args, split = open_run_analysis(args)
     per_run = []
-    for run in map(Path, args.run):
-        aug = load_finished_run(backbone, split.sequences.num_items, ex_args, run, args.device)
+    for run, aug in each_run(args, backbone, ex_args, split):
         per_run.append(analyse(aug, split, run, args.protocol, args.device))
         logging.info(
             "%s: alpha %g -> %g", run, per_run[-1]["trained_alpha"], per_run[-1]["chosen_alpha"]

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (
-    load_finished_run,
+    each_run,
     open_run_analysis,
     provenance,
     run_analysis_parser,
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     backbone, ex_args, split = open_run_analysis(args)
     per_run = []
-    for run in map(Path, args.run):
-        aug = load_finished_run(backbone, split.sequences.num_items, ex_args, run, args.device)
+    for run, aug in each_run(args, backbone, ex_args, split):
         aug.build_bank(split, "test", device=args.device, show_progress=False)
         per_run.append(analyse(aug, split, args, backbone))
         logging.info("%s: %s", run, per_run[-1])
