@@ -16,6 +16,7 @@ from raserec_adapter.experiments import BACKBONES, parse_args
 from raserec_adapter.training import search_neighbours
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _common
 import valid_memories
 
 
@@ -70,7 +71,7 @@ def test_both_banks_against_a_hand_built_reference(tmp_path):
         ref = json.loads((tmp_path / f"toy-sasrec-{variant}-seed0.json").read_text())["mean"]
         for m in valid_memories.METRICS:
             assert abs(res[key][m] - ref[m]) < 1e-6, (key, m)
-    aug = valid_memories.load_finished_run(BACKBONES["sasrec"], 20, parse_args("sasrec", TINY), run)
+    aug = _common.load_finished_run(BACKBONES["sasrec"], 20, parse_args("sasrec", TINY), run)
     split = leave_one_out(seqs, max_len=10)
     scores = {}
     for with_valid, key in ((True, "protocol"), (False, "train_only")):
