@@ -377,3 +377,13 @@ def test_real_beauty(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (seqs.num_users, seqs.num_items, seqs.num_interactions) == (22_363, 12_101, 198_502)
     monkeypatch.setenv("RASEREC_DATA_DIR", str(SHARED_DATA))
     assert dataset_path("Beauty", download=False) == (SHARED_DATA / "Beauty.txt").resolve()
+
+
+def test_a_data_file_name_is_found_under_data_dir(isolated: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "their-data"
+    folder.mkdir()
+    (folder / "Their_File.txt").write_bytes(TINY)
+    assert load_dataset("Their_File.txt", data_dir=folder).num_interactions == 8
+    assert dataset_path("Their_File.txt", data_dir=folder) == folder / "Their_File.txt"
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)looked at:.*data_dir argument"):
+        load_dataset("Other_File.txt", data_dir=folder)

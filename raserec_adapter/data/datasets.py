@@ -228,6 +228,35 @@ def _as_file(name: str | os.PathLike[str] | DatasetInfo) -> Path | None:
     return None
 
 
+def _data_folders(data_dir: str | os.PathLike[str] | None) -> list[tuple[Path, str]]:
+    """The folders searched for data files, in order, each with where it comes from."""
+    places: list[tuple[Path, str]] = []
+    if data_dir is not None:
+        places.append((Path(data_dir), "data_dir argument"))
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        places.append((Path(env), f"${DATA_DIR_ENV}"))
+    shared = development_data_dir()
+    if shared is not None:
+        places.append((shared, "../shared/data next to the checkout"))
+    return places
+
+
+def _find_file(path: Path, data_dir: str | os.PathLike[str] | None) -> Path:
+    """A user's data file: ``path`` as given, else (a relative one) under the data folders."""
+    places = [(path, "as given")]
+    if not path.is_absolute():
+        places += [(folder / path, origin) for folder, origin in _data_folders(data_dir)]
+    for candidate, _ in places:
+        if candidate.is_file():
+            return candidate
+    looked = "\n".join(f"  - {p.resolve()} ({o})" for p, o in places)
+    raise DatasetNotFoundError(
+        f"no such data file: {path}; looked at:\n{looked}\nPass the file's path, or its name "
+        f"with data_dir=<its folder>; registered dataset names: {', '.join(sorted(DATASETS))}"
+    )
+
+
 def dataset_path(
     name: str | os.PathLike[str] | DatasetInfo,
     data_dir: str | os.PathLike[str] | None = None,
@@ -244,7 +273,9 @@ def dataset_path(
 
     Args:
         name: A registered name (see :data:`DATASETS`, case-insensitive), a
-            :class:`DatasetInfo`, or the path of a data file (returned as is).
+            :class:`DatasetInfo`, or the path of a data file (returned as is when it exists; a
+            relative one is also looked for under ``data_dir``, ``$RASEREC_DATA_DIR`` and
+            ``../shared/data``, in that order).
         data_dir: Folder searched first.
         cache_dir: Download cache; default ``$RASEREC_CACHE_DIR`` or
             ``~/.cache/raserec-adapter``.
@@ -265,23 +296,10 @@ def dataset_path(
     """
     path = _as_file(name)
     if path is not None:
-        if not path.is_file():
-            raise DatasetNotFoundError(
-                f"no such data file: {path}; known dataset names: {', '.join(sorted(DATASETS))}"
-            )
-        return path
+        return _find_file(path, data_dir)
     assert not isinstance(name, os.PathLike)  # handled by _as_file
     info = _lookup(name)
-
-    places: list[tuple[Path, str]] = []
-    if data_dir is not None:
-        places.append((Path(data_dir), "data_dir argument"))
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        places.append((Path(env), f"${DATA_DIR_ENV}"))
-    shared = development_data_dir()
-    if shared is not None:
-        places.append((shared, "../shared/data next to the checkout"))
+    places = _data_folders(data_dir)
     cache = default_cache_dir(cache_dir)
     places.append((cache, "cache"))
 
