@@ -35,6 +35,7 @@ from pathlib import Path
 from raserec_adapter.data._files import _format_suffix
 from raserec_adapter.data.readers import read_interactions, read_sequences_txt
 from raserec_adapter.data.sequences import DataFormatError, Sequences
+from raserec_adapter.data.vocabulary import Vocabulary, apply_vocabulary
 
 __all__ = [
     "DATASETS",
@@ -370,6 +371,10 @@ def load_dataset(
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
+    *,
+    item_vocab: Vocabulary | None = None,
+    user_vocab: Vocabulary | None = None,
+    unknown: str = "error",
 ) -> Sequences:
     """Loads a registered dataset (verified) or a data file.
 
@@ -382,6 +387,12 @@ def load_dataset(
         data_dir: Folder searched first (see :func:`dataset_path` for the search order).
         cache_dir: Download cache.
         download: Whether to download a missing registered dataset.
+        item_vocab: Optional item vocabulary, to number items as an encoder trained elsewhere
+            does (``token -> id``, or the tokens in id order with the padding first; see
+            :func:`~raserec_adapter.data.vocabulary.apply_vocabulary`).
+        user_vocab: Optional user vocabulary; rows then follow its ids.
+        unknown: With a vocabulary: ``"error"`` refuses tokens it lacks, ``"drop"`` drops
+            their interactions.
 
     Returns:
         The sequences, with the original ids as labels.
@@ -399,12 +410,13 @@ def load_dataset(
         22363
     """
     path = dataset_path(name, data_dir=data_dir, cache_dir=cache_dir, download=download)
+    shared = {"item_vocab": item_vocab, "user_vocab": user_vocab, "unknown": unknown}
     if isinstance(name, os.PathLike) or _as_file(name) is not None:
         suffix = _format_suffix(path)
         if suffix == ".txt":
-            return read_sequences_txt(path)
+            return read_sequences_txt(path, **shared)
         if suffix in _TABLE_SUFFIXES:
-            return read_interactions(path)
+            return read_interactions(path, **shared)
         extension = path.suffix if suffix == path.suffix.lower() else suffix + path.suffix
         raise ValueError(
             f"{path}: unsupported extension {extension!r}; use .txt ('user item item ...' "
@@ -421,4 +433,8 @@ def load_dataset(
             f"items and {expected[2]} interactions, found {found[0]}, {found[1]} and "
             f"{found[2]}; the file is not the registered version, replace it with {info.url}"
         )
-    return seqs
+    return (
+        apply_vocabulary(seqs, item_vocab, user_vocab, unknown=unknown)
+        if (item_vocab is not None or user_vocab is not None)
+        else seqs
+    )

@@ -55,6 +55,7 @@ from raserec_adapter.data._files import (
     _sep_name,
 )
 from raserec_adapter.data.sequences import DataFormatError, Sequences
+from raserec_adapter.data.vocabulary import Vocabulary, apply_vocabulary
 
 __all__ = ["k_core_filter", "read_interactions", "read_sequences_txt"]
 
@@ -63,7 +64,24 @@ logger = logging.getLogger("raserec_adapter")
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
+def _shared(
+    seqs: Sequences, items: Vocabulary | None, users: Vocabulary | None, unknown: str
+) -> Sequences:
+    """``seqs`` in the given vocabularies (as read when there are none)."""
+    if items is None and users is None:
+        if unknown not in ("error", "drop"):
+            raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
+        return seqs
+    return apply_vocabulary(seqs, items, users, unknown=unknown)
+
+
+def read_sequences_txt(
+    path: str | os.PathLike[str],
+    *,
+    item_vocab: Vocabulary | None = None,
+    user_vocab: Vocabulary | None = None,
+    unknown: str = "error",
+) -> Sequences:
     """Reads a ``user_id item_id item_id ...`` file (one user per line, chronological items).
 
     Ids must be non-negative integers separated by spaces or tabs; blank lines are skipped. A
@@ -78,6 +96,12 @@ def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
 
     Args:
         path: The text file.
+        item_vocab: Optional item vocabulary (``token -> id``, or the tokens in id order with
+            the padding first) to number items as an encoder trained elsewhere does; see
+            :func:`~raserec_adapter.data.vocabulary.apply_vocabulary`.
+        user_vocab: Optional user vocabulary; rows then follow its ids.
+        unknown: With a vocabulary: ``"error"`` refuses tokens it lacks, ``"drop"`` drops
+            their interactions.
 
     Returns:
         The sequences, with ``user_labels`` and ``item_labels`` set.
@@ -153,7 +177,8 @@ def read_sequences_txt(path: str | os.PathLike[str]) -> Sequences:
             original.max(),
             len(item_labels),
         )
-    return Sequences(items, offsets, len(item_labels), users.astype(str), item_labels)
+    seqs = Sequences(items, offsets, len(item_labels), users.astype(str), item_labels)
+    return _shared(seqs, item_vocab, user_vocab, unknown)
 
 
 def _raise_bad_token(path: Path, data: bytes, pos: int) -> NoReturn:
@@ -270,6 +295,9 @@ def read_interactions(
     time_col: str | None = None,
     sep: str | None = None,
     k_core: int | None = None,
+    item_vocab: Vocabulary | None = None,
+    user_vocab: Vocabulary | None = None,
+    unknown: str = "error",
 ) -> Sequences:
     """Reads a user / item / timestamp table (CSV, TSV or RecBole ``.inter``) into sequences.
 
@@ -293,6 +321,9 @@ def read_interactions(
             ``.inter`` tab), else sniffed from the header.
         k_core: If given, iteratively drop users and items with fewer than ``k_core``
             interactions (see :func:`k_core_filter`) before numbering.
+        item_vocab: As :func:`read_sequences_txt`'s: items numbered as a given vocabulary.
+        user_vocab: As :func:`read_sequences_txt`'s: users ordered as a given vocabulary.
+        unknown: As :func:`read_sequences_txt`'s (``"error"`` or ``"drop"``).
 
     Returns:
         The sequences, with the original ids in ``user_labels`` and ``item_labels``
@@ -425,4 +456,5 @@ def read_interactions(
     np.cumsum(np.bincount(users, minlength=len(kept_users)), out=offsets[1:])
     user_labels = np.asarray(list(user_code), dtype=str)[kept_users]
     item_labels = np.asarray(list(item_code), dtype=str)[uniq[by_first]]
-    return Sequences(new_items, offsets, len(uniq), user_labels, item_labels)
+    seqs = Sequences(new_items, offsets, len(uniq), user_labels, item_labels)
+    return _shared(seqs, item_vocab, user_vocab, unknown)

@@ -141,6 +141,22 @@ class Sequences:
     def __getitem__(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
 
+    def with_vocabulary(
+        self, items: Any = None, users: Any = None, *, unknown: str = "error"
+    ) -> Sequences:
+        """These sequences renumbered into another item (and user) vocabulary, e.g. the
+        encoder's of another library; see
+        :func:`~raserec_adapter.data.vocabulary.apply_vocabulary`.
+
+        Examples:
+            >>> seqs = Sequences.from_lists([[1, 2]], item_labels=["b07", "a11"])
+            >>> seqs.with_vocabulary({"a11": 1, "b07": 2, "c42": 3})[0].tolist()
+            [2, 1]
+        """
+        from raserec_adapter.data.vocabulary import apply_vocabulary
+
+        return apply_vocabulary(self, items, users, unknown=unknown)
+
     def labels_of(self, ids: Any) -> np.ndarray:
         """The original item ids (as in the data file) of 1-based item ids, same shape.
 

@@ -1,0 +1,111 @@
+"""Shared vocabularies: data renumbered into the ids of an encoder trained elsewhere."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raserec_adapter import DataFormatError, Sequences, load_dataset
+from raserec_adapter.data import read_interactions
+from raserec_adapter.data.vocabulary import apply_vocabulary, vocabulary_ids
+
+ROWS = [("u1", "i30", 3), ("u1", "i10", 1), ("u2", "i30", 1), ("u2", "i20", 2), ("u3", "i10", 5)]
+ROWS += [("u3", "i20", 4), ("u3", "i40", 6), ("u1", "i40", 2)]
+
+
+def _write(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"{u}\t{i}\t{t}" for u, i, t in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _tokens(seqs: Sequences, row: int) -> list[str]:
+    return seqs.labels_of(seqs[row]).tolist() if len(seqs[row]) else []
+
+
+def test_shuffled_rows_line_up_with_the_first_reads_vocabulary(tmp_path):
+    """The file's rows shuffled (RecBole accepts that): read alone, the ids change; read with
+    the vocabulary of the first read, every user gets the same ids as before."""
+    first = read_interactions(_write(tmp_path / "a.inter", ROWS))
+    shuffled = list(ROWS)
+    random.Random(0).shuffle(shuffled)
+    path = _write(tmp_path / "b.inter", shuffled)
+    alone = read_interactions(path)
+    assert alone.item_labels.tolist() != first.item_labels.tolist()  # the naive path
+    items = ["[PAD]", *first.item_labels.tolist()]  # the encoder's id order
+    users = {"[PAD]": 0, **{u: i + 1 for i, u in enumerate(first.user_labels.tolist())}}
+    shared = read_interactions(path, item_vocab=items, user_vocab=users)
+    assert shared.num_items == first.num_items and shared.num_users == first.num_users + 1
+    assert len(shared[0]) == 0  # RecBole's padding user
+    for u in range(first.num_users):
+        assert shared[u + 1].tolist() == first[u].tolist()
+        assert shared.user_labels[u + 1] == first.user_labels[u]
+    assert (
+        load_dataset(path, item_vocab=items)[0].tolist() == alone.with_vocabulary(items)[0].tolist()
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_a_vocabulary_keeps_every_users_tokens_in_order(data):
+    n = data.draw(st.integers(1, 12))
+    lists = data.draw(st.lists(st.lists(st.integers(1, n), max_size=6), min_size=1, max_size=8))
+    labels = [f"t{i}" for i in range(n)]
+    seqs = Sequences.from_lists(lists, num_items=n, item_labels=labels)
+    extra = data.draw(st.integers(0, 3))  # the encoder knows items the data never shows
+    order = data.draw(st.permutations([*labels, *(f"new{i}" for i in range(extra))]))
+    form = data.draw(st.sampled_from(["list", "mapping"]))
+    vocab = ["[PAD]", *order] if form == "list" else {t: i + 1 for i, t in enumerate(order)}
+    shared = seqs.with_vocabulary(vocab)
+    assert shared.num_items == n + extra
+    for u in range(seqs.num_users):
+        assert _tokens(shared, u) == _tokens(seqs, u)
+        assert all(order[i - 1] == t for i, t in zip(shared[u], _tokens(seqs, u), strict=True))
+
+
+def test_unknown_tokens_are_refused_or_dropped_when_asked(tmp_path, caplog):
+    seqs = Sequences.from_lists([[1, 2, 3], [3, 3]], item_labels=["a", "b", "c"])
+    with pytest.raises(
+        DataFormatError, match=r"1 item tokens .* not in the given item vocab.*\['c'\]"
+    ):
+        seqs.with_vocabulary(["[PAD]", "a", "b"])
+    dropped = seqs.with_vocabulary(["[PAD]", "b", "a"], unknown="drop")
+    assert dropped[0].tolist() == [2, 1] and dropped[1].tolist() == []
+    users = Sequences.from_lists([[1], [2]], user_labels=["x", "y"], item_labels=["a", "b"])
+    with pytest.raises(DataFormatError, match="user tokens"):
+        users.with_vocabulary(users=["[PAD]", "x"])
+    kept = users.with_vocabulary(users=["[PAD]", "x"], unknown="drop")
+    assert kept.num_users == 2 and kept[1].tolist() == [1]
+    with pytest.raises(ValueError, match="'error' or 'drop'"):
+        seqs.with_vocabulary(["[PAD]", "a", "b", "c"], unknown="skip")
+    with pytest.raises(ValueError, match="'error' or 'drop'"):
+        read_interactions(_write(tmp_path / "c.inter", ROWS), unknown="skip")
+
+
+def test_malformed_vocabularies_say_what_is_wrong():
+    seqs = Sequences.from_lists([[1]], user_labels=["x"], item_labels=["a"])
+    cases = [
+        ({"a": 1, "b": 1}, "gives id 1 to both 'a' and 'b'"),
+        (["[PAD]", "a", "a"], "lists 'a' twice"),
+        ({"a": 1.0}, "ids must be integers"),
+        ({"a": -1}, "ids must be integers"),
+        ({"a": True}, "ids must be integers"),
+        (["[PAD]"], "no token with an id >= 1"),
+        ("abc", "mapping or the tokens in id order"),
+    ]
+    for vocab, message in cases:
+        with pytest.raises(DataFormatError, match=message):
+            seqs.with_vocabulary(vocab)
+    with pytest.raises(ValueError, match="no item_labels"):
+        Sequences.from_lists([[1]]).with_vocabulary(["[PAD]", "a"])
+    with pytest.raises(ValueError, match="no user_labels"):
+        Sequences.from_lists([[1]], item_labels=["a"]).with_vocabulary(users=["[PAD]", "x"])
+    assert vocabulary_ids(np.array(["[PAD]", "a"])) == ({"a": 1}, 1)
+    same = apply_vocabulary(seqs)  # no vocabulary: the sequences as they are
+    assert same.items.tolist() == [1] and same.item_labels.tolist() == ["a"]
