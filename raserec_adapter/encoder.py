@@ -83,6 +83,28 @@ _HOW_TO_ADAPT = (
 )
 
 
+def model_max_len(module: nn.Module) -> tuple[int | None, str]:
+    """The longest input a model declares, and where it says so: its ``max_len`` attribute,
+    else RecBole's ``max_seq_length``, else the rows of a ``position_embedding`` table;
+    ``(None, "")`` when it declares none.
+
+    Examples:
+        >>> model_max_len(nn.Module())
+        (None, '')
+        >>> m = nn.Module(); m.position_embedding = nn.Embedding(50, 8)
+        >>> model_max_len(m)
+        (50, 'position_embedding.num_embeddings')
+    """
+    for name in ("max_len", "max_seq_length"):
+        own = getattr(module, name, None)
+        if isinstance(own, int) and not isinstance(own, bool):
+            return own, name
+    table = getattr(module, "position_embedding", None)
+    if isinstance(table, nn.Embedding):
+        return table.num_embeddings, "position_embedding.num_embeddings"
+    return None, ""
+
+
 class WrappedEncoder(nn.Module):
     """A user's encoder seen through the contract, with checks.
 
@@ -131,10 +153,10 @@ class WrappedEncoder(nn.Module):
 
         ``source`` names where ``max_len`` comes from, e.g. ``"AugmenterConfig.max_len"``.
         """
-        own = getattr(self.module, "max_len", None)
-        if isinstance(own, int) and not isinstance(own, bool) and max_len > own:
+        own, name = model_max_len(self.module)
+        if own is not None and max_len > own:
             raise ValueError(
-                f"{source} = {max_len} but {type(self.module).__name__}.max_len = {own}: inputs "
+                f"{source} = {max_len} but {type(self.module).__name__}.{name} = {own}: inputs "
                 f"of {max_len} items would not fit the model. Use max_len={own} (e.g. "
                 f"leave_one_out(sequences, max_len={own}), AugmenterConfig(max_len={own})), or "
                 f"build the model with max_len >= {max_len}"

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raserec_adapter import DataFormatError, Sequences, load_dataset
+from raserec_adapter import (
+    AugmenterConfig,
+    DataFormatError,
+    RAMConfig,
+    RetrievalAugmenter,
+    Sequences,
+    leave_one_out,
+    load_dataset,
+)
 from raserec_adapter.data import read_interactions
 from raserec_adapter.data.vocabulary import apply_vocabulary, vocabulary_ids
 
@@ -109,3 +119,48 @@ def test_malformed_vocabularies_say_what_is_wrong():
     assert vocabulary_ids(np.array(["[PAD]", "a"])) == ({"a": 1}, 1)
     same = apply_vocabulary(seqs)  # no vocabulary: the sequences as they are
     assert same.items.tolist() == [1] and same.item_labels.tolist() == ["a"]
+
+
+class _RecBoleLike(torch.nn.Module):
+    """RecBole's SequentialRecommender contract: ``max_seq_length``, a position table,
+    ``item_embedding`` and ``forward(item_seq, item_seq_len)``."""
+
+    def __init__(self, num_items: int = 10, with_attribute: bool = True) -> None:
+        super().__init__()
+        if with_attribute:
+            self.max_seq_length = 50
+        self.position_embedding = torch.nn.Embedding(50, 8)
+        self.item_embedding = torch.nn.Embedding(num_items + 1, 8, padding_idx=0)
+
+    def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        return self.item_embedding(item_seq).mean(1)
+
+
+@pytest.mark.parametrize("with_attribute", [True, False])
+def test_a_longer_max_len_than_the_models_is_refused_by_its_own_name(with_attribute):
+    where = "max_seq_length" if with_attribute else "position_embedding.num_embeddings"
+    with pytest.raises(ValueError, match=rf"max_len = 60 but _RecBoleLike.{where} = 50"):
+        RetrievalAugmenter(_RecBoleLike(with_attribute=with_attribute), AugmenterConfig(max_len=60))
+    RetrievalAugmenter(_RecBoleLike(with_attribute=with_attribute), AugmenterConfig(max_len=50))
+
+
+def test_item_counts_that_differ_from_the_table_point_at_the_vocabulary(caplog):
+    rows = [[1, 2, 3, 4], [2, 3, 4, 1], [3, 4, 1, 2]]
+    split = leave_one_out(Sequences.from_lists(rows), max_len=50)
+    small = RetrievalAugmenter(_RecBoleLike(num_items=3), AugmenterConfig(ram=RAMConfig(k=2)))
+    with pytest.raises(
+        ValueError,
+        match=r"covers items 1..3 but the data has items up to 4; .*item_vocab=.*"
+        r"for a new, untrained model build it with num_items=4",
+    ):
+        small.build_bank(split, show_progress=False)
+    big = RetrievalAugmenter(_RecBoleLike(num_items=97), AugmenterConfig(ram=RAMConfig(k=2)))
+    with caplog.at_level(logging.WARNING, logger="raserec_adapter"):
+        big.evaluate(split, "test", augmented=False, show_progress=False)
+        big.evaluate(split, "test", augmented=False, show_progress=False)
+    said = [
+        r
+        for r in caplog.records
+        if "numbers 4 items but the encoder's item table covers 1..97" in r.message
+    ]
+    assert len(said) == 1 and "item_vocab" in said[0].message  # once, with the fix

@@ -8,12 +8,15 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from raserec_adapter.data.sequences import LeaveOneOutSplit, Sequences
+
+logger = logging.getLogger("raserec_adapter")
 
 __all__ = [
     "check_item_count",
@@ -164,15 +167,31 @@ def require_split(split: object, method: str) -> LeaveOneOutSplit:
     return split
 
 
+_WARNED_FEWER: set[tuple[int, int]] = set()
+
+
 def check_item_count(num_items: int, split: LeaveOneOutSplit) -> None:
     """Refuses data with items beyond the encoder's table (on CUDA that would be a device
-    assert deep inside the embedding lookup)."""
-    if split.sequences.num_items > num_items:
+    assert deep inside the embedding lookup); warns, once per pair of sizes, about data with
+    fewer items than the table (a trained encoder's ids and the data's may not match)."""
+    data = split.sequences.num_items
+    vocab = (
+        "if the encoder was trained elsewhere, its item ids and the data's are likely "
+        "different: read the data in the encoder's item vocabulary (load_dataset(..., "
+        "item_vocab=<its token -> id mapping or token list>), or Sequences.with_vocabulary)"
+    )
+    if data > num_items:
         raise ValueError(
             f"the encoder's item table covers items 1..{num_items} but the data has items up to "
-            f"{split.sequences.num_items}; build the model with num_items="
-            f"{split.sequences.num_items}"
+            f"{data}; {vocab}; for a new, untrained model build it with num_items={data}"
         )
+    if data < num_items and (data, num_items) not in _WARNED_FEWER:
+        _WARNED_FEWER.add((data, num_items))
+        logger.warning(
+            "the data numbers %d items but the encoder's item table covers 1..%d; %s. Data "
+            "already numbered in the encoder's vocabulary (a subset of its catalog) is fine",
+            data, num_items, vocab,
+        )  # fmt: skip
 
 
 def check_split_fits(split: LeaveOneOutSplit, max_len: int, num_items: int) -> None:
