@@ -164,3 +164,72 @@ def test_item_counts_that_differ_from_the_table_point_at_the_vocabulary(caplog):
         if "numbers 4 items but the encoder's item table covers 1..97" in r.message
     ]
     assert len(said) == 1 and "item_vocab" in said[0].message  # once, with the fix
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A user's own dataset: one dict per training pair, with RecBole's field names."""
+
+    def __init__(self, split, max_len: int) -> None:
+        self.split, self.max_len = split, max_len
+
+    def __len__(self) -> int:
+        return len(self.split.train)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        train, seqs = self.split.train, self.split.sequences
+        user, n = int(train.users[i]), int(train.lengths[i])
+        prefix = seqs[user][:n][-self.max_len :]
+        seq = torch.zeros(self.max_len, dtype=torch.long)
+        seq[: len(prefix)] = torch.from_numpy(prefix)
+        return {"item_id_list": seq, "item_length": torch.tensor(len(prefix)),
+                "item_id": torch.tensor(int(train.targets[i])), "user_id": torch.tensor(user),
+                "prefix_length": torch.tensor(n)}  # fmt: skip
+
+
+@pytest.mark.parametrize("with_prefix_lengths", [True, False])
+def test_a_users_dataloader_feeds_build_bank(with_prefix_lengths):
+    from conftest import pretrained_sasrec, small_augmenter
+
+    model, split = pretrained_sasrec(60, 20, seed=2, epochs=1, max_len=8)
+    reference = small_augmenter(model, max_len=8, k=4)
+    reference.build_bank(split, show_progress=False)
+    rows = _Rows(split, 8)
+    loader = torch.utils.data.DataLoader(rows, batch_size=32, shuffle=True)
+
+    def batches():
+        for b in loader:
+            if not with_prefix_lengths:
+                b.pop("prefix_length")
+            yield b
+
+    aug = small_augmenter(model, max_len=8, k=4)
+    aug.build_bank(batches(), show_progress=False)
+    assert len(aug.bank) == len(reference.bank) == len(split.train)
+    h = reference.encode(split.sequences, split.test)
+    users, lengths = torch.from_numpy(split.test.users), torch.from_numpy(split.test.lengths)
+    got = aug.bank.search(h, 4, users, lengths)
+    want = reference.bank.search(h, 4, users, lengths)
+    keys_got, _ = aug.bank.fetch(got.ids)
+    keys_want, _ = reference.bank.fetch(want.ids)
+    torch.testing.assert_close(keys_got, keys_want)  # the same memories, in another order
+    if with_prefix_lengths:  # the rule reads the full prefix lengths: the same exclusions
+        store = aug.bank._store
+        assert (
+            (store.users[got.ids] != users[:, None]) | (store.lengths[got.ids] < lengths[:, None])
+        ).all()
+
+
+def test_batches_that_cannot_be_read_say_what_is_expected():
+    from raserec_adapter.data.loaders import as_batch
+
+    good = {"item_seq": torch.tensor([[1, 2]]), "lengths": torch.tensor([2]),
+            "targets": torch.tensor([3]), "users": torch.tensor([0])}  # fmt: skip
+    assert as_batch(tuple(good.values())).prefix_lengths.tolist() == [2]
+    with pytest.raises(ValueError, match=r"none of \['users', 'user_id'\]"):
+        as_batch({k: v for k, v in good.items() if k != "users"})
+    with pytest.raises(ValueError, match=r"targets must be \(1,\)"):
+        as_batch({**good, "targets": torch.tensor([3, 4])})
+    with pytest.raises(TypeError, match="integer ids"):
+        as_batch({**good, "item_seq": torch.tensor([[1.0, 2.0]])})
+    with pytest.raises(TypeError, match="cannot be read"):
+        as_batch("item_seq")

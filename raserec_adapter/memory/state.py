@@ -33,6 +33,7 @@ from raserec_adapter._checks import as_id_array
 from raserec_adapter._progress import progress
 from raserec_adapter.config import BankConfig
 from raserec_adapter.data import Batch, LeaveOneOutSplit, PrefixSet, Sequences
+from raserec_adapter.data.loaders import as_batch
 from raserec_adapter.data.validation import check_split_fits, refuse_as_batches
 from raserec_adapter.encoder import (
     WrappedEncoder,
@@ -347,14 +348,11 @@ def batch_memories(
     encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     show_progress: bool,
 ) -> Iterator[tuple[torch.Tensor, Batch]]:
-    """``(keys, batch)`` per user batch, checked to carry what the no-leakage rule reads."""
-    for batch in progress(batches, None, "encode bank", show_progress):
-        if not isinstance(batch, Batch):
-            raise TypeError(
-                f"build_bank takes a LeaveOneOutSplit or an iterable of Batch objects; "
-                f"got an iterable of {type(batch).__name__}. Make batches with "
-                "raserec_adapter.data.iter_batches(...)"
-            )
+    """``(keys, batch)`` per user batch (a user's DataLoader batches are read by
+    :func:`~raserec_adapter.data.loaders.as_batch`), checked to carry what the no-leakage
+    rule reads."""
+    for raw in progress(batches, None, "encode bank", show_progress):
+        batch = as_batch(raw)  # a Batch, a mapping (RecBole's names too) or a tuple
         if batch.users is None or batch.prefix_lengths is None:
             raise ValueError(
                 "bank batches need users and prefix_lengths (for the no-leakage rule); "
