@@ -329,8 +329,7 @@ def fit_raft(
     if best <= plain:
         logger.warning(
             "RAFT: the RAM's best validation %s (%.4f) does not beat the frozen encoder "
-            "alone (%.4f); %s. A larger RAMConfig.alpha puts more weight on the encoder's own "
-            "representation",
+            "alone (%.4f); %s%s",
             config.valid_metric,
             best,
             plain,
@@ -338,6 +337,9 @@ def fit_raft(
             "augmenter.ram.serve(True) forces the RAM"
             if config.fallback
             else "the RAM is served anyway (RAFTConfig.fallback=False)",
+            ". A larger RAMConfig.alpha puts more weight on the encoder's own representation"
+            if ram.config.alpha < 1
+            else " (alpha 1, chosen on validation, is the encoder itself)",
         )
     return result
 
