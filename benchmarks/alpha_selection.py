@@ -67,6 +67,9 @@ def analyse(aug: Any, split: Any, run: Path, protocol: str, device: str) -> dict
     chosen, trained = aug.ram.config.alpha, trained_alpha(run)
     out: dict[str, Any] = {"trained_alpha": trained, "chosen_alpha": chosen, "ranks": {}}
     for which in ("valid", "test"):
+        # the protocol's bank of each phase: training pairs for validation, plus the
+        # validation pairs for the test (the saved bank is the test phase's)
+        aug.build_bank(split, "train" if which == "valid" else "test", device=device)
         ranks = {}
         for arm, alpha in (("trained_alpha", trained), ("chosen_alpha", chosen)):
             aug.ram.config = aug.ram.config.replace(alpha=alpha)
