@@ -231,5 +231,5 @@ def test_batches_that_cannot_be_read_say_what_is_expected():
         as_batch({**good, "targets": torch.tensor([3, 4])})
     with pytest.raises(TypeError, match="integer ids"):
         as_batch({**good, "item_seq": torch.tensor([[1.0, 2.0]])})
-    with pytest.raises(TypeError, match="cannot be read"):
+    with pytest.raises(TypeError, match="an iterable of str .* cannot be read as a batch"):
         as_batch("item_seq")

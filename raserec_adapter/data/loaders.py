@@ -85,7 +85,11 @@ def as_batch(obj: Any) -> Batch:
             fields[field] = _tensor(value, field)
         fields.setdefault("prefix_lengths", None)
     else:
-        raise TypeError(f"a batch of type {type(obj).__name__} cannot be read; " + _FIX)
+        kind = type(obj).__name__
+        raise TypeError(
+            f"an iterable of {kind} was given where batches are expected, and a {kind} cannot "
+            "be read as a batch; " + _FIX + " (or a LeaveOneOutSplit: leave_one_out(sequences))"
+        )
     seq, lengths = fields["item_seq"], fields["lengths"]
     assert seq is not None and lengths is not None
     if seq.dim() != 2:
