@@ -433,8 +433,4 @@ def load_dataset(
             f"items and {expected[2]} interactions, found {found[0]}, {found[1]} and "
             f"{found[2]}; the file is not the registered version, replace it with {info.url}"
         )
-    return (
-        apply_vocabulary(seqs, item_vocab, user_vocab, unknown=unknown)
-        if (item_vocab is not None or user_vocab is not None)
-        else seqs
-    )
+    return apply_vocabulary(seqs, item_vocab, user_vocab, unknown=unknown)

@@ -64,17 +64,6 @@ logger = logging.getLogger("raserec_adapter")
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def _shared(
-    seqs: Sequences, items: Vocabulary | None, users: Vocabulary | None, unknown: str
-) -> Sequences:
-    """``seqs`` in the given vocabularies (as read when there are none)."""
-    if items is None and users is None:
-        if unknown not in ("error", "drop"):
-            raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
-        return seqs
-    return apply_vocabulary(seqs, items, users, unknown=unknown)
-
-
 def read_sequences_txt(
     path: str | os.PathLike[str],
     *,
@@ -178,7 +167,7 @@ def read_sequences_txt(
             len(item_labels),
         )
     seqs = Sequences(items, offsets, len(item_labels), users.astype(str), item_labels)
-    return _shared(seqs, item_vocab, user_vocab, unknown)
+    return apply_vocabulary(seqs, item_vocab, user_vocab, unknown=unknown)
 
 
 def _raise_bad_token(path: Path, data: bytes, pos: int) -> NoReturn:
@@ -457,4 +446,4 @@ def read_interactions(
     user_labels = np.asarray(list(user_code), dtype=str)[kept_users]
     item_labels = np.asarray(list(item_code), dtype=str)[uniq[by_first]]
     seqs = Sequences(new_items, offsets, len(uniq), user_labels, item_labels)
-    return _shared(seqs, item_vocab, user_vocab, unknown)
+    return apply_vocabulary(seqs, item_vocab, user_vocab, unknown=unknown)

@@ -137,14 +137,19 @@ def apply_vocabulary(
             ``"error"`` and ``"drop"``.
     """
     _check_unknown(unknown)
-    items_arr, offsets = sequences.items, sequences.offsets
+    if items is None and users is None:
+        return sequences
+    items_arr, offsets, num_old = sequences.items, sequences.offsets, sequences.num_items
     num_items, item_labels = sequences.num_items, sequences.item_labels
     user_labels = sequences.user_labels
     if items is not None:
         table, num_items = vocabulary_ids(items, "item")
-        tokens = sequences.labels_of(items_arr)  # ValueError without item_labels
-        ids = np.fromiter((table.get(t, 0) for t in tokens), dtype=np.int64, count=len(tokens))
-        _missing(tokens, ids > 0, "item", unknown)
+        labels = sequences.labels_of(np.arange(1, num_old + 1))  # ValueError without labels
+        new_id = np.array([0, *(table.get(t, 0) for t in labels)], dtype=np.int64)  # per item
+        used = np.zeros(num_old + 1, dtype=bool)
+        used[items_arr] = True
+        _missing(labels, (new_id[1:] > 0) | ~used[1:], "item", unknown)  # items the data uses
+        ids = new_id[items_arr]
         keep = ids > 0
         if not keep.all():
             logger.info("dropped %d interactions of items outside the vocabulary", (~keep).sum())

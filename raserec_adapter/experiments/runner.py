@@ -344,7 +344,10 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, Metrics]:
                 per_variant.setdefault((p, key), []).append(metrics)
     wall = time.perf_counter() - t_start
     means = {key: mean_metrics(rows) for key, rows in per_variant.items()}
-    lifts = {} if args.plain else _lifts(seed_ranks)
+    if args.plain:
+        lifts: dict[str, dict[str, Any]] = {}
+    else:  # one seed: its own lift, not bootstrapped again
+        lifts = extra["per_seed_details"][0]["lift"] if len(seeds) == 1 else _lifts(seed_ranks)
     label = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of seeds {seeds}"
     for p in args.protocols:
         print(f"\n{name} / {backbone.name} / {label} / test split / protocol {p} ({PROTOCOLS[p]})")
