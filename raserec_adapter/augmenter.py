@@ -49,7 +49,7 @@ from raserec_adapter.encoder import (
     wrap_encoder,
 )
 from raserec_adapter.evaluation import RankingMetrics
-from raserec_adapter.evaluation.inference import rank_split, top_k, variants
+from raserec_adapter.evaluation.inference import rank_batches, rank_split, top_k, variants
 from raserec_adapter.memory.protocol import MemoryBank
 from raserec_adapter.memory.state import PhasedBank
 from raserec_adapter.ram import RetrievalAugmentedModule
@@ -75,8 +75,8 @@ class RetrievalAugmenter(nn.Module):
         item_weights: Optional ``() -> (N + 1, d)`` item table accessor.
         encode_all: Optional causal ``(item_seq, lengths) -> (B, T, d)``.
 
-    Typical use: :meth:`pretrain` (or bring a trained encoder), :meth:`build_bank`,
-    :meth:`fit_raft`, :meth:`evaluate` / :meth:`recommend`, :meth:`save`."""
+    Use: :meth:`pretrain` (or a trained encoder), :meth:`build_bank`, :meth:`fit_raft`,
+    :meth:`evaluate` / :meth:`recommend`, :meth:`save`; splits or the user's own batches."""
 
     def __init__(
         self,
@@ -168,20 +168,16 @@ class RetrievalAugmenter(nn.Module):
     ) -> int:
         """Adds users' new interactions to the bank as memories, without retraining.
 
-        For each sequence ``s`` (a user's whole history, oldest first) every pair
-        ``(s[:n], s[n])`` with ``n >= start_length`` is added with the user's id and prefix
-        length ``n``, retrievable at once (the no-leakage rule keeps applying). The bank then
-        no longer follows the split protocol: :meth:`fit_raft` needs :meth:`build_bank` again.
-
-        ``users``: the users' bank ids (for a split's users, their row); ``start_lengths``: how
-        many items of each sequence the bank already covers (``1``: every pair; one int for
-        all). Returns the number of memories added.
-        """
+        For each sequence ``s`` (a whole history, oldest first) every pair ``(s[:n], s[n])``
+        with ``n >= start_length`` is added with its user and prefix length ``n``, retrievable
+        at once under the no-leakage rule. ``users``: bank ids (a split's users: their row);
+        ``start_lengths``: items already covered (``1``: every pair; one int for all). Returns
+        the number added. The bank then no longer follows the split (:meth:`fit_raft` needs
+        :meth:`build_bank` again)."""
         return self.memory.add_histories(sequences, users, start_lengths, device)
 
     def remove_memories(self, users: Ids | int) -> int:
-        """Removes every memory of the given users (bank ids); returns how many. As after
-        :meth:`add_memories`, the bank no longer follows the split protocol."""
+        """Removes every memory of ``users`` (bank ids); returns how many. Then as above."""
         return self.memory.remove(users)
 
     def augment(
@@ -226,9 +222,10 @@ class RetrievalAugmenter(nn.Module):
     @keeps_encoder_modes
     def fit_raft(
         self,
-        split: LeaveOneOutSplit,
+        split: LeaveOneOutSplit | Iterable[Any],
         config: RAFTConfig | None = None,
         *,
+        valid: Iterable[Any] | None = None,
         device: torch.device | str = "cpu",
         show_progress: bool = True,
     ) -> TrainResult:
@@ -238,9 +235,10 @@ class RetrievalAugmenter(nn.Module):
         the best epoch's RAM (``RAFTConfig.alpha_grid``: then its alpha is chosen). The result's
         ``baseline_valid`` holds the frozen encoder's validation metrics; where the RAM does not
         beat them, a warning says so and the encoder is served alone (``RAFTConfig.fallback``).
+        Or the user's training batches, ``valid`` theirs for validation (data.from_batches).
         """
-        require_split(split, "fit_raft")
         check_device(device)
+        split = self.memory.split_of(split, valid, device, show_progress)
         cfg = RAFTConfig() if config is None else require_config(config, RAFTConfig, "fit_raft")
         check_split_fits(split, self.config.max_len, self.encoder.num_items)
         result = fit_raft_frozen(self.ram, self.memory, split, cfg, device, show_progress)
@@ -249,7 +247,7 @@ class RetrievalAugmenter(nn.Module):
 
     @torch.no_grad()
     def evaluate(
-        self, split: LeaveOneOutSplit, which: str = "test", **options: Any
+        self, split: LeaveOneOutSplit | Iterable[Any], which: str = "test", **options: Any
     ) -> dict[str, dict[str, float]]:
         """Full-ranking HR/NDCG/MRR@5,10,20 with and/or without augmentation in one call.
 
@@ -257,20 +255,15 @@ class RetrievalAugmenter(nn.Module):
         ``"valid"`` only training pairs. Returns ``{"plain": {...}, "raserec": {...}}`` for the
         variants asked for; ``options`` are :meth:`ranks`' (``show_progress`` on by default).
         """
-        require_split(split, "evaluate")
         options.setdefault("show_progress", True)
-        out = {}
-        for variant, r in self.ranks(split, which, **options).items():
-            metrics = RankingMetrics()
-            metrics.update(r)
-            out[variant] = metrics.compute()
-        return out
+        ranks = self.ranks(split, which, **options)
+        return {variant: RankingMetrics.of(r) for variant, r in ranks.items()}
 
     @torch.no_grad()
     @keeps_encoder_modes
     def ranks(
         self,
-        split: LeaveOneOutSplit,
+        split: LeaveOneOutSplit | Iterable[Any],
         which: str = "test",
         *,
         protocol: str = "full",
@@ -285,7 +278,8 @@ class RetrievalAugmenter(nn.Module):
         ``protocol``: ``"full"`` (seen items stay in the ranking) or ``"seen_removed"``;
         ``augmented``: ``False``, ``True`` or both (frozen encoder, RaSeRec); ``inputs``: other
         input sequences to rank the split's targets from, one per user (e.g. with noise
-        inserted), the bank and the no-leakage rule staying the split's.
+        inserted), the bank and the no-leakage rule staying the split's. ``split`` may be the
+        user's own batches (rows in their order; :mod:`~raserec_adapter.data.from_batches`).
 
         Returns:
             ``{"plain": ranks, "raserec": ranks}``, each ``(U,)`` in ``split.eval_set(which)``'s
@@ -293,11 +287,16 @@ class RetrievalAugmenter(nn.Module):
         """
         if which not in ("valid", "test"):
             raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
-        require_split(split, "ranks")
         chosen = variants(augmented)
         check_device(device)
-        check_split_fits(split, self.config.max_len, self.encoder.num_items)
         eval_mode(self)
+        if not isinstance(split, LeaveOneOutSplit):  # the user's own batches, ranked as given
+            return rank_batches(
+                self.encoder, self.augment, self.memory.table(), self.memory.batches(split, inputs),
+                protocol=protocol, augmented=chosen, device=device, show_progress=show_progress,
+                prepare=lambda: self.memory.use_own_phase(which, device),
+            )  # fmt: skip
+        check_split_fits(split, self.config.max_len, self.encoder.num_items)
         return rank_split(
             self.encoder, self.augment, self.memory.table().to(device), split, which,
             protocol=protocol, augmented=chosen, device=device, batch_size=batch_size,
@@ -378,8 +377,8 @@ class RetrievalAugmenter(nn.Module):
         checkpoint's shapes but not its bank and RAM: a warning, or with ``strict=True`` a
         ``CheckpointError`` (see :func:`raserec_adapter.checkpoint.check_encoder_fits`).
 
-        ``config``, if given, must be the one saved; ``device`` is where the RAM and the bank
-        go; ``wrap_kwargs`` are the constructor's ``encode`` / ``item_weights`` / ``encode_all``.
+        ``config``, if given, must be the one saved; ``device``: for the RAM and the bank;
+        ``wrap_kwargs``: the constructor's ``encode`` / ``item_weights`` / ``encode_all``.
 
         Raises:
             CheckpointError: The checkpoint is missing or malformed, was saved with another

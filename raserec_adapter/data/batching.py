@@ -192,7 +192,7 @@ class CausalWindows:
 def causal_windows(split: LeaveOneOutSplit) -> CausalWindows:
     """Builds the one-pass windows covering exactly ``split.train`` (see :class:`CausalWindows`)."""
     seqs, t = split.sequences, split.max_len
-    m = seqs.lengths - 2  # training part length; inputs are its first m-1 items
+    m = split.valid.lengths  # training part (one validation row per user); inputs: m-1 items
     n_in = m - 1
     starts = seqs.offsets[:-1]
     keep = n_in >= 1
@@ -214,7 +214,7 @@ def causal_windows(split: LeaveOneOutSplit) -> CausalWindows:
     win_users_all = np.concatenate(win_users).astype(np.int64)
     ends_all, lengths_all = np.concatenate(ends), np.concatenate(lengths)
     # training pairs are ordered by user, then prefix length 1..m-1 (see leave_one_out)
-    pair_start = np.concatenate([[0], np.cumsum(seqs.lengths - 3)])[win_users_all]
+    pair_start = np.concatenate([[0], np.cumsum(m - 1)])[win_users_all]
     first_pair = pair_start + ends_all - lengths_all - starts[win_users_all]
     return CausalWindows(
         win_users_all, ends_all, lengths_all, np.concatenate(loss), first_pair.astype(np.int64)

@@ -57,8 +57,12 @@ def _tensor(value: Any, field: str) -> torch.Tensor:
     return t.long()
 
 
-def as_batch(obj: Any) -> Batch:
+def as_batch(obj: Any, fields: Mapping[str, str] | None = None) -> Batch:
     """``obj`` (a :class:`Batch`, a mapping or a tuple of tensors) as a :class:`Batch`.
+
+    ``fields`` maps a :class:`Batch` field (``item_seq``, ``lengths``, ``targets``, ``users``,
+    ``prefix_lengths``) to the key a mapping batch holds it under, where that key is none of
+    :data:`FIELD_NAMES`' (e.g. ``{"item_seq": "history"}``).
 
     Raises:
         TypeError: An object of another kind, or a field that is not integers.
@@ -70,38 +74,43 @@ def as_batch(obj: Any) -> Batch:
     inner = getattr(obj, "interaction", None)  # RecBole's Interaction keeps its dict here
     if isinstance(inner, Mapping):
         obj = inner
-    fields: dict[str, torch.Tensor | None] = {}
+    own = dict(fields or {})
+    unknown = sorted(set(own) - set(FIELD_NAMES))
+    if unknown:
+        raise ValueError(f"fields maps unknown Batch fields {unknown}; known: {list(FIELD_NAMES)}")
+    found: dict[str, torch.Tensor | None] = {}
     if isinstance(obj, Mapping):
         for field, names in FIELD_NAMES.items():
+            names = (own[field], *names) if field in own else names
             name = next((n for n in names if n in obj), None)
             if name is None and field != "prefix_lengths":
                 raise ValueError(
                     f"a batch has none of {list(names)} (for {field}); it has {sorted(obj)}; "
                     + _FIX
                 )
-            fields[field] = None if name is None else _tensor(obj[name], field)
+            found[field] = None if name is None else _tensor(obj[name], field)
     elif isinstance(obj, (tuple, list)) and len(obj) in (4, 5):
         for field, value in zip(FIELD_NAMES, obj, strict=False):
-            fields[field] = _tensor(value, field)
-        fields.setdefault("prefix_lengths", None)
+            found[field] = _tensor(value, field)
+        found.setdefault("prefix_lengths", None)
     else:
         kind = type(obj).__name__
         raise TypeError(
             f"an iterable of {kind} was given where batches are expected, and a {kind} cannot "
             "be read as a batch; " + _FIX + " (or a LeaveOneOutSplit: leave_one_out(sequences))"
         )
-    seq, lengths = fields["item_seq"], fields["lengths"]
+    seq, lengths = found["item_seq"], found["lengths"]
     assert seq is not None and lengths is not None
     if seq.dim() != 2:
         raise ValueError(f"item_seq must be (B, T), got shape {tuple(seq.shape)}; " + _FIX)
     for field in ("lengths", "targets", "users", "prefix_lengths"):
-        t = fields[field]
+        t = found[field]
         if t is not None and tuple(t.shape) != (seq.shape[0],):
             raise ValueError(
                 f"{field} must be ({seq.shape[0]},), one per row of item_seq, got shape "
                 f"{tuple(t.shape)}"
             )
-    prefix = fields["prefix_lengths"] if fields["prefix_lengths"] is not None else lengths
-    assert fields["targets"] is not None and fields["users"] is not None
+    prefix = found["prefix_lengths"] if found["prefix_lengths"] is not None else lengths
+    assert found["targets"] is not None and found["users"] is not None
     index = torch.arange(seq.shape[0])
-    return Batch(seq, lengths, fields["targets"], index, fields["users"], prefix)
+    return Batch(seq, lengths, found["targets"], index, found["users"], prefix)

@@ -418,6 +418,11 @@ class LeaveOneOutSplit:
     def eval_set(self, split: str) -> PrefixSet:
         if split not in ("valid", "test"):
             raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        if split == "test" and not len(self.test):
+            raise ValueError(
+                "the split has no test rows (built from batches without test=...): evaluate the "
+                "test batches themselves, augmenter.evaluate(test_loader)"
+            )
         return self.valid if split == "valid" else self.test
 
 

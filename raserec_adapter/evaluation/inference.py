@@ -7,18 +7,22 @@ bank's memories), so they serve the frozen encoder and RaSeRec alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from raserec_adapter._checks import as_id_array
+from raserec_adapter._progress import progress
 from raserec_adapter.data import Batch, LeaveOneOutSplit, PrefixSet, Sequences
+from raserec_adapter.data.loaders import as_batch
 from raserec_adapter.data.validation import to_padded
 from raserec_adapter.encoder import WrappedEncoder
+from raserec_adapter.evaluation.metrics import check_protocol, target_rank
 from raserec_adapter.evaluation.ranking import rank_targets
 
-__all__ = ["Augment", "rank_split", "top_k", "variants"]
+__all__ = ["Augment", "rank_batches", "rank_split", "top_k", "variants"]
 
 Augment = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], torch.Tensor]
 """``(h, users, lengths) -> h~``: retrieval and the RAM, users and lengths for the no-leakage
@@ -130,6 +134,42 @@ def rank_split(
             desc=f"rank {which} ({name})",
         )
     return out
+
+
+@torch.no_grad()
+def rank_batches(
+    encoder: WrappedEncoder,
+    augment: Augment,
+    table: torch.Tensor,
+    batches: Iterable[Any],
+    *,
+    protocol: str,
+    augmented: tuple[bool, ...],
+    device: torch.device | str,
+    show_progress: bool = False,
+    prepare: Callable[[], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Ranks of each row's target in a user's own batches (read by
+    :func:`~raserec_adapter.data.loaders.as_batch`), per variant, in the batches' order.
+
+    The no-leakage rule reads each row's ``users`` and ``prefix_lengths``; ``"seen_removed"``
+    removes the items of the row's input (the batches hold nothing older).
+    """
+    check_protocol(protocol)
+    if prepare is not None and True in augmented:
+        prepare()
+    weights_t = table.to(device).t()
+    out: dict[bool, list[torch.Tensor]] = {aug: [] for aug in augmented}
+    for raw in progress(batches, None, "rank batches", show_progress):
+        b = as_batch(raw)
+        h = encoder(b.item_seq.to(device), b.lengths.to(device))
+        seen = b.item_seq if protocol == "seen_removed" else None
+        for aug in augmented:
+            r = augment(h, b.users, b.prefix_lengths) if aug else h
+            out[aug].append(target_rank(r @ weights_t, b.targets.to(device), seen).cpu())
+    if not any(out.values()):
+        raise ValueError("the batches to evaluate gave no rows")
+    return {"raserec" if a else "plain": torch.cat(r) for a, r in out.items()}
 
 
 def _check_k(k: int, n: int, seen: torch.Tensor | None) -> int:

@@ -113,6 +113,18 @@ class RankingMetrics:
         self.ks = tuple(ks)
         self.reset()
 
+    @classmethod
+    def of(cls, ranks: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+        """The metrics of one tensor of ranks (:meth:`compute` after one :meth:`update`).
+
+        Examples:
+            >>> RankingMetrics.of(torch.tensor([1, 3]), ks=(1,))
+            {'HR@1': 0.5, 'NDCG@1': 0.5, 'MRR@1': 0.5}
+        """
+        metrics = cls(ks)
+        metrics.update(ranks)
+        return metrics.compute()
+
     def reset(self) -> None:
         self._hits = dict.fromkeys(self.ks, 0.0)
         self._gains = dict.fromkeys(self.ks, 0.0)

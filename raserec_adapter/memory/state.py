@@ -33,6 +33,7 @@ from raserec_adapter._checks import as_id_array
 from raserec_adapter._progress import progress
 from raserec_adapter.config import BankConfig
 from raserec_adapter.data import Batch, LeaveOneOutSplit, PrefixSet, Sequences
+from raserec_adapter.data.from_batches import split_from_batches
 from raserec_adapter.data.loaders import as_batch
 from raserec_adapter.data.validation import check_split_fits, refuse_as_batches
 from raserec_adapter.encoder import (
@@ -289,6 +290,54 @@ class PhasedBank:
             self.edited()
         logger.info("removed %d memories; bank: %d", removed, len(bank))
         return removed
+
+    def split_of(
+        self,
+        source: LeaveOneOutSplit | Iterable[Any],
+        valid: Iterable[Any] | None,
+        device: torch.device | str,
+        show_progress: bool,
+    ) -> LeaveOneOutSplit:
+        """``source`` if a split, else the split that the user's training batches ``source``
+        and validation batches ``valid`` describe, with a bank built from it (unless the bank
+        was already built from an equal split)."""
+        if isinstance(source, LeaveOneOutSplit):
+            if valid is not None:
+                raise TypeError(
+                    "fit_raft takes valid= only with the user's own training batches; a split "
+                    "carries its validation users"
+                )
+            return source
+        refuse_as_batches(source, "fit_raft")
+        if valid is None:
+            raise TypeError(
+                "fit_raft on the user's own training batches needs their validation batches "
+                "too: fit_raft(train_loader, valid=valid_loader) (one row per user, for early "
+                "stopping)"
+            )
+        split = split_from_batches(
+            source, valid, max_len=self.max_len, num_items=self.encoder.num_items
+        )
+        if self.split is None or not same_split(self.split, split):
+            logger.info("the memory bank is built from the training batches' pairs")
+            self.build(split, "train", device, show_progress)
+        return split
+
+    def use_own_phase(self, which: str, device: torch.device | str) -> None:
+        """For batches evaluated as ``which``: the split's phase where the bank came from one
+        (:meth:`split_of`), else the bank as it is."""
+        if self.split is not None:
+            self.use_phase(self.split, which, device)
+        else:
+            self._warn_off_protocol(which)
+
+    @staticmethod
+    def batches(source: Any, inputs: Any = None) -> Iterable[Any]:
+        """``source``, checked to be an iterable of batches to evaluate."""
+        refuse_as_batches(source, "evaluate")
+        if inputs is not None:
+            raise TypeError("inputs= replaces a split's inputs; batches carry their own")
+        return source
 
     def _warn_off_protocol(self, which: str) -> None:
         if which == "test" and self.phase == "train":
