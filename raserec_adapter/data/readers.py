@@ -417,12 +417,37 @@ def read_interactions(
             )
     stamps = _parse_times(path, times, lines) if ti is not None else None
 
+    user_names = np.asarray(list(user_code), dtype=str)
+    item_names = np.asarray(list(item_code), dtype=str)
+    return sequences_from_codes(
+        str(path), users, items, stamps, user_names, item_names, k_core=k_core,
+        item_vocab=item_vocab, user_vocab=user_vocab, unknown=unknown,
+    )  # fmt: skip
+
+
+def sequences_from_codes(
+    where: str,
+    users: np.ndarray,
+    items: np.ndarray,
+    stamps: np.ndarray | None,
+    user_names: np.ndarray,
+    item_names: np.ndarray,
+    *,
+    k_core: int | None = None,
+    item_vocab: Vocabulary | None = None,
+    user_vocab: Vocabulary | None = None,
+    unknown: str = "error",
+) -> Sequences:
+    """Sequences from interactions coded in order of first appearance (``users[i]`` indexes
+    ``user_names``, ``items[i]`` ``item_names``), each user's sorted by ``stamps`` (stable;
+    ``None``: as given), numbered as :func:`read_interactions` numbers them. ``where`` names
+    the source in errors."""
     if k_core is not None and k_core > 1:
         keep = k_core_filter(users, items, k_core)
         if not keep.any():
             raise DataFormatError(
-                f"{path}: no interactions left after {k_core}-core filtering "
-                f"({len(users)} interactions, {len(user_code)} users, {len(item_code)} items "
+                f"{where}: no interactions left after {k_core}-core filtering "
+                f"({len(users)} interactions, {len(user_names)} users, {len(item_names)} items "
                 "before); use a smaller k_core"
             )
         users, items = users[keep], items[keep]
@@ -443,7 +468,7 @@ def read_interactions(
 
     offsets = np.zeros(len(kept_users) + 1, dtype=np.int64)
     np.cumsum(np.bincount(users, minlength=len(kept_users)), out=offsets[1:])
-    user_labels = np.asarray(list(user_code), dtype=str)[kept_users]
-    item_labels = np.asarray(list(item_code), dtype=str)[uniq[by_first]]
+    user_labels = user_names[kept_users]
+    item_labels = item_names[uniq[by_first]]
     seqs = Sequences(new_items, offsets, len(uniq), user_labels, item_labels)
     return apply_vocabulary(seqs, item_vocab, user_vocab, unknown=unknown)
