@@ -277,6 +277,10 @@ def read_bank(
     try:
         if config.bank.kind == "torch":
             return TorchMemoryBank.load(where, device=device, dim=dim)
+        if config.bank.kind == "milvus":
+            from raserec_adapter.memory.milvus_bank import MilvusMemoryBank
+
+            return MilvusMemoryBank.load(where, dim=dim)
         from raserec_adapter.memory.faiss_bank import FaissMemoryBank
 
         return FaissMemoryBank.load(where, dim=dim)

@@ -233,7 +233,9 @@ class BankConfig(_Config):
     """The memory bank.
 
     Attributes:
-        kind: ``"faiss"`` (any Faiss index factory string) or ``"torch"`` (exact, GPU-capable).
+        kind: ``"faiss"`` (any Faiss index factory string), ``"torch"`` (exact, GPU-capable)
+            or ``"milvus"`` (:class:`~raserec_adapter.memory.MilvusMemoryBank`; the ``milvus``
+            extra).
         index_factory: Faiss factory string; ``"IVF128,Flat"`` is the paper's, ``"Flat"`` exact.
         nprobe: IVF lists probed per query.
         overfetch: Candidates fetched per wanted memory before the exclusion rule filters them.
@@ -244,6 +246,10 @@ class BankConfig(_Config):
             that Sports does best with short and medium memories only, ``((1, 6),)``. Applies to
             every memory, the validation pairs of the test bank included; queries are not
             filtered.
+        milvus_uri: ``kind="milvus"``: a Milvus Lite file (``"path/memories.db"``) or a server
+            (``"http://host:19530"``); ``""`` (default): Milvus Lite in a new temporary folder.
+        milvus_collection: ``kind="milvus"``: the prefix of the collections' names; each bank
+            the augmenter builds (per ``build_bank`` and phase) is a new collection.
 
     Examples:
         >>> BankConfig(prefix_lengths=((1, 2), (7, None))).prefix_lengths
@@ -255,9 +261,17 @@ class BankConfig(_Config):
     nprobe: int = 1
     overfetch: int = 4
     prefix_lengths: tuple[tuple[int, int | None], ...] | None = None
+    milvus_uri: str = ""
+    milvus_collection: str = "raserec_memories"
 
     def _validate(self) -> None:
-        _check(self.kind in ("faiss", "torch"), self, "kind", "'faiss' or 'torch'", self.kind)
+        kinds = ("faiss", "torch", "milvus")
+        _check(self.kind in kinds, self, "kind", "'faiss', 'torch' or 'milvus'", self.kind)
+        name = self.milvus_collection
+        ok = isinstance(name, str) and name.isidentifier() and name.isascii() and len(name) < 200
+        _check(ok, self, "milvus_collection", "a Milvus name (letters, digits, '_')", name)
+        ok = isinstance(self.milvus_uri, str)
+        _check(ok, self, "milvus_uri", "a string", self.milvus_uri)
         _check(self.nprobe >= 1, self, "nprobe", ">= 1", self.nprobe)
         _check(self.overfetch >= 1, self, "overfetch", ">= 1", self.overfetch)
         if self.prefix_lengths is not None:

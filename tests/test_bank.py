@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raserec_adapter.memory.faiss_bank import FaissMemoryBank
+from raserec_adapter.memory.milvus_bank import MilvusMemoryBank
 from raserec_adapter.memory.protocol import (
     MemoryBank,
     MemoryBankFormatError,
@@ -129,10 +132,28 @@ def fill(bank: MemoryBank, keys, values, users, lens) -> MemoryBank:
     return bank
 
 
+_MILVUS: dict[str, Any] = {"count": itertools.count()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _milvus_db(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One Milvus Lite database (one in-process server) for the session's Milvus banks."""
+    _MILVUS["db"] = str(tmp_path_factory.mktemp("milvus") / "banks.db")
+
+
+def milvus_bank(dim: int, **kwargs: Any) -> MilvusMemoryBank:
+    """A Milvus Lite bank in a new collection of the session's database (exact FLAT index)."""
+    name = f"bank_{next(_MILVUS['count'])}"
+    return MilvusMemoryBank(dim, uri=_MILVUS["db"], collection=name, **kwargs)
+
+
 BANK_FACTORIES = {
     "torch": lambda dim: TorchMemoryBank(dim, query_chunk=3),
     "faiss_flat": lambda dim: FaissMemoryBank(dim, index_factory="Flat"),
     "faiss_ivf": lambda dim: FaissMemoryBank(dim, index_factory="IVF4,Flat", overfetch=2),
+    # overfetch=2: more queries fall back to the engine's filtered search
+    "milvus": lambda dim: milvus_bank(dim, overfetch=2),
+    "milvus_filter": lambda dim: milvus_bank(dim, exclusion="filter"),
 }
 
 
@@ -214,6 +235,7 @@ def test_admissible_matches_reference_and_broadcasts() -> None:
 def test_banks_satisfy_protocol() -> None:
     assert isinstance(TorchMemoryBank(4), MemoryBank)
     assert isinstance(FaissMemoryBank(4), MemoryBank)
+    assert isinstance(milvus_bank(4), MemoryBank)
 
 
 def test_incremental_adds_equal_one_add() -> None:
@@ -396,8 +418,9 @@ def test_faiss_build_is_deterministic_and_num_threads() -> None:
         lambda: TorchMemoryBank(6),
         lambda: FaissMemoryBank(6, index_factory="Flat"),
         lambda: FaissMemoryBank(6, index_factory="IVF16,Flat", nprobe=2, overfetch=3),
+        lambda: milvus_bank(6, overfetch=3),
     ],
-    ids=["torch", "faiss_flat", "faiss_ivf"],
+    ids=["torch", "faiss_flat", "faiss_ivf", "milvus"],
 )
 def test_save_load_roundtrip(tmp_path: Path, factory) -> None:
     keys, values, users, lens = make_data(800, 6, 40, seed=8)
@@ -414,6 +437,10 @@ def test_save_load_roundtrip(tmp_path: Path, factory) -> None:
     assert torch.equal(before.ids, after.ids) and torch.equal(before.scores, after.scores)
     for a, b in zip(bank.fetch(torch.arange(800)), loaded.fetch(torch.arange(800)), strict=True):
         assert torch.equal(a, b)
+    if isinstance(bank, MilvusMemoryBank):  # filled from arrays.npz into a temporary .db
+        assert meta["config"]["collection"] == bank.collection == loaded.collection
+        assert meta["config"]["uri"] == bank.uri != loaded.uri
+        assert meta["config"]["overfetch"] == loaded.overfetch == 3
     if isinstance(bank, FaissMemoryBank):
         assert meta["config"]["nprobe"] == bank.nprobe
         assert meta["config"]["index_factory"] == bank.index_factory
@@ -425,13 +452,20 @@ def test_save_load_roundtrip(tmp_path: Path, factory) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["bank"]
 
 
-@pytest.mark.parametrize("cls", [TorchMemoryBank, FaissMemoryBank])
-def test_failed_save_keeps_existing_bank(tmp_path: Path, monkeypatch, cls) -> None:
+NEW_BANKS = {
+    "torch": TorchMemoryBank,
+    "faiss": lambda dim: FaissMemoryBank(dim, index_factory="Flat"),
+    "milvus": milvus_bank,
+}
+
+
+@pytest.mark.parametrize("name", list(NEW_BANKS))
+def test_failed_save_keeps_existing_bank(tmp_path: Path, monkeypatch, name: str) -> None:
     keys, values, users, lens = make_data(40, 4, 5, seed=9)
-    extra = {"index_factory": "Flat"} if cls is FaissMemoryBank else {}
-    old = fill(cls(4, **extra), keys, values, users, lens)
+    old = fill(NEW_BANKS[name](4), keys, values, users, lens)
+    cls = type(old)
     old.save(tmp_path / "bank")
-    new = fill(cls(4, **extra), keys[:10] * 2, values[:10], users[:10], lens[:10])
+    new = fill(NEW_BANKS[name](4), keys[:10] * 2, values[:10], users[:10], lens[:10])
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
@@ -556,9 +590,10 @@ def test_remove_users(name: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [TorchMemoryBank, FaissMemoryBank])
-def test_error_messages(cls) -> None:
-    bank = cls(4)
+@pytest.mark.parametrize("name", list(NEW_BANKS))
+def test_error_messages(name: str) -> None:
+    new = NEW_BANKS[name]
+    bank = new(4)
     ones, ids = torch.ones(5, 4), torch.arange(5)
     with pytest.raises(ValueError, match="empty memory bank"):
         bank.search(torch.ones(1, 4), 1)
@@ -607,7 +642,7 @@ def test_error_messages(cls) -> None:
     with pytest.raises(IndexError, match=r"ids must lie in \[0, 5\)"):
         bank.fetch(torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="dim must be a positive integer"):
-        cls(0)
+        new(0)
 
 
 def test_faiss_constructor_errors() -> None:

@@ -150,7 +150,7 @@ RANGES = [
     (PretrainConfig, "retrieval_weight", -0.1, 0.0, ">= 0"),
     (PretrainConfig, "temperature", 0.0, 1e-3, "> 0"),
     (PretrainConfig, "batching", "sorted", BATCHING[0], "one of"),
-    (BankConfig, "kind", "annoy", "torch", "'faiss' or 'torch'"),
+    (BankConfig, "kind", "annoy", "torch", "'faiss', 'torch' or 'milvus'"),
     (BankConfig, "nprobe", 0, 1, ">= 1"),
     (BankConfig, "overfetch", 0, 1, ">= 1"),
     (RAMConfig, "alpha", -0.1, 0.0, r"in \[0, 1\]"),

@@ -1,6 +1,7 @@
-"""Memory banks: the protocol with its no-leakage rule, an exact torch bank and Faiss banks.
+"""Memory banks: the protocol with its no-leakage rule, an exact torch bank, Faiss and Milvus banks.
 
-Faiss is imported only when a :class:`FaissMemoryBank` is created or loaded.
+Faiss is imported only when a :class:`FaissMemoryBank` is created or loaded, pymilvus only when a
+:class:`MilvusMemoryBank` is.
 
 Examples:
     >>> import torch
@@ -13,6 +14,7 @@ Examples:
 """
 
 from raserec_adapter.memory.faiss_bank import FaissMemoryBank
+from raserec_adapter.memory.milvus_bank import MilvusMemoryBank
 from raserec_adapter.memory.protocol import (
     MemoryBank,
     MemoryBankFormatError,
@@ -25,6 +27,7 @@ __all__ = [
     "FaissMemoryBank",
     "MemoryBank",
     "MemoryBankFormatError",
+    "MilvusMemoryBank",
     "SearchResult",
     "TorchMemoryBank",
     "admissible",

@@ -22,8 +22,12 @@ Examples:
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +52,8 @@ from raserec_adapter.memory.torch_bank import TorchMemoryBank
 __all__ = ["PhasedBank", "batch_memories", "history_pairs", "same_split"]
 
 logger = logging.getLogger("raserec_adapter")
+
+_BANKS = itertools.count()  # a new Milvus collection per bank the augmenter builds
 
 _PAIRS = {"train": "training pairs", "test": "training and validation pairs"}
 _HINTS = {
@@ -96,9 +102,15 @@ class PhasedBank:
         """An empty bank of the configured kind (Faiss imported only here)."""
         if self.config.kind == "torch":
             return TorchMemoryBank(self.dim, device=device)
+        cfg = self.config
+        if cfg.kind == "milvus":
+            from raserec_adapter.memory.milvus_bank import MilvusMemoryBank
+
+            uri = cfg.milvus_uri or str(Path(tempfile.mkdtemp(prefix="raserec-")) / "bank.db")
+            name = f"{cfg.milvus_collection}_{os.getpid()}_{next(_BANKS)}"
+            return MilvusMemoryBank(self.dim, uri, name, overfetch=cfg.overfetch)
         from raserec_adapter.memory.faiss_bank import FaissMemoryBank
 
-        cfg = self.config
         return FaissMemoryBank(
             self.dim, cfg.index_factory, nprobe=cfg.nprobe, overfetch=cfg.overfetch
         )
