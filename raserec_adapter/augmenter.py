@@ -54,7 +54,7 @@ from raserec_adapter.memory.protocol import MemoryBank
 from raserec_adapter.memory.state import PhasedBank
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.training.pretraining import RecLoss, pretrain
-from raserec_adapter.training.raft import fit_raft_frozen
+from raserec_adapter.training.raft import build_phased_bank, fit_raft_frozen
 from raserec_adapter.training.state import TrainResult
 
 __all__ = ["RetrievalAugmenter"]
@@ -152,7 +152,7 @@ class RetrievalAugmenter(nn.Module):
             raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
         check_device(device)
         t0 = time.perf_counter()
-        self.memory.build(source, phase, device, show_progress)
+        build_phased_bank(self.memory, source, phase, device, show_progress)  # sharded in a group
         n = len(self.memory.require("build_bank"))
         logger.info("memory bank: %d memories in %.1f s", n, time.perf_counter() - t0)
 

@@ -3,7 +3,8 @@
 :func:`main` parses a command line for a backbone and calls :func:`run`, which, for every seed,
 pre-trains the encoder (stage 1), builds the memory bank and fits the RAM (stage 2, unless
 ``--plain``), evaluates on the test split, then prints one result table per protocol and writes
-the results files with their provenance.
+the results files with their provenance. Under ``torchrun --nproc_per_node N`` the processes
+share both stages (:mod:`raserec_adapter.distributed`); rank 0 alone logs, prints and writes.
 
 Files written under ``--out`` (``runs`` by default):
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from raserec_adapter import (
     LeaveOneOutSplit,
     RetrievalAugmenter,
     RunOptions,
+    distributed,
     leave_one_out,
     load_dataset,
 )
@@ -190,7 +193,12 @@ def _test_ranks(
     """Each protocol's test ranks of the variants asked for."""
     return {
         p: aug.ranks(
-            split, "test", protocol=p, augmented=augmented, device=args.device, show_progress=True
+            split,
+            "test",
+            protocol=p,
+            augmented=augmented,
+            device=args.device,
+            show_progress=distributed.is_main(),
         )
         for p in args.protocols
     }
@@ -270,9 +278,12 @@ def _run_seed(
     else:
         details["raft"], ranks = _stage2(aug, acfg, split, args, seed)
         details["lift"] = _lifts([ranks])
-        aug.save(run_dir / "augmenter")
-        if args.encoder_checkpoint:  # the folder holds what the analyses reload
+        if distributed.is_main():  # under torchrun: rank 0 alone writes
+            aug.save(run_dir / "augmenter")
+        if args.encoder_checkpoint and distributed.is_main():  # what the analyses reload
             torch.save(encoder.state_dict(), run_dir / "encoder.pt")
+    if not distributed.is_main():
+        return details, ranks
     run_dir.mkdir(parents=True, exist_ok=True)
     arrays = {
         f"{p}.{v}": r.numpy().astype(np.int32) for p, rs in ranks.items() for v, r in rs.items()
@@ -307,7 +318,13 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, Metrics]:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
+    shared = distributed.init(args.device)  # under torchrun: join its process group
+    if not distributed.is_main():  # one log of a shared run
+        logging.getLogger().setLevel(logging.WARNING)
     threads, why = choose_threads(args.threads)
+    if shared and args.threads is None:  # this node's processes share its cores
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads, why = max(1, threads // local), f"{why}; shared by {local} processes"
     torch.set_num_threads(threads)
     logger.info(why)
     seeds = [args.seed] if args.seed is not None else args.seeds
@@ -344,6 +361,8 @@ def run(backbone: Backbone, args: argparse.Namespace) -> dict[str, Metrics]:
                 per_variant.setdefault((p, key), []).append(metrics)
     wall = time.perf_counter() - t_start
     means = {key: mean_metrics(rows) for key, rows in per_variant.items()}
+    if not distributed.is_main():  # rank 0 prints and writes the results
+        return {v: m for (p, v), m in means.items() if p == args.protocols[0]}
     if args.plain:
         lifts: dict[str, dict[str, Any]] = {}
     else:  # one seed: its own lift, not bootstrapped again

@@ -31,15 +31,15 @@ import json
 import logging
 import math
 import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 import torch
 
+from raserec_adapter import distributed
 from raserec_adapter._checks import check_device, require_config
 from raserec_adapter._progress import progress
 from raserec_adapter.config import PretrainConfig, RunOptions
@@ -55,13 +55,17 @@ from raserec_adapter.data.validation import check_item_count, require_split
 from raserec_adapter.encoder import WrappedEncoder, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.training.losses import info_nce, next_item_loss
+from raserec_adapter.training.sharding import DrawnPositives, EncoderCalls, Sharding
 from raserec_adapter.training.state import (
     EarlyStopping,
     RunningMean,
     TrainingRun,
     TrainResult,
     atomic_save,
+    call_record,
+    data_fingerprint,
     gives_back_best,
+    json_info,
     seed_everything,
 )
 from raserec_adapter.training.views import PositiveSampler, anchors, encode_pairs, fused_views
@@ -103,6 +107,10 @@ def pretrain(
             limit; a run that had stopped early returns its result without training),
             ``run_info`` recorded per call in :attr:`TrainResult.invocations`, and ``fuse``.
 
+    In a process group of ``torchrun`` (:func:`raserec_adapter.distributed.init`) each process
+    trains on its part of every global batch of ``config.batch_size`` pairs; rank 0 validates and
+    writes the files (``docs/distributed.md``).
+
     Returns:
         A :class:`TrainResult`; the model holds the best epoch's weights afterwards, also when
         training stops by an error or an interrupt (then the weights it came with if no epoch
@@ -134,28 +142,33 @@ def pretrain(
     opts = run or RunOptions()
     if not isinstance(opts, RunOptions):
         raise TypeError(f"run must be a RunOptions, got {type(opts).__name__}")
-    info = _json_info(opts.run_info)
+    info = json_info(opts.run_info)
     cfg = config or PretrainConfig()
     if cfg.max_len is None:  # recorded (results, state files) as the length actually used
         cfg = cfg.replace(max_len=split.max_len)
     state_path = None if opts.state_path is None else Path(opts.state_path)
     _check_inputs(cfg, split, checkpoint, state_path)
+    show_progress = show_progress and distributed.is_main()  # one log of a shared run
     with _threads(opts.threads):
-        r = _setup(encoder, split, cfg, rec_loss, check_device(device), opts.fuse)
+        dev = distributed.local_device(check_device(device))
+        r = _setup(encoder, split, cfg, rec_loss, dev, opts.fuse)
         stop, first_epoch = _restore(r, state_path, opts.resume)
+        if r.sharding is not None and not distributed.is_main():  # their own dropout draws
+            torch.manual_seed(distributed.rank_seed(cfg.seed + first_epoch - 1))
         result, seconds_before, start = stop.result, stop.result.seconds, time.perf_counter()
-        call = _call_record(result, r.device, info)
+        call = call_record(result, r.device, info)
         with gives_back_best(r.enc.module, stop):  # an error or interrupt too: the best weights
             for epoch in range(first_epoch, cfg.epochs + 1):
                 losses, train_seconds = _train_epoch(r, epoch, show_progress)
                 done = _end_epoch(r, stop, epoch, losses, train_seconds, checkpoint, show_progress)
                 result.seconds = seconds_before + time.perf_counter() - start
                 call["last_epoch"], call["seconds"] = epoch, round(time.perf_counter() - start, 1)
-                if state_path is not None and stop.best_state is not None:
+                if state_path is not None and stop.best_state is not None and distributed.is_main():
                     r.state.save(state_path, stop)
                 if done:
                     break
         r.enc.eval()
+        distributed.barrier()  # rank 0's files are written when any process returns
     result.seconds = seconds_before + time.perf_counter() - start
     call["seconds"] = round(time.perf_counter() - start, 1)
     return result
@@ -189,6 +202,7 @@ class _Run:
     sampler: PositiveSampler | None
     optimizer: torch.optim.Optimizer
     state: TrainingRun
+    sharding: Sharding | None = None  # in a process group: the DDP calls, global positives
 
 
 def _setup(
@@ -216,8 +230,12 @@ def _setup(
         optimizer,
         sampler.rng if sampler is not None else None,
         device,
-        data=_data_fingerprint(split),
+        data=data_fingerprint(split),
     )
+    sharding = None
+    if distributed.active():  # after the seeding: DDP starts every process from rank 0's weights
+        drawn = None if sampler is None else DrawnPositives(sampler, len(split.train))
+        sharding = Sharding(EncoderCalls(enc), drawn)
     return _Run(
         enc,
         split,
@@ -232,6 +250,7 @@ def _setup(
         sampler,
         optimizer,
         state,
+        sharding,
     )
 
 
@@ -247,20 +266,6 @@ def _restore(r: _Run, state_path: Path | None, resume: bool) -> tuple[EarlyStopp
     if resume:
         logger.info("no training state at %s yet: starting from epoch 1", state_path)
     return EarlyStopping(), 1
-
-
-def _call_record(result: TrainResult, device: torch.device, info: dict[str, Any]) -> dict:
-    call: dict[str, Any] = {
-        "first_epoch": result.epochs_run + 1,
-        "last_epoch": result.epochs_run,
-        "seconds": 0.0,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        **info,
-    }
-    result.invocations.append(call)
-    return call
 
 
 def _epoch_batches(r: _Run, epoch: int) -> tuple[Iterator[Batch], int]:
@@ -293,46 +298,71 @@ def _train_epoch(r: _Run, epoch: int, show_progress: bool) -> tuple[tuple[float,
         rec_losses.add(loss_rec)
         if loss_ret is not None:
             ret_losses.add(loss_ret)
+    if r.sharding is not None:  # each process added its share of every step's mean
+        distributed.sum_(rec_losses.total)
     return (rec_losses.value(), ret_losses.value()), time.perf_counter() - t0
 
 
 def _step(r: _Run, host: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One optimizer step on a batch (``host`` on the CPU): the two losses, detached later."""
-    enc, cfg, split = r.enc, r.cfg, r.split
+    """One optimizer step on a batch (``host`` on the CPU): the two losses, detached later.
+
+    In a process group ``host`` is the global batch: this process trains on its part
+    (:mod:`~raserec_adapter.training.sharding`) and returns its share of the batch's mean
+    ``L_rec`` (the shares add up to it) and the global ``L_ret``.
+    """
+    enc, cfg, split, sampler = r.enc, r.cfg, r.split, r.sampler
+    shard, calls = None, cast(WrappedEncoder, enc)
+    if r.sharding is not None:
+        shard = r.sharding.shard(host, r.windows)
+        host, calls = shard.host, cast(WrappedEncoder, r.sharding.calls)
+        sampler = cast(PositiveSampler | None, r.sharding.positives)
     batch = host.to(r.device)
     need_h = r.rec_loss is None
     with enc.trusted_inputs():  # batches of the validated split
         if r.fuse:
             h, targets, z1, z2, view_pairs = fused_views(
-                enc, split, batch, host, r.windows, r.causal, need_h, r.sampler
+                calls, split, batch, host, r.windows, r.causal, need_h, sampler
             )
         else:
             h, targets, pair_rows, second_view = anchors(
-                enc, batch, host, r.windows, r.causal, need_h, r.regroup
+                calls, batch, host, r.windows, r.causal, need_h, r.regroup
             )
     if r.rec_loss is None:
         assert h is not None
         loss_rec = next_item_loss(h, enc.item_weights(), targets)
-    else:  # the user's code builds its own inputs: its encoder calls stay checked
+    elif r.sharding is None:  # the user's code builds its own inputs: its calls stay checked
         loss_rec = r.rec_loss(enc, batch)
+    else:  # inside DDP's forward, so that its gradients are averaged
+        loss_rec = r.sharding.calls.run(r.rec_loss, enc, batch)
     loss, loss_ret = loss_rec, None
-    if r.sampler is not None:
+    if shard is not None:
+        loss = loss_rec * shard.scale
+    if sampler is not None:
         if not r.fuse:
             with enc.trusted_inputs():
                 z1 = second_view()
-                pos_rows = r.sampler.sample(pair_rows)
+                pos_rows = sampler.sample(pair_rows)
                 view_pairs = np.concatenate([pair_rows, pos_rows])
-                z2 = encode_pairs(enc, split, pos_rows, r.device)
+                z2 = encode_pairs(calls, split, pos_rows, r.device)
         assert z1 is not None and z2 is not None and view_pairs is not None
         mask_t = targets if cfg.mask_false_negatives else None
+        if shard is not None:  # the loss of the whole global batch
+            z1, z2 = shard.global_views(z1, z2)
+            view_pairs = shard.view_pairs
+            mask_t = shard.targets.to(r.device) if cfg.mask_false_negatives else None
         groups = None
         if cfg.mask_same_user_negatives:
             groups = torch.from_numpy(split.train.users[view_pairs]).to(r.device)
         loss_ret = info_nce(z1, z2, cfg.temperature, mask_t, groups)
-        loss = loss + cfg.retrieval_weight * loss_ret
+        if shard is None:
+            loss = loss + cfg.retrieval_weight * loss_ret
+        else:  # each process's gradient flows through its own views only
+            loss = loss + cfg.retrieval_weight * (loss_ret * distributed.world_size())
     r.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     r.optimizer.step()
+    if shard is not None:
+        loss_rec = loss_rec.detach() * shard.share
     return loss_rec, loss_ret
 
 
@@ -347,7 +377,8 @@ def _end_epoch(
 ) -> bool:
     """Validation, the epoch's record, early stopping and the best checkpoint; True: stop."""
     cfg, enc = r.cfg, r.enc
-    valid = evaluate_encoder(enc, r.split, "valid", device=r.device)
+    # in a process group: validated on rank 0, every process applies the same rule to its numbers
+    valid = distributed.from_main(lambda: evaluate_encoder(enc, r.split, "valid", device=r.device))
     record = {
         "epoch": epoch,
         "loss_rec": losses[0],
@@ -358,7 +389,8 @@ def _end_epoch(
     stop.result.history.append(record)
     score = valid[cfg.valid_metric]
     improved = stop.update(epoch, score, valid, enc.module)
-    if improved and checkpoint is not None and stop.best_state is not None:
+    writes = checkpoint is not None and distributed.is_main()  # one writer in a process group
+    if improved and writes and stop.best_state is not None:
         atomic_save(stop.best_state, Path(checkpoint))  # update() has just set it
     if show_progress:
         logger.info(
@@ -372,40 +404,6 @@ def _end_epoch(
             train_seconds,
         )
     return stop.bad_epochs >= cfg.patience
-
-
-def _json_info(run_info: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``run_info`` as a plain dict after checking that the state file's JSON can hold it."""
-    if run_info is None:
-        return {}
-    if not isinstance(run_info, Mapping):
-        raise ValueError(
-            f"run_info must be a mapping such as {{'command': ...}}, got {type(run_info).__name__}"
-        )
-    taken = sorted(set(run_info) & _CALL_KEYS)
-    if taken:
-        raise ValueError(
-            f"run_info may not set {taken}: pretrain records those itself; use other names"
-        )
-    try:
-        return json.loads(json.dumps(dict(run_info), allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"run_info must hold JSON values only (str, numbers, lists, dicts): {exc}"
-        ) from exc
-
-
-# what pretrain records about each call itself (TrainResult.invocations; "note" marks the
-# epochs of a state written before the calls were recorded)
-_CALL_KEYS = {
-    "first_epoch",
-    "last_epoch",
-    "seconds",
-    "started_at",
-    "device",
-    "torch_threads",
-    "note",
-}
 
 
 def _check_inputs(
@@ -439,19 +437,6 @@ def _check_inputs(
                     f"{name} = {where} cannot be written: {blocking} is a file, not a folder; "
                     "pass a path inside a folder"
                 )
-
-
-def _data_fingerprint(split: LeaveOneOutSplit) -> dict[str, int]:
-    """What identifies a split's training data in a state file (sizes and a CRC of pairs)."""
-    train = split.train
-    crc = zlib.crc32(np.ascontiguousarray(train.targets, dtype=np.int64).tobytes())
-    crc = zlib.crc32(np.ascontiguousarray(train.users, dtype=np.int64).tobytes(), crc)
-    return {  # plain ints: the state's meta is JSON (num_items may be a NumPy integer)
-        "users": int(split.sequences.num_users),
-        "items": int(split.sequences.num_items),
-        "train_pairs": len(train),
-        "train_crc32": int(crc),
-    }
 
 
 def evaluate_encoder(

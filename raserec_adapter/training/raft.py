@@ -42,17 +42,20 @@ import time
 import torch
 import torch.nn.functional as F
 
+from raserec_adapter import distributed
 from raserec_adapter._checks import check_device
 from raserec_adapter._progress import progress
 from raserec_adapter.config import RAFTConfig
 from raserec_adapter.data import LeaveOneOutSplit
-from raserec_adapter.encoder import encode_prefixes, eval_mode
+from raserec_adapter.distributed import build_phased_bank, encode_prefixes_sharded
+from raserec_adapter.encoder import eval_mode
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.memory.protocol import MemoryBank, gather_rows
 from raserec_adapter.memory.state import PhasedBank
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.training.losses import attention_kernel_available, frozen_table_cross_entropy
 from raserec_adapter.training.ram_validation import choose_alpha, evaluate_ram
+from raserec_adapter.training.sharding import wrap_ddp
 from raserec_adapter.training.state import (
     EarlyStopping,
     RunningMean,
@@ -62,6 +65,7 @@ from raserec_adapter.training.state import (
 )
 
 __all__ = [
+    "build_phased_bank",
     "evaluate_ram",
     "fit_raft",
     "fit_raft_frozen",
@@ -204,6 +208,8 @@ def fit_raft(
     is left as it was), so two calls with the same inputs, config and initial RAM weights
     train the same RAM. If training stops with an error (or is interrupted), the RAM gets back
     the best epoch's weights so far, or its weights from before the call.
+    In a process group (:mod:`raserec_adapter.distributed`) each process trains on its part of
+    every global batch and rank 0 validates; every process ends with the same RAM.
 
     Returns:
         A :class:`~raserec_adapter.TrainResult` whose ``baseline_valid`` holds the metrics of
@@ -228,8 +234,10 @@ def fit_raft(
         ),
     )
     t_start = time.perf_counter()
-    dev = check_device(device)
+    dev = distributed.local_device(check_device(device))
     ram.to(dev)
+    shared = distributed.active()  # a process group: each process trains on its part of a batch
+    show_progress = show_progress and distributed.is_main()
 
     def fixed(t: torch.Tensor) -> torch.Tensor:  # an input: no gradient, float32, on dev
         return t.detach().to(dev, torch.float32)
@@ -251,14 +259,17 @@ def fit_raft(
     targets = torch.from_numpy(split.train.targets).to(dev)
     valid_h, valid_nb = fixed(valid_queries), valid_neighbours.to(dev)
     result = TrainResult()
-    result.baseline_valid = evaluate_ranking(  # the score the RAM has to beat
-        lambda b: valid_h[b.index.to(dev)],
-        table,
-        split.sequences,
-        split.valid,
-        max_len=split.max_len,
-        device=dev,
+    result.baseline_valid = distributed.from_main(  # the score the RAM has to beat
+        lambda: evaluate_ranking(
+            lambda b: valid_h[b.index.to(dev)],
+            table,
+            split.sequences,
+            split.valid,
+            max_len=split.max_len,
+            device=dev,
+        )
     )
+    model = wrap_ddp(ram, find_unused=True) if shared else ram  # beta = 1: channel 2 unused
     optimizer = torch.optim.Adam(
         ram.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=dev.type == "cuda"
     )
@@ -267,24 +278,27 @@ def fit_raft(
     n_steps = math.ceil(n_pairs / config.batch_size)
 
     def step(rows: torch.Tensor) -> torch.Tensor:
+        share = None
+        if shared:  # this process's part; its mean weighted by its share, for DDP's average
+            rows, share = _part(rows)
         nb = neighbours[rows]
-        h_aug = ram(queries[rows], gather_rows(mem_k, nb), gather_rows(mem_v, nb))
+        h_aug = model(queries[rows], gather_rows(mem_k, nb), gather_rows(mem_v, nb))
         y = targets[rows] - 1
         if fused_ce:
             loss = frozen_table_cross_entropy(h_aug.to(dtype), scores_t, y).float()
         else:  # off the CPU (or bfloat16 without the attention kernel): one product, torch's CE
             loss = F.cross_entropy(h_aug.to(dtype) @ scores_t, y).float()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if share is None else loss * (distributed.world_size() * share)).backward()
         optimizer.step()
-        return loss.detach()
+        return loss.detach() if share is None else loss.detach() * share
 
     stop = EarlyStopping(result=result)
     cuda: list[int] = []  # the CUDA device whose random state dropout draws from
     if dev.type == "cuda":
         cuda = [dev.index if dev.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=cuda), gives_back_best(ram, stop):
-        torch.manual_seed(config.seed)  # the RAM's dropout; the caller's state is kept
+        torch.manual_seed(distributed.rank_seed(config.seed))  # the RAM's dropout (per process)
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
             ram.train()
@@ -293,9 +307,13 @@ def fit_raft(
             losses = RunningMean(dev)  # read from the device once per epoch
             for s in progress(batches, n_steps, f"RAFT epoch {epoch}", show_progress):
                 losses.add(step(order[s : s + config.batch_size]))
+            if shared:  # each process added its share of every step's mean
+                distributed.sum_(losses.total)
             mean_loss = losses.value()
             seconds = time.perf_counter() - t0
-            valid = evaluate_ram(ram, split, valid_h, valid_nb, (mem_k, mem_v), table)
+            valid = distributed.from_main(  # validated on rank 0, the same numbers everywhere
+                lambda: evaluate_ram(ram, split, valid_h, valid_nb, (mem_k, mem_v), table)
+            )
             score = valid[config.valid_metric]
             result.history.append(
                 {
@@ -321,12 +339,15 @@ def fit_raft(
     ram.eval()
     if config.alpha_grid:
         tables = ((valid_h, valid_nb), (mem_k, mem_v), table)
-        result.best_valid, result.alpha_selection = choose_alpha(ram, split, *tables, config)
+        chosen = distributed.from_main(lambda: choose_alpha(ram, split, *tables, config))
+        result.best_valid, result.alpha_selection = chosen
+        if shared:  # rank 0 set it
+            ram.config = ram.config.replace(alpha=result.alpha_selection["chosen"])
     plain = result.baseline_valid[config.valid_metric]
     best = result.best_valid.get(config.valid_metric, stop.best_score)
     ram.serve(best > plain or not config.fallback)
     result.seconds = time.perf_counter() - t_start
-    if best <= plain:
+    if best <= plain and distributed.is_main():
         logger.warning(
             "RAFT: the RAM's best validation %s (%.4f) does not beat the frozen encoder "
             "alone (%.4f); %s%s",
@@ -342,6 +363,14 @@ def fit_raft(
             else " (alpha 1, chosen on validation, is the encoder itself)",
         )
     return result
+
+
+def _part(rows: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """This process's contiguous part of a global batch's rows and its share of them (one row
+    of weight 0 where a small last batch leaves it none)."""
+    lo, hi = distributed.bounds(len(rows), distributed.world_size())[distributed.rank()]
+    share = (hi - lo) / len(rows)
+    return (rows[lo:hi] if hi > lo else rows[:1]), share
 
 
 def fit_raft_on_bank(
@@ -372,17 +401,20 @@ def fit_raft_on_bank(
     t_start = time.perf_counter()
     k = ram.config.k
     train, valid = split.train, split.valid
-    neighbours = search_neighbours(
-        bank,
-        train_keys,
-        k,
-        torch.from_numpy(train.users),
-        torch.from_numpy(train.lengths),
-        show_progress=show_progress,
+    users, lengths = torch.from_numpy(train.users), torch.from_numpy(train.lengths)
+    show = show_progress and distributed.is_main()
+    # in a process group each process searches its share of the queries; all get all neighbours
+    neighbours = distributed.sharded_rows(
+        len(train_keys),
+        lambda lo, hi: search_neighbours(
+            bank, train_keys[lo:hi], k, users[lo:hi], lengths[lo:hi], show_progress=show
+        ),
     )
-    valid_nb = bank.search(
-        valid_queries, k, torch.from_numpy(valid.users), torch.from_numpy(valid.lengths)
-    ).ids
+    v_users, v_lengths = torch.from_numpy(valid.users), torch.from_numpy(valid.lengths)
+    valid_nb = distributed.sharded_rows(
+        len(valid_queries),
+        lambda lo, hi: bank.search(valid_queries[lo:hi], k, v_users[lo:hi], v_lengths[lo:hi]).ids,
+    )
     logger.info("RAFT: queries and neighbours ready in %.1f s", time.perf_counter() - t_start)
     result = fit_raft(
         ram,
@@ -429,7 +461,7 @@ def fit_raft_frozen(
     for p in encoder.parameters():
         p.requires_grad_(False)
     try:
-        valid_h = encode_prefixes(
+        valid_h = encode_prefixes_sharded(  # each process a share, in a process group
             encoder, split.sequences, split.valid, memory.max_len, device=device
         )
         return fit_raft_on_bank(

@@ -15,7 +15,9 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Iterator
+import time
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from raserec_adapter import _atomic
+from raserec_adapter import _atomic, distributed
+from raserec_adapter.data import LeaveOneOutSplit
 
 FORMAT = "raserec-adapter pretrain state 1"
 
@@ -317,3 +320,69 @@ class RunningMean:
 
     def value(self) -> float:
         return float(self.total.cpu()) / self.count if self.count else 0.0
+
+
+def call_record(result: TrainResult, device: torch.device, info: dict[str, Any]) -> dict:
+    """A new entry of ``result.invocations`` for a pre-training call (updated as it trains);
+    with ``processes`` in a process group."""
+    call: dict[str, Any] = {
+        "first_epoch": result.epochs_run + 1,
+        "last_epoch": result.epochs_run,
+        "seconds": 0.0,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        **info,
+    }
+    if distributed.active():  # a shared run: how many processes trained it
+        call["processes"] = distributed.world_size()
+    result.invocations.append(call)
+    return call
+
+
+def json_info(run_info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``run_info`` as a plain dict after checking that the state file's JSON can hold it."""
+    if run_info is None:
+        return {}
+    if not isinstance(run_info, Mapping):
+        raise ValueError(
+            f"run_info must be a mapping such as {{'command': ...}}, got {type(run_info).__name__}"
+        )
+    taken = sorted(set(run_info) & CALL_KEYS)
+    if taken:
+        raise ValueError(
+            f"run_info may not set {taken}: pretrain records those itself; use other names"
+        )
+    try:
+        return json.loads(json.dumps(dict(run_info), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"run_info must hold JSON values only (str, numbers, lists, dicts): {exc}"
+        ) from exc
+
+
+# what pretrain records about each call itself (TrainResult.invocations; "note" marks the
+# epochs of a state written before the calls were recorded)
+CALL_KEYS = {
+    "first_epoch",
+    "last_epoch",
+    "seconds",
+    "started_at",
+    "device",
+    "torch_threads",
+    "processes",
+    "note",
+}
+
+
+def data_fingerprint(split: LeaveOneOutSplit) -> dict[str, int]:
+    """What identifies a split's training data in a state file (sizes and a CRC of pairs)."""
+    train = split.train
+    crc = zlib.crc32(np.ascontiguousarray(train.targets, dtype=np.int64).tobytes())
+    crc = zlib.crc32(np.ascontiguousarray(train.users, dtype=np.int64).tobytes(), crc)
+    return {  # plain ints: the state's meta is JSON (num_items may be a NumPy integer)
+        "users": int(split.sequences.num_users),
+        "items": int(split.sequences.num_items),
+        "train_pairs": len(train),
+        "train_crc32": int(crc),
+    }
