@@ -62,6 +62,14 @@ def _as_int(obj: object, name: str, value: object) -> int:
     raise _type_error(obj, name, "an int", value)
 
 
+def _check_loss(obj: Any) -> None:
+    """``loss``, ``negatives`` and ``in_batch_negatives`` of a training stage's config."""
+    _check(obj.loss in ("full", "sampled"), obj, "loss", "'full' or 'sampled'", obj.loss)
+    _check(obj.negatives >= 0, obj, "negatives", ">= 0", obj.negatives)
+    ok = obj.loss == "full" or obj.negatives > 0 or obj.in_batch_negatives
+    _check(ok, obj, "negatives", "> 0 where in_batch_negatives is off", obj.negatives)
+
+
 def _check_seed(obj: Any) -> None:
     """Seeds feed torch.manual_seed and numpy's generators: 0 <= seed < 2**63."""
     ok = 0 <= obj.seed < 2**63
@@ -196,6 +204,10 @@ class PretrainConfig(_Config):
             Beauty it trained better encoders than ``"windows"`` over five seeds (test HR@5
             with the RAM 0.0575 against 0.0560), at about twice the CPU time per epoch, so
             ``examples/sasrec.py`` uses it; the default stays the fast ``"windows"``.
+        loss: ``"full"`` (softmax over every item) or ``"sampled"`` (large catalogues:
+            :class:`~raserec_adapter.training.sampled_softmax.SampledSoftmax`).
+        negatives: ``loss="sampled"``: uniformly drawn candidates per step (0: none).
+        in_batch_negatives: ``loss="sampled"``: the batch's targets are candidates too.
     """
 
     epochs: int = 100
@@ -211,8 +223,12 @@ class PretrainConfig(_Config):
     max_len: int | None = None
     seed: int = 0
     batching: str = "windows"
+    loss: str = "full"
+    negatives: int = 256
+    in_batch_negatives: bool = True
 
     def _validate(self) -> None:
+        _check_loss(self)
         _check(self.epochs >= 1, self, "epochs", ">= 1", self.epochs)
         _check(self.batching in BATCHING, self, "batching", f"one of {BATCHING}", self.batching)
         _check(self.batch_size >= 2, self, "batch_size", ">= 2", self.batch_size)
@@ -246,10 +262,9 @@ class BankConfig(_Config):
             that Sports does best with short and medium memories only, ``((1, 6),)``. Applies to
             every memory, the validation pairs of the test bank included; queries are not
             filtered.
-        milvus_uri: ``kind="milvus"``: a Milvus Lite file (``"path/memories.db"``) or a server
-            (``"http://host:19530"``); ``""`` (default): Milvus Lite in a new temporary folder.
-        milvus_collection: ``kind="milvus"``: the prefix of the collections' names; each bank
-            the augmenter builds (per ``build_bank`` and phase) is a new collection.
+        milvus_uri: A Milvus Lite file (``"x.db"``) or server (``"http://host:19530"``);
+            ``""``: Milvus Lite in a new temporary folder.
+        milvus_collection: The prefix of the Milvus collections' names.
 
     Examples:
         >>> BankConfig(prefix_lengths=((1, 2), (7, None))).prefix_lengths
@@ -352,18 +367,18 @@ class RAFTConfig(_Config):
         valid_metric: Validation metric for early stopping: ``"HR@K"``, ``"NDCG@K"`` or
             ``"MRR@K"`` with K one of 5, 10, 20.
         seed: Seed of batch order and dropout.
-        precision: ``"float32"``, or ``"bfloat16"`` for the training step's item scores and
-            softmax (on a CPU one bfloat16 flash-attention call, about 2x faster than float32
-            where the CPU has AVX512-BF16 or AMX, slower where it has neither; on a GPU one
-            bfloat16 product and ``F.cross_entropy``, as float32 takes there). Evaluation always
-            scores in float32.
+        precision: ``"float32"``, or ``"bfloat16"`` for the step's item scores and softmax (on a
+            CPU about 2x faster than float32 with AVX512-BF16 or AMX, slower without; on a GPU
+            one bfloat16 product). Evaluation always scores in float32.
         fallback: Do no harm: when the RAM's best validation score does not beat the frozen
             encoder's, the augmenter serves the encoder's own representation (a warning says
             so; ``augmenter.ram.serve(True)`` forces the RAM). ``False`` always serves the RAM.
         alpha_grid: After training, choose ``RAMConfig.alpha`` among these values (and the
-            trained one) by the validation metric, over the cached validation queries and
-            neighbours: one validation pass per value. A tie keeps the trained alpha, then the
-            larger. Empty (default): keep the trained alpha, the paper's fixed 0.5.
+            trained one) by the validation metric over the cached validation queries; a tie
+            keeps the trained alpha, then the larger. Empty (default): the paper's fixed 0.5.
+        loss: ``"full"`` or ``"sampled"``, as :class:`PretrainConfig`'s.
+        negatives: As :class:`PretrainConfig`'s.
+        in_batch_negatives: As :class:`PretrainConfig`'s.
     """
 
     epochs: int = 100
@@ -376,8 +391,12 @@ class RAFTConfig(_Config):
     precision: str = "float32"
     fallback: bool = True
     alpha_grid: tuple[float, ...] = ()
+    loss: str = "full"
+    negatives: int = 256
+    in_batch_negatives: bool = True
 
     def _validate(self) -> None:
+        _check_loss(self)
         _check(self.epochs >= 1, self, "epochs", ">= 1", self.epochs)
         _check(self.batch_size >= 1, self, "batch_size", ">= 1", self.batch_size)
         _check(self.lr > 0, self, "lr", "> 0", self.lr)

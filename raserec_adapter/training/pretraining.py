@@ -55,6 +55,7 @@ from raserec_adapter.data.validation import check_item_count, require_split
 from raserec_adapter.encoder import WrappedEncoder, wrap_encoder
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.training.losses import info_nce, next_item_loss
+from raserec_adapter.training.sampled_softmax import SampledSoftmax
 from raserec_adapter.training.sharding import DrawnPositives, EncoderCalls, Sharding
 from raserec_adapter.training.state import (
     EarlyStopping,
@@ -203,6 +204,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     state: TrainingRun
     sharding: Sharding | None = None  # in a process group: the DDP calls, global positives
+    sampled: SampledSoftmax | None = None  # cfg.loss == "sampled"
 
 
 def _setup(
@@ -232,6 +234,14 @@ def _setup(
         device,
         data=data_fingerprint(split),
     )
+    sampled = None
+    if cfg.loss == "sampled":
+        if rec_loss is not None:
+            raise ValueError(
+                "PretrainConfig(loss='sampled') replaces the cross-entropy: no rec_loss"
+            )
+        counts = np.bincount(split.train.targets, minlength=enc.num_items + 1)
+        sampled = SampledSoftmax(enc.num_items, cfg.negatives, cfg.in_batch_negatives, counts)
     sharding = None
     if distributed.active():  # after the seeding: DDP starts every process from rank 0's weights
         drawn = None if sampler is None else DrawnPositives(sampler, len(split.train))
@@ -251,6 +261,7 @@ def _setup(
         optimizer,
         state,
         sharding,
+        sampled,
     )
 
 
@@ -329,7 +340,10 @@ def _step(r: _Run, host: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
             )
     if r.rec_loss is None:
         assert h is not None
-        loss_rec = next_item_loss(h, enc.item_weights(), targets)
+        if r.sampled is None:
+            loss_rec = next_item_loss(h, enc.item_weights(), targets)
+        else:  # candidates drawn from the global generator: seeded, restored on resume
+            loss_rec = r.sampled.loss(h, enc.item_weights(), targets)
     elif r.sharding is None:  # the user's code builds its own inputs: its calls stay checked
         loss_rec = r.rec_loss(enc, batch)
     else:  # inside DDP's forward, so that its gradients are averaged

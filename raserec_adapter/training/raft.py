@@ -39,6 +39,7 @@ import logging
 import math
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +56,7 @@ from raserec_adapter.memory.state import PhasedBank
 from raserec_adapter.ram import RetrievalAugmentedModule
 from raserec_adapter.training.losses import attention_kernel_available, frozen_table_cross_entropy
 from raserec_adapter.training.ram_validation import choose_alpha, evaluate_ram
+from raserec_adapter.training.sampled_softmax import SampledSoftmax
 from raserec_adapter.training.sharding import wrap_ddp
 from raserec_adapter.training.state import (
     EarlyStopping,
@@ -250,6 +252,12 @@ def fit_raft(
     # the CPU: the frozen-table kernel (float32 anywhere there; bfloat16 where the attention
     # kernel takes it). A GPU holds the (batch, items) score matrix easily, and there one product
     # and F.cross_entropy are about 8x faster than the chunked loop (speed_kernels.py --device cuda)
+    sampled = None
+    if config.loss == "sampled":
+        counts = np.bincount(split.train.targets, minlength=len(table))
+        sampled = SampledSoftmax(
+            len(table) - 1, config.negatives, config.in_batch_negatives, counts
+        )
     fused_ce = dev.type == "cpu" and (
         dtype == torch.float32 or attention_kernel_available(scores_t)
     )
@@ -284,7 +292,9 @@ def fit_raft(
         nb = neighbours[rows]
         h_aug = model(queries[rows], gather_rows(mem_k, nb), gather_rows(mem_v, nb))
         y = targets[rows] - 1
-        if fused_ce:
+        if sampled is not None:  # candidates from the RNG seeded below: the same on a rerun
+            loss = sampled.loss(h_aug, table, targets[rows])
+        elif fused_ce:
             loss = frozen_table_cross_entropy(h_aug.to(dtype), scores_t, y).float()
         else:  # off the CPU (or bfloat16 without the attention kernel): one product, torch's CE
             loss = F.cross_entropy(h_aug.to(dtype) @ scores_t, y).float()
