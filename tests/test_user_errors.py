@@ -347,7 +347,7 @@ def test_flat_lists_strings_and_empty_data_are_refused_by_name(trained):
     with pytest.raises(DataFormatError, match="hold no users"):
         leave_one_out(Sequences.from_lists([], num_items=5))
     empty = dataclasses.replace(split, test=split.test.subset(np.zeros(0, dtype=np.int64)))
-    with pytest.raises(ValueError, match="no prefixes to evaluate"):
+    with pytest.raises(ValueError, match="the split has no test rows"):
         evaluate_encoder(model, empty, "test")
 
 
