@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from raserec_adapter.evaluation.metrics import DEFAULT_KS
+from raserec_adapter.memory.faiss_scale import check_bank_config
 
 __all__ = [
     "AugmenterConfig",
@@ -249,22 +250,24 @@ class BankConfig(_Config):
     """The memory bank.
 
     Attributes:
-        kind: ``"faiss"`` (any Faiss index factory string), ``"torch"`` (exact, GPU-capable)
-            or ``"milvus"`` (:class:`~raserec_adapter.memory.MilvusMemoryBank`; the ``milvus``
-            extra).
+        kind: ``"faiss"``, ``"torch"`` (exact, GPU-capable) or ``"milvus"``
+            (:class:`~raserec_adapter.memory.MilvusMemoryBank`, the ``milvus`` extra).
         index_factory: Faiss factory string; ``"IVF128,Flat"`` is the paper's, ``"Flat"`` exact.
         nprobe: IVF lists probed per query.
         overfetch: Candidates fetched per wanted memory before the exclusion rule filters them.
-        prefix_lengths: Keep only memories whose prefix length (items before the target, before
-            truncation) lies in one of these inclusive ranges ``(lo, hi)``, ``hi = None`` for
-            no upper bound; ``None`` (default) keeps every memory. The paper's partitions
-            (appendix G): short ``(1, 2)``, medium ``(3, 6)``, long ``(7, None)``; it reports
-            that Sports does best with short and medium memories only, ``((1, 6),)``. Applies to
-            every memory, the validation pairs of the test bank included; queries are not
-            filtered.
+        prefix_lengths: Keep only memories whose prefix length lies in one of these inclusive
+            ranges ``(lo, hi)`` (``hi = None``: no upper bound; ``None``: every memory), the
+            test bank's validation pairs included; queries are not filtered. The paper's
+            partitions (appendix G): ``(1, 2)``, ``(3, 6)``, ``(7, None)``; Sports does best
+            with ``((1, 6),)``.
         milvus_uri: A Milvus Lite file (``"x.db"``) or server (``"http://host:19530"``);
             ``""``: Milvus Lite in a new temporary folder.
         milvus_collection: The prefix of the Milvus collections' names.
+        store: Faiss only: ``"compact"`` keeps float16 keys and each distinct value once.
+        refine: Faiss only: re-score the index's candidates with the stored keys.
+        train_size: Faiss only: train the index on a seeded sample of this many memories.
+        shards: Faiss only: split an IVF index into this many shards searched in parallel.
+            These four: :mod:`~raserec_adapter.memory.faiss_scale`, "Choosing a Faiss index".
 
     Examples:
         >>> BankConfig(prefix_lengths=((1, 2), (7, None))).prefix_lengths
@@ -278,17 +281,13 @@ class BankConfig(_Config):
     prefix_lengths: tuple[tuple[int, int | None], ...] | None = None
     milvus_uri: str = ""
     milvus_collection: str = "raserec_memories"
+    store: str = "full"
+    refine: bool = False
+    train_size: int | None = None
+    shards: int = 1
 
     def _validate(self) -> None:
-        kinds = ("faiss", "torch", "milvus")
-        _check(self.kind in kinds, self, "kind", "'faiss', 'torch' or 'milvus'", self.kind)
-        name = self.milvus_collection
-        ok = isinstance(name, str) and name.isidentifier() and name.isascii() and len(name) < 200
-        _check(ok, self, "milvus_collection", "a Milvus name (letters, digits, '_')", name)
-        ok = isinstance(self.milvus_uri, str)
-        _check(ok, self, "milvus_uri", "a string", self.milvus_uri)
-        _check(self.nprobe >= 1, self, "nprobe", ">= 1", self.nprobe)
-        _check(self.overfetch >= 1, self, "overfetch", ">= 1", self.overfetch)
+        check_bank_config(self)  # every field but prefix_lengths
         if self.prefix_lengths is not None:
             name = "prefix_lengths"
             want = "ranges (lo, hi) of ints with 1 <= lo <= hi or hi = None, at least one"

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raserec_adapter.memory import faiss_scale as scale
 from raserec_adapter.memory.format import (
     MemoryBankFormatError,
     add_saved,
@@ -54,7 +55,6 @@ from raserec_adapter.memory.protocol import (
     _validate_search,
     admissible,
 )
-from raserec_adapter.memory.torch_bank import _TensorStore
 
 __all__ = ["FaissMemoryBank"]
 
@@ -90,10 +90,16 @@ class FaissMemoryBank:
         seed: Seed of the index training (k-means), so builds are deterministic.
         num_threads: If given, calls ``faiss.omp_set_num_threads`` (a process-wide setting).
         exact_chunk: Queries scored at once by the exact fallback search.
+        store, refine, train_size, shards, ef_search: Options for large banks
+            (:mod:`~raserec_adapter.memory.faiss_scale`): ``store="compact"`` keeps float16
+            keys and each distinct value once; ``refine`` re-scores the candidates with the
+            stored keys; ``train_size`` trains on a seeded sample; ``shards`` splits an IVF
+            index; ``ef_search`` is HNSW's search depth. The defaults change nothing.
 
     Attributes:
         index_description: Factory string of the index actually built (``"Flat"`` after a
             fallback), or ``None`` before the first build.
+        scale: The large-bank options (:class:`~raserec_adapter.memory.faiss_scale.ScaleOptions`).
 
     Examples:
         >>> bank = FaissMemoryBank(dim=2, index_factory="Flat")
@@ -111,6 +117,11 @@ class FaissMemoryBank:
         seed: int = 0,
         num_threads: int | None = None,
         exact_chunk: int = 1024,
+        store: str = "full",
+        refine: bool = False,
+        train_size: int | None = None,
+        shards: int = 1,
+        ef_search: int | None = None,
     ) -> None:
         faiss = _import_faiss()
         self.dim = _check_dim(dim)
@@ -129,6 +140,8 @@ class FaissMemoryBank:
                 "memories itself (users and positions are kept beside the index): drop the "
                 f"'IDMap' part, e.g. index_factory={index_factory.split(',', 1)[-1]!r}"
             )
+        self.scale = scale.ScaleOptions(store, refine, train_size, shards, ef_search)
+        self.scale.check_index(probe, index_factory)
         self.index_factory = index_factory
         self.nprobe = _positive_int(nprobe, "nprobe")
         self.overfetch = _positive_int(overfetch, "overfetch")
@@ -141,7 +154,7 @@ class FaissMemoryBank:
         )
         if self.num_threads is not None:
             faiss.omp_set_num_threads(self.num_threads)
-        self._store = _TensorStore(self.dim, _CPU)
+        self._store = scale.make_store(self.scale.store, self.dim)
         self._index: Any = None
         self._trained_on = 0  # memories when the index was last built
         self.index_description: str | None = None
@@ -158,7 +171,7 @@ class FaissMemoryBank:
         return (
             f"FaissMemoryBank(dim={self.dim}, size={len(self)}, "
             f"index_factory={self.index_factory!r}, nprobe={self.nprobe}, "
-            f"overfetch={self.overfetch})"
+            f"overfetch={self.overfetch}{''.join(f', {k}={v!r}' for k, v in self._cfg())})"
         )
 
     def add(
@@ -195,54 +208,21 @@ class FaissMemoryBank:
         if self._index is None or self.index_description != self.index_factory or grown:
             self._invalidate()
             return
-        new = self._store.normed[-k.shape[0] :]
-        self._index.add(np.ascontiguousarray(new.numpy(), dtype=np.float32))
+        self._index.add(scale.normed_rows(self._store, len(self) - k.shape[0], len(self)))
 
     def _invalidate(self) -> None:
         self._index = None
         self.index_description = None
 
     def _set_nprobe(self, index: Any) -> None:
-        faiss = _import_faiss()
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:
-            return
-        ivf.nprobe = min(self.nprobe, ivf.nlist)
+        scale.set_search_params(index, self.nprobe, self.scale.ef_search)
 
     def _build(self) -> Any:
         """Train and fill the index over the normalised keys (falls back to exact Flat)."""
-        faiss = _import_faiss()
-        x = np.ascontiguousarray(self._store.normed.numpy(), dtype=np.float32)
-        n = x.shape[0]
-        description = self.index_factory
-        index = faiss.index_factory(self.dim, description, faiss.METRIC_INNER_PRODUCT)
-        if not index.is_trained:
-            reason = None
-            try:
-                ivf = faiss.extract_index_ivf(index)
-            except RuntimeError:
-                ivf = None
-            if ivf is not None:
-                ivf.cp.seed = self.seed
-                if n < ivf.nlist:
-                    reason = f"{n} entries < nlist {ivf.nlist}"
-            if reason is None:
-                try:
-                    index.train(x)
-                except RuntimeError as err:
-                    reason = f"training failed: {str(err).strip().splitlines()[-1]}"
-            if reason is not None:
-                logger.warning(
-                    "FaissMemoryBank: cannot train %r on %d entries (%s); using an exact "
-                    "'Flat' index instead",
-                    self.index_factory,
-                    n,
-                    reason,
-                )
-                description = "Flat"
-                index = faiss.index_factory(self.dim, description, faiss.METRIC_INNER_PRODUCT)
-        index.add(x)
+        n = len(self._store)
+        index, description = scale.build_index(
+            self._store, self.dim, self.index_factory, self.seed, self.scale
+        )
         self._set_nprobe(index)
         self._index = index
         self._trained_on = n
@@ -300,6 +280,8 @@ class FaissMemoryBank:
         dist, idx = index.search(np.ascontiguousarray(qn.numpy(), dtype=np.float32), fetch)
         cand_ids = torch.from_numpy(idx).to(torch.int64)
         cand_scores = torch.from_numpy(dist).to(torch.float32)
+        if self.scale.refine:
+            cand_scores, cand_ids = scale.refine(self._store, qn, cand_ids, cand_scores)
         valid = cand_ids >= 0
         if qu is not None and ql is not None:
             safe = cand_ids.clamp(min=0)
@@ -335,6 +317,9 @@ class FaissMemoryBank:
         rows: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact fallback for the given query rows (normalised queries)."""
+        if isinstance(self._store, scale.CompactStore):
+            sub = (None, None) if qu is None or ql is None else (qu[rows], ql[rows])
+            return self._store.exact_search(qn[rows], k, *sub, row_labels=rows)
         return _exact_search(
             qn[rows],
             self._store.normed,
@@ -396,6 +381,7 @@ class FaissMemoryBank:
         if removed:
             self._store.keep(~drop)
             self._invalidate()
+            scale.warn_remove(self.index_factory, self.dim, len(self))
         return removed
 
     def _config(self) -> dict[str, Any]:
@@ -407,7 +393,11 @@ class FaissMemoryBank:
             "exact_chunk": self.exact_chunk,
             "index_description": self.index_description,
             "trained_on": self._trained_on,
+            **dict(self._cfg()),
         }
+
+    def _cfg(self) -> list[tuple[str, Any]]:
+        return list(self.scale.config().items())
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save to directory ``path`` (``bank.json``, ``arrays.npz``, ``index.faiss``), atomically.
@@ -430,7 +420,7 @@ class FaissMemoryBank:
 
         def write_index(tmp: Path) -> None:
             if index is not None:
-                faiss.write_index(index, str(tmp / _INDEX_NAME))
+                faiss.write_index(scale.saved_index(index), str(tmp / _INDEX_NAME))
 
         write_bank_dir(
             path, meta, bank_arrays(s.keys, s.values, s.users, s.lengths), extra=write_index
@@ -470,6 +460,7 @@ class FaissMemoryBank:
                 overfetch=config.get("overfetch", 4),
                 seed=config.get("seed", 0),
                 exact_chunk=config.get("exact_chunk", 1024),
+                **{k: config[k] for k in scale.ScaleOptions.config_names() if k in config},
             )
         except ValueError as err:
             raise MemoryBankFormatError(f"{path}: bad config in bank.json: {err}") from err
@@ -485,6 +476,7 @@ class FaissMemoryBank:
                     f"{index_path} holds {index.ntotal} vectors of dim {index.d}, but the bank "
                     f"has {len(bank)} memories of dim {bank.dim}"
                 )
+            index = scale.loaded_index(index, bank.scale.shards)
             bank._set_nprobe(index)
             bank._index = index
             trained = config.get("trained_on")  # banks saved before it was recorded: all

@@ -111,8 +111,9 @@ class PhasedBank:
             return MilvusMemoryBank(self.dim, uri, name, overfetch=cfg.overfetch)
         from raserec_adapter.memory.faiss_bank import FaissMemoryBank
 
+        scale = {"store": cfg.store, "refine": cfg.refine, "train_size": cfg.train_size}
         return FaissMemoryBank(
-            self.dim, cfg.index_factory, nprobe=cfg.nprobe, overfetch=cfg.overfetch
+            self.dim, cfg.index_factory, cfg.nprobe, cfg.overfetch, shards=cfg.shards, **scale
         )
 
     def install(
