@@ -31,6 +31,7 @@ from torch import nn
 
 from raserec_adapter import checkpoint as ckpt
 from raserec_adapter._checks import check_device, require_config, require_flag
+from raserec_adapter._modes import eval_mode, keeps_encoder_modes
 from raserec_adapter.config import (
     AugmenterConfig,
     PretrainConfig,
@@ -44,8 +45,6 @@ from raserec_adapter.encoder import (
     EncodeFn,
     ItemWeightsFn,
     encode_prefixes,
-    eval_mode,
-    keeps_encoder_modes,
     wrap_encoder,
 )
 from raserec_adapter.evaluation import RankingMetrics

@@ -26,7 +26,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -35,16 +34,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from raserec_adapter._progress import progress
 from raserec_adapter.data import Batch, LeaveOneOutSplit, PrefixSet, Sequences
-from raserec_adapter.data.batching import (
-    causal_windows,
-    iter_batches,
-    iter_windows,
-    window_pair_index,
-)
-from raserec_adapter.data.validation import check_split_fits
-from raserec_adapter.encoder import WrappedEncoder, encode_prefixes, eval_mode
+from raserec_adapter.encoder import Shard, WrappedEncoder, encode_prefixes
 from raserec_adapter.memory.state import PhasedBank
 
 __all__ = [
@@ -289,7 +280,11 @@ def sharded_rows(n: int, compute: Callable[[int, int], torch.Tensor]) -> torch.T
     return gather_rows(compute(lo, hi), [b - a for a, b in parts])
 
 
-@torch.no_grad()
+def shard() -> Shard:
+    """This process's share of the encoding batches (all of them without a group)."""
+    return Shard(rank(), world_size(), sum_) if active() else Shard()
+
+
 def encode_prefixes_sharded(
     encoder: WrappedEncoder,
     sequences: Sequences,
@@ -304,46 +299,7 @@ def encode_prefixes_sharded(
     row is computed from the same batch as there; a sum over the ranks (each row filled by one
     rank, zeros elsewhere) then gives every rank the same ``(n, d)`` representations.
     """
-    if not active():
-        return encode_prefixes(encoder, sequences, prefixes, max_len, batch_size, device)
-    eval_mode(encoder)
-    out = torch.zeros(len(prefixes), encoder.hidden_size)
-    me, n = rank(), world_size()
-    with encoder.trusted_inputs():  # batches of validated sequences
-        for i, batch in enumerate(iter_batches(sequences, prefixes, batch_size, max_len)):
-            if i % n == me:
-                b = batch.to(device)
-                out[batch.index] = encoder(b.item_seq, b.lengths).float().cpu()
-    return sum_(out)
-
-
-@torch.no_grad()
-def _encode_training_pairs(
-    encoder: WrappedEncoder, split: LeaveOneOutSplit, device: torch.device, show: bool
-) -> torch.Tensor:
-    """:func:`~raserec_adapter.encoder.encode_training_pairs` with its batches dealt out."""
-    eval_mode(encoder)
-    if not encoder.is_causal:
-        train = split.train
-        return encode_prefixes_sharded(
-            encoder, split.sequences, train, split.max_len, device=device
-        )
-    windows = causal_windows(split)
-    out = torch.zeros(len(split.train), encoder.hidden_size)
-    batches = iter_windows(split.sequences, windows, 8192, shuffle=False)
-    me, n = rank(), world_size()
-    steps = math.ceil(windows.num_pairs / 8192)
-    for i, batch in enumerate(progress(batches, steps, "encode bank", show and is_main())):
-        if i % n != me:
-            continue
-        b = batch.to(device)
-        take = b.targets > 0
-        with encoder.trusted_inputs():
-            h = encoder.forward_all(b.item_seq, b.lengths)[take]
-        pos = take.nonzero().cpu().numpy()
-        rows = window_pair_index(windows, batch.index.numpy()[pos[:, 0]], pos[:, 1])
-        out[torch.from_numpy(rows)] = h.float().cpu()
-    return sum_(out)
+    return encode_prefixes(encoder, sequences, prefixes, max_len, batch_size, device, shard())
 
 
 def build_phased_bank(
@@ -356,26 +312,12 @@ def build_phased_bank(
     """``memory.build(...)`` (a :class:`~raserec_adapter.memory.state.PhasedBank`), sharded.
 
     In a group, a split's training pairs (and, for ``phase="test"``, validation pairs) are
-    encoded by :func:`encode_prefixes_sharded` (causal encoders: their one-pass windows dealt
-    out alike), the keys summed over the ranks, and every rank builds the same index from them:
-    the bank one process builds. Batches of the user's own, and a run without a group, go to
-    ``memory.build`` as they are.
+    encoded in shares (causal encoders: their one-pass windows dealt out alike), the keys
+    summed over the ranks, and every rank builds the same index from them: the bank one
+    process builds. Batches of the user's own, and a run without a group, are built as they are.
     """
     if not active() or not isinstance(source, LeaveOneOutSplit):
         memory.build(source, phase, device, show_progress)
         return
-    split, train = source, source.train
-    check_split_fits(split, memory.max_len, memory.encoder.num_items)
     dev = local_device(torch.device(device))
-    bank, table = memory.new_bank(dev), memory.table()
-    keys = _encode_training_pairs(memory.encoder, split, dev, show_progress)
-    memory.add_kept(bank, keys, table[train.targets], train.users, train.lengths)
-    if phase == "test":
-        valid = split.valid
-        vkeys = encode_prefixes_sharded(
-            memory.encoder, split.sequences, valid, memory.max_len, device=dev
-        )
-        memory.add_kept(bank, vkeys, table[valid.targets], valid.users, valid.lengths)
-    if len(bank) == 0:
-        raise memory.empty_error("the source gave no training pairs")
-    memory.install(bank, phase, split, keys)
+    memory.build(source, phase, dev, show_progress and is_main(), shard())

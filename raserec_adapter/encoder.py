@@ -27,15 +27,15 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from raserec_adapter._modes import eval_mode
 from raserec_adapter._progress import progress
 from raserec_adapter.data import LeaveOneOutSplit, PrefixSet, Sequences
 from raserec_adapter.data.batching import (
@@ -48,6 +48,7 @@ from raserec_adapter.data.batching import (
 __all__ = [
     "EncoderError",
     "SequenceEncoder",
+    "Shard",
     "WrappedEncoder",
     "encode_prefixes",
     "encode_training_pairs",
@@ -392,31 +393,16 @@ def wrap_encoder(
     return WrappedEncoder(model, encode, item_weights, encode_all)
 
 
-def eval_mode(module: nn.Module) -> None:
-    """``module.eval()`` that touches only what is in training mode.
+class Shard(NamedTuple):
+    """The share of the batches one process encodes: every ``size``-th batch from ``rank`` on.
 
-    ``eval()`` sets every submodule's flag through the slow ``nn.Module.__setattr__`` (a sixth
-    of a profiled single-user ``recommend`` for SASRec + RAM).
+    ``total`` combines the processes' outputs (each row is filled by one process, zeros
+    elsewhere): a sum over the process group. The default is one process doing everything.
     """
-    for m in module.modules():
-        if m.training:
-            m.training = False
 
-
-@contextmanager
-def modes_kept(module: nn.Module) -> Iterator[None]:
-    """The module leaves the block in the train/eval modes it came with.
-
-    Inference and bank building switch the user's dropout off; a model the user goes on
-    training elsewhere must not silently stay that way.
-    """
-    modes = [(m, m.training) for m in module.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            if m.training != training:  # setting is slow (nn.Module.__setattr__)
-                m.training = training
+    rank: int = 0
+    size: int = 1
+    total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
 
 
 @torch.no_grad()
@@ -427,6 +413,7 @@ def encode_prefixes(
     max_len: int,
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
+    shard: Shard = Shard(),  # noqa: B008 (an immutable tuple)
 ) -> torch.Tensor:
     """Representations ``(n, d)`` of prefixes (the encoder in eval mode), in their order.
 
@@ -439,12 +426,13 @@ def encode_prefixes(
         torch.Size([2, 8])
     """
     eval_mode(encoder)
-    out = torch.empty(len(prefixes), encoder.hidden_size)
+    out = torch.zeros(len(prefixes), encoder.hidden_size)
     with encoder.trusted_inputs():  # batches of validated sequences
-        for batch in iter_batches(sequences, prefixes, batch_size, max_len):
-            b = batch.to(device)
-            out[batch.index] = encoder(b.item_seq, b.lengths).float().cpu()
-    return out
+        for i, batch in enumerate(iter_batches(sequences, prefixes, batch_size, max_len)):
+            if i % shard.size == shard.rank:
+                b = batch.to(device)
+                out[batch.index] = encoder(b.item_seq, b.lengths).float().cpu()
+    return shard.total(out)
 
 
 @torch.no_grad()
@@ -453,6 +441,7 @@ def encode_training_pairs(
     split: LeaveOneOutSplit,
     device: torch.device | str = "cpu",
     show_progress: bool = True,
+    shard: Shard = Shard(),  # noqa: B008 (an immutable tuple)
 ) -> torch.Tensor:
     """Representations of all training pairs, in ``split.train``'s order.
 
@@ -460,12 +449,15 @@ def encode_training_pairs(
     """
     eval_mode(encoder)
     if not encoder.is_causal:
-        return encode_prefixes(encoder, split.sequences, split.train, split.max_len, device=device)
+        train = split.train
+        return encode_prefixes(encoder, split.sequences, train, split.max_len, 1024, device, shard)
     windows = causal_windows(split)
-    out = torch.empty(len(split.train), encoder.hidden_size)
+    out = torch.zeros(len(split.train), encoder.hidden_size)
     batches = iter_windows(split.sequences, windows, 8192, shuffle=False)
     n = math.ceil(windows.num_pairs / 8192)
-    for batch in progress(batches, n, "encode bank", show_progress):
+    for i, batch in enumerate(progress(batches, n, "encode bank", show_progress)):
+        if i % shard.size != shard.rank:
+            continue
         b = batch.to(device)
         take = b.targets > 0
         with encoder.trusted_inputs():
@@ -473,19 +465,4 @@ def encode_training_pairs(
         pos = take.nonzero().cpu().numpy()
         rows = window_pair_index(windows, batch.index.numpy()[pos[:, 0]], pos[:, 1])
         out[torch.from_numpy(rows)] = h.float().cpu()
-    return out
-
-
-_Method = TypeVar("_Method", bound=Callable[..., Any])
-
-
-def keeps_encoder_modes(method: _Method) -> _Method:
-    """A method of an object with ``.encoder`` leaves that encoder's train/eval modes as it
-    found them (inference switches the user's dropout off; their model must not stay so)."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with modes_kept(self.encoder.module):
-            return method(self, *args, **kwargs)
-
-    return cast(_Method, wrapper)
+    return shard.total(out)

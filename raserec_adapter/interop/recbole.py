@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from raserec_adapter._modes import modes_kept
 from raserec_adapter.data.sequences import (
     DataFormatError,
     LeaveOneOutSplit,
@@ -54,7 +55,7 @@ from raserec_adapter.data.sequences import (
     Sequences,
     leave_one_out,
 )
-from raserec_adapter.encoder import EncoderError, WrappedEncoder, modes_kept, wrap_encoder
+from raserec_adapter.encoder import EncoderError, WrappedEncoder, wrap_encoder
 
 __all__ = ["INSTALL_HINT", "sequences_from_recbole", "split_from_recbole", "wrap_recbole"]
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raserec_adapter.memory import faiss_scale as scale
+import raserec_adapter.memory.faiss_scale as scale
 from raserec_adapter.memory.format import (
     MemoryBankFormatError,
     add_saved,

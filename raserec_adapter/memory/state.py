@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from raserec_adapter._checks import as_id_array
+from raserec_adapter._modes import eval_mode
 from raserec_adapter._progress import progress
 from raserec_adapter.config import BankConfig
 from raserec_adapter.data import Batch, LeaveOneOutSplit, PrefixSet, Sequences
@@ -41,10 +42,10 @@ from raserec_adapter.data.from_batches import split_from_batches
 from raserec_adapter.data.loaders import as_batch
 from raserec_adapter.data.validation import check_split_fits, refuse_as_batches
 from raserec_adapter.encoder import (
+    Shard,
     WrappedEncoder,
     encode_prefixes,
     encode_training_pairs,
-    eval_mode,
 )
 from raserec_adapter.memory.protocol import MemoryBank
 from raserec_adapter.memory.torch_bank import TorchMemoryBank
@@ -208,10 +209,14 @@ class PhasedBank:
         return self.encoder.item_weights().detach().float().cpu()
 
     def _add_valid_pairs(
-        self, bank: MemoryBank, split: LeaveOneOutSplit, device: torch.device | str
+        self,
+        bank: MemoryBank,
+        split: LeaveOneOutSplit,
+        device: torch.device | str,
+        shard: Shard = Shard(),  # noqa: B008 (an immutable tuple)
     ) -> None:
-        valid = split.valid
-        keys = encode_prefixes(self.encoder, split.sequences, valid, self.max_len, device=device)
+        valid, seqs = split.valid, split.sequences
+        keys = encode_prefixes(self.encoder, seqs, valid, self.max_len, 1024, device, shard)
         self.add_kept(bank, keys, self.table()[valid.targets], valid.users, valid.lengths)
 
     def build(
@@ -220,10 +225,12 @@ class PhasedBank:
         phase: str,
         device: torch.device | str,
         show_progress: bool,
+        shard: Shard = Shard(),  # noqa: B008 (an immutable tuple)
     ) -> None:
         """A new bank from a split's pairs (``phase`` ``"train"`` or ``"test"``) or batches.
 
         The bank is built aside: a failed build leaves the current bank (and its keys) as is.
+        ``shard``: this process's share of a split's encoding (a process group's ranks).
         """
         if isinstance(source, LeaveOneOutSplit):
             check_split_fits(source, self.max_len, self.encoder.num_items)
@@ -232,10 +239,10 @@ class PhasedBank:
         bank, table = self.new_bank(device), self.table()
         if isinstance(source, LeaveOneOutSplit):
             split, train = source, source.train
-            keys = encode_training_pairs(self.encoder, split, device, show_progress)
+            keys = encode_training_pairs(self.encoder, split, device, show_progress, shard)
             self.add_kept(bank, keys, table[train.targets], train.users, train.lengths)
             if phase == "test":
-                self._add_valid_pairs(bank, split, device)
+                self._add_valid_pairs(bank, split, device, shard)
             installed: tuple[Any, ...] = (phase, split, keys)
         else:
             eval_mode(self.encoder)

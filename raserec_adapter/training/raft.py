@@ -45,11 +45,11 @@ import torch.nn.functional as F
 
 from raserec_adapter import distributed
 from raserec_adapter._checks import check_device
+from raserec_adapter._modes import eval_mode
 from raserec_adapter._progress import progress
 from raserec_adapter.config import RAFTConfig
 from raserec_adapter.data import LeaveOneOutSplit
 from raserec_adapter.distributed import build_phased_bank, encode_prefixes_sharded
-from raserec_adapter.encoder import eval_mode
 from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.memory.protocol import MemoryBank, gather_rows
 from raserec_adapter.memory.state import PhasedBank
