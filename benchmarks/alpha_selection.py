@@ -42,6 +42,8 @@ from raserec_adapter.evaluation.lift import lift_record
 ARMS = ("frozen", "trained_alpha", "chosen_alpha")
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
 
+OVER = {"valid": "validation users", "test": "test users"}  # what a lift is paired over
+
 
 def trained_alpha(run: Path) -> float:
     """The alpha RAFT trained with, from the run's results file (``<run>.json``)."""
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stacked = {a: torch.stack([r["ranks"][which][a] for r in per_run]) for a in ARMS}
         splits[which] = {
             "per_run": [{a: _metrics(r["ranks"][which][a]) for a in ARMS} for r in per_run],
-            "lift": {a: lift_record(stacked["frozen"], stacked[a]) for a in ARMS[1:]},
+            "lift": {a: lift_record(stacked["frozen"], stacked[a], OVER[which]) for a in ARMS[1:]},
         }
     record: dict[str, Any] = {
         "what": "the RAM at the alpha chosen on validation after RAFT (--raft.alpha-grid) "

@@ -140,9 +140,14 @@ def paired_lift(
 
 
 def lift_record(
-    base: torch.Tensor | np.ndarray, new: torch.Tensor | np.ndarray, **options: Any
+    base: torch.Tensor | np.ndarray,
+    new: torch.Tensor | np.ndarray,
+    over: str = "test users",
+    **options: Any,
 ) -> dict[str, Any]:
     """:func:`paired_lift` with what a results file records of how it was computed.
+
+    ``over`` names what the ranks' rows are (``"validation users"``, ...) in ``method``.
 
     Examples:
         >>> rec = lift_record([1, 2, 30], [1, 1, 3], ks=(5,), resamples=50)
@@ -153,7 +158,8 @@ def lift_record(
     seeds, users = _as_ranks(base, "base").shape
     resamples = options.get("resamples", 2000)
     return {
-        "method": f"{LIFT_METHOD}, {resamples} resamples, seed {options.get('seed', 0)}",
+        "method": f"{LIFT_METHOD.replace('test users', over)}, {resamples} resamples, "
+        f"seed {options.get('seed', 0)}",
         "level": options.get("level", 0.95),
         "users": users,
         "seeds_averaged": seeds,
