@@ -426,7 +426,7 @@ def encode_prefixes(
         torch.Size([2, 8])
     """
     eval_mode(encoder)
-    out = torch.zeros(len(prefixes), encoder.hidden_size)
+    out = (torch.zeros if shard.size > 1 else torch.empty)(len(prefixes), encoder.hidden_size)
     with encoder.trusted_inputs():  # batches of validated sequences
         for i, batch in enumerate(iter_batches(sequences, prefixes, batch_size, max_len)):
             if i % shard.size == shard.rank:
@@ -452,7 +452,7 @@ def encode_training_pairs(
         train = split.train
         return encode_prefixes(encoder, split.sequences, train, split.max_len, 1024, device, shard)
     windows = causal_windows(split)
-    out = torch.zeros(len(split.train), encoder.hidden_size)
+    out = (torch.zeros if shard.size > 1 else torch.empty)(len(split.train), encoder.hidden_size)
     batches = iter_windows(split.sequences, windows, 8192, shuffle=False)
     n = math.ceil(windows.num_pairs / 8192)
     for i, batch in enumerate(progress(batches, n, "encode bank", show_progress)):

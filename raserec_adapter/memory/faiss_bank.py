@@ -142,6 +142,7 @@ class FaissMemoryBank:
             )
         self.scale = scale.ScaleOptions(store, refine, train_size, shards, ef_search)
         self.scale.check_index(probe, index_factory)
+        self._is_hnsw = scale.hnsw_of(probe) is not None  # HNSW cannot remove entries
         self.index_factory = index_factory
         self.nprobe = _positive_int(nprobe, "nprobe")
         self.overfetch = _positive_int(overfetch, "overfetch")
@@ -168,10 +169,11 @@ class FaissMemoryBank:
         return len(self._store)
 
     def __repr__(self) -> str:
+        options = "".join(f", {k}={v!r}" for k, v in self.scale.config().items())
         return (
             f"FaissMemoryBank(dim={self.dim}, size={len(self)}, "
             f"index_factory={self.index_factory!r}, nprobe={self.nprobe}, "
-            f"overfetch={self.overfetch}{''.join(f', {k}={v!r}' for k, v in self._cfg())})"
+            f"overfetch={self.overfetch}{options})"
         )
 
     def add(
@@ -381,7 +383,8 @@ class FaissMemoryBank:
         if removed:
             self._store.keep(~drop)
             self._invalidate()
-            scale.warn_remove(self.index_factory, self.dim, len(self))
+            if self._is_hnsw:
+                scale.warn_remove(len(self))
         return removed
 
     def _config(self) -> dict[str, Any]:
@@ -393,11 +396,8 @@ class FaissMemoryBank:
             "exact_chunk": self.exact_chunk,
             "index_description": self.index_description,
             "trained_on": self._trained_on,
-            **dict(self._cfg()),
+            **self.scale.config(),
         }
-
-    def _cfg(self) -> list[tuple[str, Any]]:
-        return list(self.scale.config().items())
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save to directory ``path`` (``bank.json``, ``arrays.npz``, ``index.faiss``), atomically.

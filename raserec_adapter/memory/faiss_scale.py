@@ -251,16 +251,13 @@ def refine(
     return torch.from_numpy(top), torch.from_numpy(np.take_along_axis(idx, order, axis=1))
 
 
-def warn_remove(factory: str, dim: int, n: int) -> None:
-    """HNSW cannot remove entries: say that the graph is rebuilt."""
-    import faiss
-
-    if hnsw_of(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)) is not None:
-        logger.warning(
-            "FaissMemoryBank: HNSW indexes cannot remove entries; the graph is rebuilt from "
-            "the %d stored keys at the next search (an IVF or Flat index rebuilds faster)",
-            n,
-        )
+def warn_remove(n: int) -> None:
+    """HNSW cannot remove entries: say that the graph is rebuilt (from ``n`` stored keys)."""
+    logger.warning(
+        "FaissMemoryBank: HNSW indexes cannot remove entries; the graph is rebuilt from "
+        "the %d stored keys at the next search (an IVF or Flat index rebuilds faster)",
+        n,
+    )
 
 
 def saved_index(index: Any) -> Any:
