@@ -16,6 +16,11 @@ pooled over the runs (their users' ranks averaged per user).
     python benchmarks/alpha_selection.py --dataset ../shared/data/ml-100k.inter \\
         --run runs/alpha/ml-100k-sasrec-raserec-seed0 --run ... \\
         --out benchmarks/results/alpha-selection-ml-100k-sasrec.json
+
+Runs made without the grid (the Table 2 runs, for example) are analysed with ``--alpha-grid``:
+the script then makes the same choice itself, on the same validation users with the bank of
+training pairs and the rule RAFT uses (the best ``--valid-metric``; ties keep the trained alpha,
+then the larger), so no run has to be trained again.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from _common import (
 
 from raserec_adapter import RankingMetrics
 from raserec_adapter.evaluation.lift import lift_record
+from raserec_adapter.training.ram_validation import best_alpha
 
 ARMS = ("frozen", "trained_alpha", "chosen_alpha")
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
@@ -54,41 +60,83 @@ def trained_alpha(run: Path) -> float:
     except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
         raise SystemExit(
             f"{path}: no RAFT alpha selection recorded ({e!r}); --run takes runs made with "
-            "--raft.alpha-grid, next to their results file"
+            "--raft.alpha-grid, next to their results file, or pass --alpha-grid"
         ) from None
 
 
-def _metrics(ranks: torch.Tensor) -> dict[str, float]:
+def parse_grid(text: str) -> tuple[float, ...]:
+    """``"0.1,0.3,1"`` -> ``(0.1, 0.3, 1.0)``, every value in [0, 1]."""
+    try:
+        grid = tuple(float(a) for a in text.split(","))
+    except ValueError:
+        grid = ()
+    if not grid or not all(0.0 <= a <= 1.0 for a in grid):
+        raise SystemExit(f"--alpha-grid takes comma-separated values in [0, 1], got {text!r}")
+    return grid
+
+
+def _metrics(ranks: torch.Tensor, all_metrics: bool = False) -> dict[str, float]:
     m = RankingMetrics()
     m.update(ranks)
-    return {k: v for k, v in m.compute().items() if k in METRICS}
+    return {k: v for k, v in m.compute().items() if all_metrics or k in METRICS}
 
 
-def analyse(aug: Any, split: Any, run: Path, protocol: str, device: str) -> dict[str, Any]:
-    """Ranks of both splits for the three arms of one run."""
-    chosen, trained = aug.ram.config.alpha, trained_alpha(run)
-    out: dict[str, Any] = {"trained_alpha": trained, "chosen_alpha": chosen, "ranks": {}}
-    for which in ("valid", "test"):
-        # the protocol's bank of each phase: training pairs for validation, plus the
-        # validation pairs for the test (the saved bank is the test phase's)
-        aug.build_bank(split, "train" if which == "valid" else "test", device=device)
-        ranks = {}
+def analyse(aug: Any, split: Any, run: Path, args: Any) -> dict[str, Any]:
+    """Ranks of both splits for the three arms of one run (``args``: protocol, device,
+    alpha_grid, valid_metric)."""
+    protocol, device = args.protocol, args.device
+
+    def ranks_at(alpha: float, which: str) -> dict[str, torch.Tensor]:
+        aug.ram.config = aug.ram.config.replace(alpha=alpha)
+        return aug.ranks(split, which, protocol=protocol, device=device, show_progress=True)
+
+    # the protocol's bank of each phase: training pairs for validation, plus the validation
+    # pairs for the test (the saved bank is the test phase's)
+    aug.build_bank(split, "train", device=device)
+    if args.alpha_grid:  # the choice RAFT's --raft.alpha-grid makes, made here
+        trained = aug.ram.config.alpha
+        grid = {a: ranks_at(a, "valid") for a in sorted({trained, *args.alpha_grid})}
+        metric = args.valid_metric
+        score = {a: _metrics(r["raserec"], all_metrics=True)[metric] for a, r in grid.items()}
+        chosen = best_alpha(score, trained)
+        valid = {"frozen": grid[trained]["plain"], "trained_alpha": grid[trained]["raserec"]}
+        valid["chosen_alpha"] = grid[chosen]["raserec"]
+        selection = {f"{a:g}": s for a, s in score.items()}
+    else:
+        chosen, trained, selection = aug.ram.config.alpha, trained_alpha(run), None
+        valid = {}
         for arm, alpha in (("trained_alpha", trained), ("chosen_alpha", chosen)):
-            aug.ram.config = aug.ram.config.replace(alpha=alpha)
-            r = aug.ranks(split, which, protocol=protocol, device=device, show_progress=True)
-            ranks["frozen"], ranks[arm] = r["plain"], r["raserec"]
-        aug.ram.config = aug.ram.config.replace(alpha=chosen)
-        out["ranks"][which] = ranks
-    return out
+            r = ranks_at(alpha, "valid")
+            valid["frozen"], valid[arm] = r["plain"], r["raserec"]
+    aug.build_bank(split, "test", device=device)
+    test = {}
+    for arm, alpha in (("trained_alpha", trained), ("chosen_alpha", chosen)):
+        r = ranks_at(alpha, "test")
+        test["frozen"], test[arm] = r["plain"], r["raserec"]
+    aug.ram.config = aug.ram.config.replace(alpha=chosen)
+    return {
+        "trained_alpha": trained,
+        "chosen_alpha": chosen,
+        "valid_scores": selection,
+        "ranks": {"valid": valid, "test": test},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = run_analysis_parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = run_analysis_parser(__doc__.splitlines()[0])
+    p.add_argument(
+        "--alpha-grid",
+        type=parse_grid,
+        default=None,
+        help="choose alpha among these on validation here (runs made without --raft.alpha-grid)",
+    )
+    p.add_argument("--valid-metric", default="HR@10", help="the choice's metric (RAFT's default)")
+    args = p.parse_args(argv)
     t0 = time.perf_counter()
     backbone, ex_args, split = open_run_analysis(args)
     per_run = []
     for run, aug in each_run(args, backbone, ex_args, split):
-        per_run.append(analyse(aug, split, run, args.protocol, args.device))
+        per_run.append(analyse(aug, split, run, args))
         logging.info(
             "%s: alpha %g -> %g", run, per_run[-1]["trained_alpha"], per_run[-1]["chosen_alpha"]
         )
@@ -107,7 +155,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "protocol": args.protocol,
         "runs": [str(r) for r in args.run],
         "run_provenance": run_provenance([str(r) for r in args.run]),
-        "alphas": [{"trained": r["trained_alpha"], "chosen": r["chosen_alpha"]} for r in per_run],
+        "chosen_by": "RAFT (--raft.alpha-grid)"
+        if args.alpha_grid is None
+        else f"this script: --alpha-grid {','.join(f'{a:g}' for a in args.alpha_grid)}, "
+        f"best validation {args.valid_metric} with the bank of training pairs",
+        "alphas": [
+            {"trained": r["trained_alpha"], "chosen": r["chosen_alpha"]}
+            | ({"valid": r["valid_scores"]} if r["valid_scores"] else {})
+            for r in per_run
+        ],
         "splits": splits,
     }
     record.update(provenance(time.perf_counter() - t0))

@@ -109,3 +109,11 @@ def test_the_benchmark_compares_the_trained_and_the_chosen_alpha(tmp_path):
     got = record["splits"]["valid"]["per_run"][0]
     assert got["trained_alpha"]["HR@10"] == pytest.approx(valid["0.5"], abs=1e-9)
     assert got["chosen_alpha"]["HR@10"] == pytest.approx(valid[f"{chosen:g}"], abs=1e-9)
+    # a run made without the grid: the script makes RAFT's choice itself, with the same scores
+    again = alpha_selection.main([*args, "--alpha-grid", "0.1,0.5,1", "--out", str(out)])
+    assert again["alphas"][0]["chosen"] == chosen
+    assert again["alphas"][0]["valid"] == pytest.approx(valid, abs=1e-9)
+    for m in alpha_selection.METRICS:
+        assert again["splits"]["test"]["per_run"][0]["chosen_alpha"][m] == test["chosen_alpha"][m]
+    with pytest.raises(SystemExit, match="alpha-grid"):
+        alpha_selection.main([*args, "--alpha-grid", "0.5,x", "--out", str(out)])

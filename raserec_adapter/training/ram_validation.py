@@ -21,7 +21,7 @@ from raserec_adapter.evaluation import evaluate_ranking
 from raserec_adapter.memory.protocol import gather_rows
 from raserec_adapter.ram import RetrievalAugmentedModule
 
-__all__ = ["choose_alpha", "evaluate_ram"]
+__all__ = ["best_alpha", "choose_alpha", "evaluate_ram"]
 
 logger = logging.getLogger("raserec_adapter")
 
@@ -58,6 +58,16 @@ def evaluate_ram(
         ram.train(was)
 
 
+def best_alpha(score: dict[float, float], trained: float) -> float:
+    """The alpha with the best validation score; ties keep ``trained``, then the larger alpha.
+
+    Example:
+        >>> best_alpha({0.5: 0.10, 0.9: 0.12, 1.0: 0.12}, trained=0.5)
+        1.0
+    """
+    return max(score, key=lambda a: (score[a], a == trained, a))
+
+
 def choose_alpha(
     ram: RetrievalAugmentedModule,
     split: LeaveOneOutSplit,
@@ -79,7 +89,7 @@ def choose_alpha(
         ram.config = ram.config.replace(alpha=alpha)
         metrics[alpha] = evaluate_ram(ram, split, *valid, memories, item_table)
     score = {a: m[config.valid_metric] for a, m in metrics.items()}
-    chosen = max(score, key=lambda a: (score[a], a == trained, a))
+    chosen = best_alpha(score, trained)
     ram.config = ram.config.replace(alpha=chosen)
     if chosen != trained:
         logger.info(
