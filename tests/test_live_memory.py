@@ -193,4 +193,18 @@ def test_the_benchmark_runs_end_to_end_and_resumes(tmp_path: Path):
     again = live_memory.main(argv)  # every step read back from the work folder, nothing trained
     assert again["steps"] == steps
     figs = live_memory.main(["--plot", str(tmp_path / "out.json"), "--figures", str(tmp_path)])
-    assert figs == {} and (tmp_path / "live-memory-steps.svg").read_text().startswith("<svg")
+    assert figs == {} and (tmp_path / "live-memory-steps-toy.svg").read_text().startswith("<svg")
+
+
+def test_the_docs_figures_are_drawn_from_the_results_files(tmp_path: Path):
+    from live_memory_plots import plot
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "benchmarks" / "results").glob("live-memory-*.json"))
+    assert files, "no live-memory results file"
+    for f in files:
+        for fig in plot(json.loads(f.read_text()), tmp_path):
+            docs = root / "docs" / fig.name
+            redraw = f"python benchmarks/live_memory.py --plot {f.relative_to(root)}"
+            assert docs.exists(), f"{docs.name} is missing: {redraw}"
+            assert docs.read_text() == fig.read_text(), f"{docs.name} is not drawn from {f.name}"
