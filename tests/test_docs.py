@@ -33,7 +33,7 @@ FENCE_RE = re.compile(
     r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S
 )
 PAGES = sorted(DOCS.glob("*.md"))
-MAX_RESULTS_FILES = 40
+MAX_RESULTS_FILES = 52  # the paper's Table 2 needs 8 (two datasets, two variants, two protocols)
 # a results file cited in backticks: `name.json`, or a pattern such as `beauty-*-raserec.json`
 RESULTS_NAME_RE = re.compile(r"`(?:benchmarks/results/)?([A-Za-z0-9][\w.*-]*-[\w.*-]*\.json)`")
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10")
@@ -185,7 +185,7 @@ def _tables(path: Path) -> list[tuple[list[str], list[list[str]]]]:
 def test_every_results_file_is_cited_and_there_are_few() -> None:
     files = sorted(p.name for p in RESULTS.glob("*.json"))
     assert files, "benchmarks/results/ is empty"
-    assert len(files) <= MAX_RESULTS_FILES, f"{len(files)} results files, at most 40"
+    assert len(files) <= MAX_RESULTS_FILES, f"{len(files)} results files, at most {MAX_RESULTS_FILES}"
     text = cited_text()
     uncited = [name for name in files if f"`{name}`" not in text and f"/{name}`" not in text]
     assert not uncited, f"results files cited in neither README.md nor docs/*.md: {uncited}"
