@@ -47,6 +47,7 @@ from raserec_adapter.training.state import seed_everything
 
 log = logging.getLogger("live_memory")
 PROTOCOLS = ("full", "seen_removed")
+OVER = "stream targets (user, step)"  # what a lift's rows are: one per next-item target
 METRICS = ("HR@10", "NDCG@10")
 SETTINGS = (
     "dataset", "cut", "step_days", "stream_steps", "users", "backbone", "max_len", "hidden_size",
@@ -290,7 +291,7 @@ def aggregate(args: argparse.Namespace, per_seed: dict[int, list[dict]], work: P
         }
         row["lift_live_minus_stale"] = {
             p: lift_record(*(np.stack([r[f"{p}.{a}"] for r in ranks]) for a in ("stale", "live")),
-                           ks=(10,), resamples=args.resamples)["metrics"]
+                           over=OVER, ks=(10,), resamples=args.resamples)["metrics"]
             for p in PROTOCOLS
         }  # fmt: skip
         for name, arm, field in (
@@ -321,7 +322,7 @@ def pooled_lift(args: argparse.Namespace, steps: list, work: Path, a: str, b: st
         return np.stack([np.concatenate([np.load(f)[f"{p}.{arm}"] for f in fs]) for fs in files])
 
     return {
-        p: lift_record(ranks(p, a), ranks(p, b), ks=(10,), resamples=args.resamples)
+        p: lift_record(ranks(p, a), ranks(p, b), over=OVER, ks=(10,), resamples=args.resamples)
         for p in PROTOCOLS
     }
 
