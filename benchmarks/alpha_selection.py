@@ -86,33 +86,30 @@ def analyse(aug: Any, split: Any, run: Path, args: Any) -> dict[str, Any]:
     alpha_grid, valid_metric)."""
     protocol, device = args.protocol, args.device
 
-    def ranks_at(alpha: float, which: str) -> dict[str, torch.Tensor]:
-        aug.ram.config = aug.ram.config.replace(alpha=alpha)
-        return aug.ranks(split, which, protocol=protocol, device=device, show_progress=True)
+    def ranks(which: str, alpha: float | None = None) -> torch.Tensor:
+        """The frozen encoder's ranks (``alpha`` None) or the RAM's at ``alpha``."""
+        if alpha is not None:
+            aug.ram.config = aug.ram.config.replace(alpha=alpha)
+        out = aug.ranks(split, which, protocol=protocol, augmented=alpha is not None,
+                        device=device, show_progress=True)  # fmt: skip
+        return out["plain" if alpha is None else "raserec"]
 
     # the protocol's bank of each phase: training pairs for validation, plus the validation
-    # pairs for the test (the saved bank is the test phase's)
+    # pairs for the test (the saved bank is the test phase's); each alpha's ranks once
     aug.build_bank(split, "train", device=device)
     if args.alpha_grid:  # the choice RAFT's --raft.alpha-grid makes, made here
         trained = aug.ram.config.alpha
-        grid = {a: ranks_at(a, "valid") for a in sorted({trained, *args.alpha_grid})}
-        metric = args.valid_metric
-        score = {a: _metrics(r["raserec"], all_metrics=True)[metric] for a, r in grid.items()}
+        grid = {a: ranks("valid", a) for a in sorted({trained, *args.alpha_grid})}
+        score = {a: _metrics(r, all_metrics=True)[args.valid_metric] for a, r in grid.items()}
         chosen = best_alpha(score, trained)
-        valid = {"frozen": grid[trained]["plain"], "trained_alpha": grid[trained]["raserec"]}
-        valid["chosen_alpha"] = grid[chosen]["raserec"]
         selection = {f"{a:g}": s for a, s in score.items()}
     else:
         chosen, trained, selection = aug.ram.config.alpha, trained_alpha(run), None
-        valid = {}
-        for arm, alpha in (("trained_alpha", trained), ("chosen_alpha", chosen)):
-            r = ranks_at(alpha, "valid")
-            valid["frozen"], valid[arm] = r["plain"], r["raserec"]
+        grid = {a: ranks("valid", a) for a in {trained, chosen}}
+    valid = {"frozen": ranks("valid"), "trained_alpha": grid[trained], "chosen_alpha": grid[chosen]}
     aug.build_bank(split, "test", device=device)
-    test = {}
-    for arm, alpha in (("trained_alpha", trained), ("chosen_alpha", chosen)):
-        r = ranks_at(alpha, "test")
-        test["frozen"], test[arm] = r["plain"], r["raserec"]
+    at = {a: ranks("test", a) for a in {trained, chosen}}
+    test = {"frozen": ranks("test"), "trained_alpha": at[trained], "chosen_alpha": at[chosen]}
     aug.ram.config = aug.ram.config.replace(alpha=chosen)
     return {
         "trained_alpha": trained,
