@@ -57,6 +57,21 @@ def test_merge_means_and_keeps_provenance(tmp_path: Path) -> None:
     assert rec["git_commit"] == "abc" and rec["wall_seconds"] == 300.0
 
 
+def test_a_resumed_runs_earlier_invocations_count_in_the_wall_time(tmp_path: Path) -> None:
+    files = [_run(tmp_path, s, hr) for s, hr in [(0, 0.08), (1, 0.09)]]
+    record = json.loads(files[1].read_text())  # resumed once: stage 1 in two calls
+    record["per_seed_details"][0]["pretrain"]["invocations"] = [{"seconds": 40.0}, {"seconds": 5.0}]
+    files[1].write_text(json.dumps(record))
+    out = tmp_path / "merged.json"
+    merge_seeds.main([*map(str, files), "--out", str(out)])
+    rec = json.loads(out.read_text())
+    assert [r.get("earlier_invocations_seconds") for r in rec["runs"]] == [None, 40.0]
+    assert rec["wall_seconds"] == 240.0  # 100 + 100 + the 40 s before the resume
+    again = tmp_path / "again.json"  # a merged file merged again keeps the count
+    merge_seeds.main([str(out), str(_run(tmp_path / "b", 2, 0.07)), "--out", str(again)])
+    assert json.loads(again.read_text())["wall_seconds"] == 340.0
+
+
 def test_merge_keeps_a_runs_written_history(tmp_path: Path) -> None:
     files = [_run(tmp_path, s, hr) for s, hr in [(0, 0.08), (1, 0.09)]]
     record = json.loads(files[0].read_text())

@@ -156,9 +156,24 @@ def _runs_of(record: dict[str, Any]) -> list[dict[str, Any]]:
     if record.get("runs"):
         return [dict(run) for run in record["runs"]]
     run = {k: record.get(k) for k in RUN_KEYS}
+    if earlier := _earlier_seconds(record):  # a resumed run: its wall time is the last call's
+        run["earlier_invocations_seconds"] = earlier
     if record.get("run_history"):  # free text on how a resumed run was pieced together
         run["run_history"] = record["run_history"]
     return [run]
+
+
+def _earlier_seconds(record: dict[str, Any]) -> float:
+    """Stage-1 seconds of a resumed run's invocations before its last one (0 if not resumed).
+
+    A run resumed with ``--resume`` records only its last invocation's wall time; each
+    invocation's stage-1 seconds are under ``per_seed_details[i].pretrain.invocations``.
+    """
+    total = 0.0
+    for detail in record.get("per_seed_details") or []:
+        calls = (detail.get("pretrain") or {}).get("invocations") or []
+        total += sum(float(c.get("seconds", 0.0)) for c in calls[:-1])
+    return round(total, 1)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -183,12 +198,16 @@ def main(argv: list[str] | None = None) -> Path:
         **{k: first[k] for k in SAME},
         seeds=merged["seeds"],
         per_seed=merged["per_seed"],
-        wall_seconds=sum(r.get("wall_seconds", 0.0) for r in records),
+        wall_seconds=sum(
+            (r.get("wall_seconds") or 0.0) + r.get("earlier_invocations_seconds", 0.0)
+            for r in merged["runs"]
+        ),
         extra={
             "std": merged["std"],
             "per_seed_details": merged["per_seed_details"],
             "runs": merged["runs"],
-            "wall_seconds_note": "sum of the merged runs' wall times (they may run in parallel)",
+            "wall_seconds_note": "sum of the merged runs' wall times, each with the stage-1 "
+            "invocations it resumed after (the runs may run in parallel)",
             **settings,
         },
         commit=commits[0] if len(commits) == 1 else ", ".join(commits),
